@@ -1,0 +1,35 @@
+//! Everything the Kryonix device core and the Kryonix server must agree on, with no I/O.
+//!
+//! Both sides compile this crate, so a rule changed here changes on both at once: the table of
+//! sixteen namespaces, the tenant key format and its validation, the priority tiers, the device
+//! and network profiles that drive adaptive TTLs and compression, and the JSON wire types.
+//!
+//! # Layout
+//!
+//! - [`namespace`]: the sixteen namespaces (id, name, default TTL, budget, eviction policy).
+//! - [`key`]: `tenant:{tenant}:{namespace}:{key}` — building, parsing, validating.
+//! - [`profile`]: priority tiers, device and network classes, adaptive TTL, compression choice.
+//! - [`wire`]: request and response bodies of the HTTP API, and the error body.
+
+pub mod key;
+pub mod namespace;
+pub mod profile;
+pub mod wire;
+
+pub use key::{KeyError, MAX_KEY_LEN, TenantId, TenantKey};
+pub use namespace::{EvictionPolicy, Namespace, NamespaceInfo, UnknownNamespace};
+pub use profile::{
+    COMPRESSION_THRESHOLD, DeviceClass, DeviceProfile, Encoding, NetworkClass, NetworkProfile,
+    Tier, TierInfo, adaptive_ttl,
+};
+
+/// Version of the wire protocol. The device sends it in the `Kryonix-Protocol` header; the server
+/// refuses a request from a newer major version with `unsupported_protocol`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Name of the HTTP header that carries [`PROTOCOL_VERSION`].
+pub const PROTOCOL_HEADER: &str = "kryonix-protocol";
+
+/// Name of the HTTP header in which a device states its profile (`phone;cellular-slow`), so the
+/// server can pick the same adaptive TTL as the device would.
+pub const DEVICE_PROFILE_HEADER: &str = "kryonix-device-profile";
