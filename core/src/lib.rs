@@ -1,1 +1,14 @@
-//! placeholder
+//! Kryonix on the device: a local SQLite cache, a durable outbox and (soon) the sync engine.
+//!
+//! Pure Rust with no FFI concerns; the `bindings` crate wraps it for Kotlin and Swift.
+//!
+//! # Layout
+//!
+//! - [`store`]: the SQLite database — WAL, migrations, `read`/`write` closures, `meta` table.
+//! - [`clock`]: wall-clock time behind a trait, so TTLs and backoff are tested without sleeping.
+
+pub mod clock;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, Millis, SystemClock};
+pub use store::{Durability, Store, StoreError, StoreOptions};

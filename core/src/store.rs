@@ -1,0 +1,527 @@
+//! The device database: one SQLite file holding the cache, the outbox and sync metadata.
+//!
+//! One writer connection and one reader connection, both in WAL mode, so reads (cache hits)
+//! never wait for a write transaction (an enqueue burst) and vice versa. All access goes through
+//! [`Store::read`] and [`Store::write`]: a write closure runs inside an immediate transaction that
+//! commits only when the closure returns `Ok`, so a failed operation never leaves half a change.
+//!
+//! Opening is careful with files it does not own. A file that is not SQLite, a SQLite database
+//! of another application, or one written by a newer version of this library gets a typed
+//! error, and the file is left byte-for-byte as it was: the checks run before any statement that
+//! could write (even `journal_mode = WAL` rewrites the header).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+
+/// Identifies a Kryonix database in the SQLite header (`PRAGMA application_id`): "KRYX".
+pub const APPLICATION_ID: i32 = 0x4B52_5958;
+
+/// Migrations, in order; migration `n` (1-based) brings the schema to `user_version = n`.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path} is not a SQLite database; it was left untouched")]
+    NotADatabase { path: PathBuf },
+    #[error(
+        "{path} is a SQLite database of another application (application_id {application_id:#x}); it was left untouched"
+    )]
+    ForeignDatabase { path: PathBuf, application_id: i32 },
+    #[error(
+        "the database was written by a newer version (schema {found}, this build knows up to {supported}); it was left untouched"
+    )]
+    NewerSchema { found: i64, supported: i64 },
+    #[error("the database file is corrupt: {0}")]
+    Corrupt(String),
+    #[error("could not read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sqlite: {0}")]
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseCorrupt) => Self::Corrupt(e.to_string()),
+            _ => Self::Sqlite(e),
+        }
+    }
+}
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = NORMAL`: a commit survives an app kill or crash; a power loss may lose the
+    /// last few commits (never corrupts). The default — see `docs/adr/0002-sqlite-durability.md`.
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: every commit is fsynced and survives power loss, at about one
+    /// fsync per commit.
+    Full,
+}
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    /// How long a statement waits for a lock held by another connection before `SQLITE_BUSY`.
+    pub busy_timeout: Duration,
+    /// Run `PRAGMA quick_check` at open (reads every page: seconds on a large database).
+    pub verify_on_open: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Normal,
+            busy_timeout: Duration::from_secs(5),
+            verify_on_open: false,
+        }
+    }
+}
+
+/// The device database. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// A poisoned lock only means another thread panicked while holding it; SQLite rolled back its
+/// transaction when the statement was dropped, so the connection is still consistent.
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Store {
+    /// Opens (creating if missing) and migrates the database at `path`.
+    pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        check_header(&path)?;
+        let writer = Connection::open(&path)?;
+        writer.busy_timeout(options.busy_timeout)?;
+        inspect(&writer, &path)?;
+        if options.verify_on_open {
+            quick_check(&writer)?;
+        }
+        configure(&writer, options.durability)?;
+        migrate(&writer)?;
+
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        reader.busy_timeout(options.busy_timeout)?;
+        configure(&reader, options.durability)?;
+        // The reader must never write, even by mistake: writes go through the writer's lock.
+        reader.pragma_update(None, "query_only", true)?;
+
+        Ok(Self {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the read connection. Several statements inside `f` see one snapshot only if
+    /// `f` opens a transaction itself; single statements are always consistent.
+    pub fn read<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let conn = lock(&self.reader);
+        f(&conn)
+    }
+
+    /// Runs `f` inside an immediate write transaction, committed when `f` returns `Ok` and rolled
+    /// back otherwise.
+    pub fn write<T, E>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut conn = lock(&self.writer);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let value = f(&tx)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(value)
+    }
+
+    /// Reads a metadata value.
+    pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        use rusqlite::OptionalExtension;
+        Ok(conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Writes a metadata value inside the caller's transaction.
+    pub fn meta_set(tx: &Transaction<'_>, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![key, value],
+        )?;
+        Ok(())
+    }
+}
+
+/// Refuses files whose first bytes are not SQLite's magic string, without opening them in SQLite.
+fn check_header(path: &Path) -> Result<(), StoreError> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut header = [0u8; 16];
+    let mut read = 0;
+    while read < header.len() {
+        match file.read(&mut header[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+    // An empty file is an empty database (SQLite creates files this way).
+    if read == 0 || (read == header.len() && &header == SQLITE_MAGIC) {
+        Ok(())
+    } else {
+        Err(StoreError::NotADatabase {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Read-only look at who owns the database and which schema it has.
+fn inspect(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let read = || -> rusqlite::Result<(i32, i64, i64)> {
+        let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let objects: i64 =
+            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        Ok((app_id, version, objects))
+    };
+    let (app_id, version, objects) = read().map_err(|e| match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => StoreError::NotADatabase {
+            path: path.to_path_buf(),
+        },
+        _ => StoreError::from(e),
+    })?;
+    match (app_id, objects) {
+        (APPLICATION_ID, _) if version > SCHEMA_VERSION => Err(StoreError::NewerSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        }),
+        (APPLICATION_ID, _) | (0, 0) => Ok(()),
+        (application_id, _) => Err(StoreError::ForeignDatabase {
+            path: path.to_path_buf(),
+            application_id,
+        }),
+    }
+}
+
+fn quick_check(conn: &Connection) -> Result<(), StoreError> {
+    let result: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+    if result == "ok" {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(result))
+    }
+}
+
+fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError> {
+    // WAL: readers and the writer don't block each other, and a commit is one append.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(
+            mode,
+            "SQLite refused WAL mode; durability guarantees still hold, concurrency is lower"
+        );
+    }
+    let sync = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    // Android's default temp directory is not writable by apps; keep temporary tables in memory.
+    conn.pragma_update(None, "temp_store", 2)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(())
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| -> Result<(), StoreError> {
+        for (index, sql) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(version).unwrap_or(0))
+        {
+            conn.execute_batch(sql)?;
+            tracing::info!(to = index + 1, "applied schema migration");
+        }
+        conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(())
+        }
+        Err(e) => {
+            // Best effort: the error that caused the rollback is the one worth reporting.
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_bytes(path: &Path) -> Vec<u8> {
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn creates_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kryonix.db");
+        {
+            let store = Store::open(&path, &StoreOptions::default()).unwrap();
+            store
+                .write(|tx| Store::meta_set(tx, "cursor", b"abc"))
+                .unwrap();
+        }
+        let store = Store::open(&path, &StoreOptions::default()).unwrap();
+        let value = store.read(|c| Store::meta_get(c, "cursor")).unwrap();
+        assert_eq!(value.as_deref(), Some(&b"abc"[..]));
+        let (app, version): (i32, i64) = store
+            .read(|c| {
+                Ok::<_, StoreError>((
+                    c.query_row("PRAGMA application_id", [], |r| r.get(0))?,
+                    c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((app, version), (APPLICATION_ID, SCHEMA_VERSION));
+        let mode: String = store
+            .read(|c| {
+                c.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                    .map_err(StoreError::from)
+            })
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn failed_write_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+        let result: Result<(), StoreError> = store.write(|tx| {
+            Store::meta_set(tx, "k", b"v")?;
+            Err(StoreError::Corrupt("simulated".into()))
+        });
+        assert!(result.is_err());
+        assert_eq!(store.read(|c| Store::meta_get(c, "k")).unwrap(), None);
+    }
+
+    #[test]
+    fn reader_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+        let result = store.read(|c| {
+            c.execute("INSERT INTO meta (key, value) VALUES ('a', x'00')", [])
+                .map_err(StoreError::from)
+        });
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn not_a_database_is_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in [
+            (
+                "text",
+                b"hello, this is a text file and not a database at all".to_vec(),
+            ),
+            ("short", b"SQLite".to_vec()),
+            (
+                "random",
+                (0..8192u32)
+                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                    .collect(),
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &content).unwrap();
+            let err = Store::open(&path, &StoreOptions::default()).unwrap_err();
+            assert!(
+                matches!(err, StoreError::NotADatabase { .. }),
+                "{name}: {err}"
+            );
+            assert_eq!(file_bytes(&path), content, "{name} was modified");
+            assert!(!dir.path().join(format!("{name}-wal")).exists());
+        }
+    }
+
+    #[test]
+    fn header_ok_but_garbage_after_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fake.db");
+        let mut content = SQLITE_MAGIC.to_vec();
+        content.extend(std::iter::repeat_n(0xAB, 4096));
+        std::fs::write(&path, &content).unwrap();
+        let err = Store::open(&path, &StoreOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::NotADatabase { .. } | StoreError::Corrupt(_)
+            ),
+            "{err}"
+        );
+        assert_eq!(file_bytes(&path), content);
+    }
+
+    #[test]
+    fn foreign_database_is_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+                .unwrap();
+        }
+        let before = file_bytes(&path);
+        let err = Store::open(&path, &StoreOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::ForeignDatabase {
+                    application_id: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(file_bytes(&path), before);
+    }
+
+    #[test]
+    fn newer_schema_is_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("future.db");
+        drop(Store::open(&path, &StoreOptions::default()).unwrap());
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .unwrap();
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        }
+        let before = file_bytes(&path);
+        let err = Store::open(&path, &StoreOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found, supported } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+            "{err}"
+        );
+        assert_eq!(file_bytes(&path), before);
+    }
+
+    #[test]
+    fn corrupt_pages_are_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corrupt.db");
+        {
+            let store = Store::open(&path, &StoreOptions::default()).unwrap();
+            store
+                .write(|tx| {
+                    for i in 0..500 {
+                        Store::meta_set(tx, &format!("key-{i}"), &[7u8; 300])?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap();
+            store
+                .read(|c| {
+                    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .map_err(StoreError::from)
+                })
+                .ok();
+        }
+        // Checkpoint from a plain connection so every page is in the main file.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let mut bytes = file_bytes(&path);
+        let page = 4096;
+        let end = bytes.len().min(6 * page);
+        for b in &mut bytes[2 * page..end] {
+            *b = 0x5A;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let options = StoreOptions {
+            verify_on_open: true,
+            ..StoreOptions::default()
+        };
+        let err = Store::open(&path, &options).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        assert_eq!(file_bytes(&path), bytes);
+    }
+
+    #[test]
+    fn full_durability_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            durability: Durability::Full,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path().join("db"), &options).unwrap();
+        let sync: i64 = store
+            .read(|c| {
+                c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+                    .map_err(StoreError::from)
+            })
+            .unwrap();
+        assert_eq!(sync, 2, "FULL");
+    }
+}
