@@ -5,10 +5,17 @@
 //! # Layout
 //!
 //! - [`store`]: the SQLite database — WAL, migrations, `read`/`write` closures, `meta` table.
+//! - [`outbox`]: the durable upload queue — four priority tiers, batches of 100, backoff, dead
+//!   letters; nothing accepted is ever dropped.
 //! - [`clock`]: wall-clock time behind a trait, so TTLs and backoff are tested without sleeping.
 
 pub mod clock;
+pub mod outbox;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
+pub use outbox::{
+    DeadLetter, ItemId, ItemState, NewItem, Outbox, OutboxConfig, OutboxError, OutboxItem,
+    OutboxStats, RetrySchedule, TierSet, TierStats,
+};
 pub use store::{Durability, Store, StoreError, StoreOptions};
