@@ -25,7 +25,8 @@ struct Sides {
 
 fn sides() -> Sides {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path().join("ours.db"), &StoreOptions::default()).unwrap());
+    let store =
+        Arc::new(Store::open(dir.path().join("ours.db"), &StoreOptions::default()).unwrap());
     let outbox = Outbox::open(
         store,
         Arc::new(SystemClock),
@@ -37,7 +38,11 @@ fn sides() -> Sides {
     let raw = Connection::open(dir.path().join("raw.db")).unwrap();
     raw.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=2;")
         .unwrap();
-    Sides { _dir: dir, outbox, raw }
+    Sides {
+        _dir: dir,
+        outbox,
+        raw,
+    }
 }
 
 fn raw_insert(conn: &mut Connection, n: usize) {
@@ -69,7 +74,13 @@ fn ours(outbox: &Outbox, n: usize) {
     if n == 1 {
         black_box(
             outbox
-                .enqueue(Namespace::UserCache, "profile:42", Op::Put, &PAYLOAD, Tier::Critical)
+                .enqueue(
+                    Namespace::UserCache,
+                    "profile:42",
+                    Op::Put,
+                    &PAYLOAD,
+                    Tier::Critical,
+                )
                 .unwrap(),
         );
     } else {
@@ -92,7 +103,9 @@ fn bench(c: &mut Criterion) {
     for n in [1usize, 100] {
         let mut group = c.benchmark_group(format!("enqueue_{n}_per_txn"));
         group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::new("outbox", n), |b| b.iter(|| ours(&s.outbox, n)));
+        group.bench_function(BenchmarkId::new("outbox", n), |b| {
+            b.iter(|| ours(&s.outbox, n))
+        });
         group.bench_function(BenchmarkId::new("raw_insert", n), |b| {
             b.iter(|| raw_insert(&mut s.raw, n))
         });
