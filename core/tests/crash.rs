@@ -18,19 +18,31 @@ const CHILD_ENV: &str = "KRYONIX_CRASH_CHILD_DB";
 
 fn open(path: &str) -> Outbox {
     let store = Arc::new(Store::open(path, &StoreOptions::default()).unwrap());
-    Outbox::open(store, Arc::new(SystemClock), OutboxConfig::new(TenantId::new("acme").unwrap()))
-        .unwrap()
+    Outbox::open(
+        store,
+        Arc::new(SystemClock),
+        OutboxConfig::new(TenantId::new("acme").unwrap()),
+    )
+    .unwrap()
 }
 
 /// The child's body; a no-op in a normal test run.
 #[test]
 fn crash_child_enqueue_loop() {
-    let Ok(path) = std::env::var(CHILD_ENV) else { return };
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let outbox = open(&path);
     for i in 0u64.. {
         let tier = Tier::ALL[(i % 4) as usize];
         let id = outbox
-            .enqueue(Namespace::UserCache, &format!("item-{i}"), Op::Put, &[0x42; 256], tier)
+            .enqueue(
+                Namespace::UserCache,
+                &format!("item-{i}"),
+                Op::Put,
+                &[0x42; 256],
+                tier,
+            )
             .unwrap();
         println!("ENQUEUED {id}");
     }
@@ -45,7 +57,12 @@ fn sigkill_during_enqueue_loses_no_returned_id() {
     drop(open(&path));
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child_enqueue_loop", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child_enqueue_loop",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -79,7 +96,12 @@ fn sigkill_during_enqueue_loses_no_returned_id() {
         outbox.ack(&ids).unwrap();
     }
     let lost: Vec<_> = seen.difference(&stored).collect();
-    assert!(lost.is_empty(), "{} returned ids lost, e.g. {:?}", lost.len(), lost.first());
+    assert!(
+        lost.is_empty(),
+        "{} returned ids lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
     // The child may have committed a few more that it never got to print.
     assert!(stored.len() >= seen.len());
 }
