@@ -4,6 +4,8 @@
 //! interleaved rounds in this same process (so machine noise hits both sides alike).
 //! Target: enqueue ≥ 0.8× the raw insert throughput.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

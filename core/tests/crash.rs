@@ -5,6 +5,8 @@
 //! forever and prints each id after `enqueue` returns. The parent reads those lines, kills the
 //! child mid-loop (SIGKILL: no destructor, no close, no checkpoint), and reopens the file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
