@@ -9,6 +9,7 @@
 //!   letters; nothing accepted is ever dropped.
 //! - [`clock`]: wall-clock time behind a trait, so TTLs and backoff are tested without sleeping.
 
+pub mod cache;
 pub mod clock;
 pub mod outbox;
 pub mod store;

@@ -1,0 +1,875 @@
+//! The device cache: values per tenant and namespace, in the same SQLite file as the outbox.
+//!
+//! Apps read through the cache while offline, so a hit must cost little more than the SQLite
+//! lookup underneath it, and the cache must never grow past what the user's phone can spare. That
+//! shapes the design:
+//!
+//! - **One row per value** in `cache_entries`, keyed by the validated
+//!   `tenant:{tenant}:{namespace}:{key}` ([`TenantKey`]), so tenants can never see each other's
+//!   values: the tenant is part of every lookup.
+//! - **Budgets per namespace.** The device budget (64 MiB by default) is split in the proportions
+//!   of the namespace table; a value is charged its stored size plus its key. When a put does not
+//!   fit, expired entries of the namespace go first, then the namespace's own policy picks
+//!   victims (`allkeys-lru`, `allkeys-lfu`, `volatile-lru`, `volatile-ttl`), and `noeviction`
+//!   refuses the write with [`CacheError::NamespaceFull`] rather than drop data. Eviction and the
+//!   insert run in one write transaction: a refused put changes nothing.
+//! - **Usage in memory.** Each namespace's bytes and entries are summed once when the cache
+//!   opens and then kept in a ledger that changes only after a transaction commits, so a put never
+//!   scans the table to learn whether it fits.
+//! - **Access statistics are batched.** LRU and LFU need the time and count of every read, but a
+//!   write per read would turn every cache hit into a transaction (and a WAL append). Hits are
+//!   recorded in memory and flushed into `last_access`/`access_count` at the start of the next
+//!   write transaction, before any victim is chosen, so eviction always sees them. A crash loses
+//!   only these hints, never a value.
+//! - **Expiry on read.** An entry past its TTL is a miss the moment it expires, even before it is
+//!   removed; reading it removes it, and [`Cache::purge_expired`] reclaims the rest in small steps.
+//! - **Compression** above 1 KiB per the device profile ([`codec`]), with the encoding stored in
+//!   the row and values that do not shrink stored as they are.
+
+pub mod codec;
+pub mod stats;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use kryonix_protocol::{
+    DeviceProfile, Encoding, EvictionPolicy, KeyError, Namespace, TenantKey, adaptive_ttl,
+};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::clock::{Clock, Millis, duration_ms};
+use crate::store::{Store, StoreError};
+
+pub use codec::CodecError;
+pub use stats::{CacheStats, LatencySummary, NamespaceStats};
+
+use stats::{NS_COUNT, Stats, Usage};
+
+/// Default on-device budget shared by the sixteen namespaces.
+pub const DEFAULT_DEVICE_BUDGET_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Default largest value accepted by [`Cache::put`], before compression.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Distinct keys whose hits are held in memory before they are flushed on their own.
+const MAX_PENDING_ACCESSES: usize = 4096;
+
+/// Eviction candidates fetched per query while making room.
+const VICTIM_BATCH: i64 = 64;
+
+/// Statement cache size for the connections the cache uses; the cache alone has about a dozen
+/// statements, and the outbox shares the connections.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// Why a cache operation failed. Nothing was written when any of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("invalid cache key: {0}")]
+    InvalidKey(#[from] KeyError),
+    #[error("the value is {size} bytes; the cache accepts at most {max} bytes per value")]
+    ValueTooLarge { size: usize, max: usize },
+    #[error("a TTL of zero would store an already expired value; use a positive duration")]
+    InvalidTtl,
+    #[error(
+        "an entry of {charged} bytes (stored value plus key) can never fit namespace {namespace}, whose budget is {budget} bytes"
+    )]
+    ExceedsNamespaceBudget {
+        namespace: Namespace,
+        charged: u64,
+        budget: u64,
+    },
+    #[error(
+        "namespace {namespace} is full ({used} of {budget} bytes used, {needed} needed) and its policy {policy} allows no eviction{}; the write was refused",
+        if matches!(.policy, EvictionPolicy::Noeviction) { "" } else { " of the remaining entries" }
+    )]
+    NamespaceFull {
+        namespace: Namespace,
+        policy: EvictionPolicy,
+        used: u64,
+        needed: u64,
+        budget: u64,
+    },
+    #[error("a cached value could not be decoded: {0}")]
+    Codec(#[from] CodecError),
+    #[error("cache storage: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for CacheError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Store(StoreError::from(e))
+    }
+}
+
+/// How long a value lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expiry {
+    /// The adaptive TTL of the current device profile ([`adaptive_ttl`]).
+    #[default]
+    Adaptive,
+    /// A fixed, positive TTL.
+    After(Duration),
+    /// Until deleted or evicted. Such entries are never chosen by `volatile-*` policies.
+    Never,
+}
+
+/// Settings of a [`Cache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Total bytes the cache may use on this device, split between namespaces in the
+    /// proportions of the namespace table.
+    pub device_budget_bytes: u64,
+    /// Largest value accepted, before compression.
+    pub max_value_bytes: usize,
+    /// The profile at start-up; change it with [`Cache::set_profile`].
+    pub profile: DeviceProfile,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            device_budget_bytes: DEFAULT_DEVICE_BUDGET_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            profile: DeviceProfile::default(),
+        }
+    }
+}
+
+/// A value with what the cache knows about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub value: Vec<u8>,
+    /// Time left before it expires; `None` for a value that never expires.
+    pub ttl: Option<Duration>,
+    /// How the value is stored.
+    pub encoding: Encoding,
+    /// Bytes charged to the namespace budget (stored value plus key).
+    pub charged_bytes: u64,
+}
+
+/// Reads not yet written to `last_access` / `access_count`.
+#[derive(Debug, Clone, Copy)]
+struct Access {
+    last: Millis,
+    count: u32,
+}
+
+/// Net effect of one committed write transaction, applied to the ledger and the counters.
+#[derive(Debug, Default)]
+struct Change {
+    usage: [UsageDelta; NS_COUNT],
+    evicted: [u64; NS_COUNT],
+    expired: [u64; NS_COUNT],
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct UsageDelta {
+    entries: i64,
+    charged: i64,
+    raw: i64,
+    stored: i64,
+}
+
+/// The size columns of one row, as they count against the ledger.
+#[derive(Debug, Clone, Copy)]
+struct RowSize {
+    namespace: usize,
+    charged: i64,
+    raw: i64,
+    stored: i64,
+}
+
+impl RowSize {
+    fn from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+        let ns: i64 = row.get(first)?;
+        Ok(Self {
+            // The schema's CHECK keeps the column in 0..=15; anything else is ignored by the
+            // ledger (`get_mut` below) instead of panicking.
+            namespace: usize::try_from(ns).unwrap_or(usize::MAX),
+            charged: row.get(first + 1)?,
+            raw: row.get(first + 2)?,
+            stored: row.get(first + 3)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Removal {
+    Evicted,
+    Expired,
+    Deleted,
+}
+
+impl Change {
+    fn add(&mut self, row: RowSize) {
+        if let Some(d) = self.usage.get_mut(row.namespace) {
+            d.entries += 1;
+            d.charged += row.charged;
+            d.raw += row.raw;
+            d.stored += row.stored;
+        }
+    }
+
+    fn remove(&mut self, row: RowSize, why: Removal) {
+        let ns = row.namespace;
+        if let Some(d) = self.usage.get_mut(ns) {
+            d.entries -= 1;
+            d.charged -= row.charged;
+            d.raw -= row.raw;
+            d.stored -= row.stored;
+        }
+        let counter = match why {
+            Removal::Evicted => self.evicted.get_mut(ns),
+            Removal::Expired => self.expired.get_mut(ns),
+            Removal::Deleted => None,
+        };
+        if let Some(c) = counter {
+            *c += 1;
+        }
+    }
+}
+
+/// The cache. Share it behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Cache {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    max_value_bytes: usize,
+    budgets: [u64; NS_COUNT],
+    profile: Mutex<DeviceProfile>,
+    /// Committed usage per namespace. Held for the whole of every write transaction that
+    /// changes cache rows, so the usage a put decides on is the usage it commits against.
+    ledger: Mutex<[Usage; NS_COUNT]>,
+    /// Hits since the last flush, by full key.
+    accesses: Mutex<HashMap<String, Access>>,
+    stats: Stats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Poisoning only means another thread panicked while holding the lock; every value guarded
+    // here is valid between any two statements, so carry on.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+const GET_SQL: &str = "SELECT value, encoding, raw_size, stored_size, expires_at FROM cache_entries WHERE full_key = ?1";
+const CONTAINS_SQL: &str = "SELECT expires_at FROM cache_entries WHERE full_key = ?1";
+const TOUCH_SQL: &str = "UPDATE cache_entries SET last_access = max(last_access, ?2), \
+     access_count = access_count + ?3 WHERE full_key = ?1";
+const OLD_SIZE_SQL: &str = "SELECT namespace, stored_size, raw_size, length(value) \
+     FROM cache_entries WHERE full_key = ?1";
+const UPSERT_SQL: &str = "INSERT INTO cache_entries \
+     (full_key, tenant, namespace, value, encoding, raw_size, stored_size, created_at, expires_at, last_access, access_count) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, 0) \
+     ON CONFLICT (full_key) DO UPDATE SET value = excluded.value, encoding = excluded.encoding, \
+     raw_size = excluded.raw_size, stored_size = excluded.stored_size, created_at = excluded.created_at, \
+     expires_at = excluded.expires_at, last_access = excluded.last_access";
+const DELETE_SQL: &str = "DELETE FROM cache_entries WHERE full_key = ?1 \
+     RETURNING namespace, stored_size, raw_size, length(value), expires_at";
+const DELETE_EXPIRED_KEY_SQL: &str = "DELETE FROM cache_entries WHERE full_key = ?1 AND expires_at <= ?2 \
+     RETURNING namespace, stored_size, raw_size, length(value)";
+const PURGE_SQL: &str = "DELETE FROM cache_entries WHERE rowid IN \
+     (SELECT rowid FROM cache_entries WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2) \
+     RETURNING namespace, stored_size, raw_size, length(value)";
+const DELETE_ROWID_SQL: &str = "DELETE FROM cache_entries WHERE rowid = ?1";
+const USAGE_SQL: &str = "SELECT namespace, count(*), sum(stored_size), sum(raw_size), sum(length(value)) \
+     FROM cache_entries GROUP BY namespace";
+
+// Victim queries: ?1 namespace, ?2 the key being written (never its own victim), ?3 now, ?4 limit.
+// Each is served by one of the schema's cache_* indexes.
+const EXPIRED_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
+     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at <= ?3 \
+     ORDER BY expires_at LIMIT ?4";
+const LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
+     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 \
+     AND (expires_at IS NULL OR expires_at > ?3) ORDER BY last_access, rowid LIMIT ?4";
+const LFU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
+     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 \
+     AND (expires_at IS NULL OR expires_at > ?3) ORDER BY access_count, last_access, rowid LIMIT ?4";
+const VOLATILE_LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
+     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
+     ORDER BY last_access, rowid LIMIT ?4";
+const VOLATILE_TTL_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
+     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
+     ORDER BY expires_at, rowid LIMIT ?4";
+
+/// A row as `get` reads it.
+struct StoredValue {
+    value: Vec<u8>,
+    encoding: i64,
+    raw_size: i64,
+    charged: i64,
+    expires_at: Option<Millis>,
+}
+
+fn read_value(conn: &Connection, full_key: &str) -> rusqlite::Result<Option<StoredValue>> {
+    conn.prepare_cached(GET_SQL)?
+        .query_row([full_key], |r| {
+            Ok(StoredValue {
+                value: r.get(0)?,
+                encoding: r.get(1)?,
+                raw_size: r.get(2)?,
+                charged: r.get(3)?,
+                expires_at: r.get(4)?,
+            })
+        })
+        .optional()
+}
+
+/// Writes batched hits; runs first in every write transaction of the cache.
+fn flush_accesses(
+    tx: &Transaction<'_>,
+    accesses: &HashMap<String, Access>,
+) -> rusqlite::Result<()> {
+    if accesses.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(TOUCH_SQL)?;
+    for (key, access) in accesses {
+        stmt.execute(params![key, access.last, access.count])?;
+    }
+    Ok(())
+}
+
+/// Deletes rows picked by `victims_sql` until `need` bytes are freed or no candidate is left.
+/// Returns the bytes still missing.
+fn drain(
+    tx: &Transaction<'_>,
+    room: &Room<'_>,
+    victims_sql: &str,
+    mut need: u64,
+    why: Removal,
+    change: &mut Change,
+) -> Result<u64, CacheError> {
+    let mut select = tx.prepare_cached(victims_sql)?;
+    let mut delete = tx.prepare_cached(DELETE_ROWID_SQL)?;
+    loop {
+        let batch = select
+            .query_map(
+                params![
+                    i64::from(room.namespace.id()),
+                    room.full_key,
+                    room.now,
+                    VICTIM_BATCH
+                ],
+                |r| Ok((r.get::<_, i64>(0)?, RowSize::from_row(r, 1)?)),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if batch.is_empty() {
+            return Ok(need);
+        }
+        for (rowid, size) in batch {
+            delete.execute([rowid])?;
+            change.remove(size, why);
+            need = need.saturating_sub(to_u64(size.charged));
+            if need == 0 {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+/// Frees at least `need` bytes of `namespace` for the entry being written under `full_key`:
+/// expired entries first, then victims of the namespace's policy. Returns `false` when the
+/// policy runs out of candidates; the caller then fails, and its transaction rolls back every
+/// deletion made here.
+fn make_room(
+    tx: &Transaction<'_>,
+    namespace: Namespace,
+    full_key: &str,
+    now: Millis,
+    need: u64,
+    change: &mut Change,
+) -> Result<bool, CacheError> {
+    let room = Room {
+        namespace,
+        full_key,
+        now,
+    };
+    let need = drain(
+        tx,
+        &room,
+        EXPIRED_VICTIMS_SQL,
+        need,
+        Removal::Expired,
+        change,
+    )?;
+    if need == 0 {
+        return Ok(true);
+    }
+    let victims_sql = match namespace.eviction() {
+        EvictionPolicy::AllkeysLru => LRU_VICTIMS_SQL,
+        EvictionPolicy::AllkeysLfu => LFU_VICTIMS_SQL,
+        EvictionPolicy::VolatileLru => VOLATILE_LRU_VICTIMS_SQL,
+        EvictionPolicy::VolatileTtl => VOLATILE_TTL_VICTIMS_SQL,
+        EvictionPolicy::Noeviction => return Ok(false),
+    };
+    let need = drain(tx, &room, victims_sql, need, Removal::Evicted, change)?;
+    Ok(need == 0)
+}
+
+/// Where room is being made.
+struct Room<'a> {
+    namespace: Namespace,
+    /// The key being written: never its own victim.
+    full_key: &'a str,
+    now: Millis,
+}
+
+impl Cache {
+    /// Opens the cache over `store`, reading each namespace's usage once.
+    pub fn open(
+        store: Arc<Store>,
+        clock: Arc<dyn Clock>,
+        config: CacheConfig,
+    ) -> Result<Self, CacheError> {
+        let mut ledger = [Usage::default(); NS_COUNT];
+        store.read(|conn| -> Result<(), CacheError> {
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+            let mut stmt = conn.prepare(USAGE_SQL)?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let ns = usize::try_from(row.get::<_, i64>(0)?).unwrap_or(usize::MAX);
+                if let Some(u) = ledger.get_mut(ns) {
+                    *u = Usage {
+                        entries: to_u64(row.get(1)?),
+                        charged: to_u64(row.get(2)?),
+                        raw: to_u64(row.get(3)?),
+                        stored: to_u64(row.get(4)?),
+                    };
+                }
+            }
+            Ok(())
+        })?;
+        store.write(|tx| -> Result<(), CacheError> {
+            tx.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+            Ok(())
+        })?;
+        let budgets = std::array::from_fn(|id| {
+            u8::try_from(id)
+                .ok()
+                .and_then(|id| Namespace::from_id(id).ok())
+                .map_or(0, |ns| ns.scaled_budget(config.device_budget_bytes))
+        });
+        Ok(Self {
+            store,
+            clock,
+            max_value_bytes: config.max_value_bytes,
+            budgets,
+            profile: Mutex::new(config.profile),
+            ledger: Mutex::new(ledger),
+            accesses: Mutex::new(HashMap::new()),
+            stats: Stats::new(),
+        })
+    }
+
+    /// Builds and validates a key from unvalidated parts (as they arrive from an app).
+    pub fn key(tenant: &str, namespace: &str, key: &str) -> Result<TenantKey, CacheError> {
+        Ok(TenantKey::from_parts(tenant, namespace, key)?)
+    }
+
+    /// The device profile used for adaptive TTLs and compression.
+    pub fn profile(&self) -> DeviceProfile {
+        *lock(&self.profile)
+    }
+
+    /// Switches profile (the network changed); applies to puts from now on.
+    pub fn set_profile(&self, profile: DeviceProfile) {
+        *lock(&self.profile) = profile;
+    }
+
+    /// This device's byte budget for `namespace`.
+    pub fn budget(&self, namespace: Namespace) -> u64 {
+        self.budgets
+            .get(usize::from(namespace.id()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Stores `value` under `key`, replacing any previous value, evicting per the namespace's
+    /// policy if it does not fit.
+    pub fn put(&self, key: &TenantKey, value: &[u8], expiry: Expiry) -> Result<(), CacheError> {
+        let started = Instant::now();
+        let result = self.put_inner(key, value, expiry);
+        self.stats.record_put(started.elapsed());
+        result
+    }
+
+    fn put_inner(&self, key: &TenantKey, value: &[u8], expiry: Expiry) -> Result<(), CacheError> {
+        if value.len() > self.max_value_bytes {
+            return Err(CacheError::ValueTooLarge {
+                size: value.len(),
+                max: self.max_value_bytes,
+            });
+        }
+        let profile = self.profile();
+        let now = self.clock.now_ms();
+        let expires_at = match expiry {
+            Expiry::Adaptive => Some(now.saturating_add(duration_ms(adaptive_ttl(profile)))),
+            Expiry::After(ttl) if ttl.is_zero() => return Err(CacheError::InvalidTtl),
+            Expiry::After(ttl) => Some(now.saturating_add(duration_ms(ttl))),
+            Expiry::Never => None,
+        };
+        let namespace = key.namespace();
+        let ns = usize::from(namespace.id());
+        let budget = self.budget(namespace);
+        // Compress before taking any lock: it is the slowest step and needs no database.
+        let (encoding, stored) = codec::compress_for(profile.device, value);
+        let charged = stored.len() + key.as_str().len();
+        let new_row = RowSize {
+            namespace: ns,
+            charged: to_i64(charged),
+            raw: to_i64(value.len()),
+            stored: to_i64(stored.len()),
+        };
+        let charged = to_u64(new_row.charged);
+        if charged > budget {
+            return Err(CacheError::ExceedsNamespaceBudget {
+                namespace,
+                charged,
+                budget,
+            });
+        }
+
+        self.write_rows(|tx, ledger, change| {
+            let used = ledger.get(ns).map_or(0, |u| u.charged);
+            let old = tx
+                .prepare_cached(OLD_SIZE_SQL)?
+                .query_row([key.as_str()], |r| RowSize::from_row(r, 0))
+                .optional()?;
+            let mut used_without_old = used;
+            if let Some(old) = old {
+                // An overwrite: the old value's bytes are given back before checking the fit.
+                change.remove(old, Removal::Deleted);
+                used_without_old = used_without_old.saturating_sub(to_u64(old.charged));
+            }
+            let over = (used_without_old + charged).saturating_sub(budget);
+            if over > 0 && !make_room(tx, namespace, key.as_str(), now, over, change)? {
+                // Returning the error rolls back every deletion make_room did.
+                return Err(CacheError::NamespaceFull {
+                    namespace,
+                    policy: namespace.eviction(),
+                    used,
+                    needed: charged,
+                    budget,
+                });
+            }
+            tx.prepare_cached(UPSERT_SQL)?.execute(params![
+                key.as_str(),
+                key.tenant(),
+                i64::from(namespace.id()),
+                stored,
+                i64::from(encoding.tag()),
+                new_row.raw,
+                new_row.charged,
+                now,
+                expires_at,
+            ])?;
+            change.add(new_row);
+            Ok(())
+        })
+    }
+
+    /// The value under `key`, or `None` if absent or expired.
+    pub fn get(&self, key: &TenantKey) -> Result<Option<Vec<u8>>, CacheError> {
+        Ok(self.get_entry(key)?.map(|entry| entry.value))
+    }
+
+    /// The value under `key` with its remaining TTL and encoding; counts like [`Cache::get`].
+    pub fn get_entry(&self, key: &TenantKey) -> Result<Option<CacheEntry>, CacheError> {
+        let started = Instant::now();
+        let now = self.clock.now_ms();
+        let row = self
+            .store
+            .read(|conn| read_value(conn, key.as_str()).map_err(CacheError::from));
+        let result = row.and_then(|row| self.finish_read(key.as_str(), row, now));
+        let result = match result {
+            Ok(Lookup::Expired) => {
+                self.remove_expired(&[key.as_str()], now);
+                Ok(None)
+            }
+            Ok(Lookup::Found(entry)) => Ok(Some(entry)),
+            Ok(Lookup::Missing) => Ok(None),
+            Err(e) => Err(e),
+        };
+        self.stats.record_get(started.elapsed());
+        result
+    }
+
+    /// The values under `keys`, in the same order, read in one transaction (one consistent
+    /// snapshot). Duplicate keys are fine.
+    pub fn get_many(&self, keys: &[TenantKey]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+        let started = Instant::now();
+        let now = self.clock.now_ms();
+        let result = self.get_many_inner(keys, now);
+        self.stats.record_get(started.elapsed());
+        result
+    }
+
+    fn get_many_inner(
+        &self,
+        keys: &[TenantKey],
+        now: Millis,
+    ) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+        let rows = self.store.read(|conn| -> Result<Vec<_>, CacheError> {
+            // A deferred read transaction: every lookup sees the same snapshot. Dropping it
+            // rolls back, which for a read is just the end of the snapshot.
+            let tx = conn.unchecked_transaction()?;
+            let rows = keys
+                .iter()
+                .map(|k| read_value(&tx, k.as_str()))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(tx);
+            Ok(rows)
+        })?;
+        let mut expired = Vec::new();
+        let mut values = Vec::with_capacity(keys.len());
+        for (key, row) in keys.iter().zip(rows) {
+            values.push(match self.finish_read(key.as_str(), row, now)? {
+                Lookup::Found(entry) => Some(entry.value),
+                Lookup::Expired => {
+                    expired.push(key.as_str());
+                    None
+                }
+                Lookup::Missing => None,
+            });
+        }
+        if !expired.is_empty() {
+            self.remove_expired(&expired, now);
+        }
+        Ok(values)
+    }
+
+    /// Turns a row into a value, counting the hit or the miss.
+    fn finish_read(
+        &self,
+        full_key: &str,
+        row: Option<StoredValue>,
+        now: Millis,
+    ) -> Result<Lookup, CacheError> {
+        let Some(row) = row else {
+            self.stats.miss();
+            return Ok(Lookup::Missing);
+        };
+        if row.expires_at.is_some_and(|at| at <= now) {
+            self.stats.miss();
+            return Ok(Lookup::Expired);
+        }
+        let encoding = codec::encoding_from_tag(row.encoding)?;
+        let raw_size = usize::try_from(row.raw_size).unwrap_or(0);
+        let value = if encoding == Encoding::Identity {
+            row.value
+        } else {
+            codec::decode(encoding, &row.value, raw_size)?
+        };
+        if value.len() != raw_size {
+            return Err(CodecError::Corrupt {
+                encoding,
+                reason: format!("decoded to {} bytes, {} were stored", value.len(), raw_size),
+            }
+            .into());
+        }
+        self.stats.hit();
+        self.record_access(full_key, now);
+        Ok(Lookup::Found(CacheEntry {
+            value,
+            ttl: row
+                .expires_at
+                .map(|at| Duration::from_millis(to_u64(at.saturating_sub(now)))),
+            encoding,
+            charged_bytes: to_u64(row.charged),
+        }))
+    }
+
+    /// Whether a live value is stored under `key`. Counts neither as a hit nor as a miss and does
+    /// not refresh the entry's recency (like Redis `EXISTS`).
+    pub fn contains(&self, key: &TenantKey) -> Result<bool, CacheError> {
+        let now = self.clock.now_ms();
+        let expires_at = self.store.read(|conn| -> Result<_, CacheError> {
+            Ok(conn
+                .prepare_cached(CONTAINS_SQL)?
+                .query_row([key.as_str()], |r| r.get::<_, Option<Millis>>(0))
+                .optional()?)
+        })?;
+        Ok(matches!(expires_at, Some(at) if at.is_none_or(|at| at > now)))
+    }
+
+    /// Removes the value under `key`. Returns whether a live value was removed (an expired one is
+    /// removed too, counted as an expiration, and reported as `false`).
+    pub fn delete(&self, key: &TenantKey) -> Result<bool, CacheError> {
+        let now = self.clock.now_ms();
+        let removed = self.write_rows(|tx, _, change| {
+            let row = tx
+                .prepare_cached(DELETE_SQL)?
+                .query_row([key.as_str()], |r| {
+                    Ok((RowSize::from_row(r, 0)?, r.get::<_, Option<Millis>>(4)?))
+                })
+                .optional()?;
+            Ok(match row {
+                Some((size, Some(at))) if at <= now => {
+                    change.remove(size, Removal::Expired);
+                    false
+                }
+                Some((size, _)) => {
+                    change.remove(size, Removal::Deleted);
+                    true
+                }
+                None => false,
+            })
+        })?;
+        Ok(removed)
+    }
+
+    /// Removes up to `limit` expired entries, soonest-expired first, and returns how many. Call it
+    /// from idle time with a small limit to keep each write transaction short.
+    pub fn purge_expired(&self, limit: usize) -> Result<usize, CacheError> {
+        let now = self.clock.now_ms();
+        let removed = self.write_rows(|tx, _, change| {
+            let mut stmt = tx.prepare_cached(PURGE_SQL)?;
+            let rows = stmt
+                .query_map(params![now, to_i64(limit)], |r| RowSize::from_row(r, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for &row in &rows {
+                change.remove(row, Removal::Expired);
+            }
+            Ok(rows.len())
+        })?;
+        Ok(removed)
+    }
+
+    /// Writes the batched access statistics now (they are otherwise written by the next put,
+    /// delete or purge). Useful before the app goes to the background.
+    pub fn flush_access_stats(&self) -> Result<(), CacheError> {
+        self.write_rows(|_, _, _| Ok(()))
+    }
+
+    /// A snapshot of the counters and of each namespace's usage.
+    pub fn stats(&self) -> CacheStats {
+        let ledger = *lock(&self.ledger);
+        self.stats.snapshot(&ledger, &self.budgets)
+    }
+
+    /// Runs `f` in a write transaction of the cache: the ledger is held throughout, batched
+    /// accesses are flushed first, and the ledger and counters change only once it commits.
+    fn write_rows<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>, &[Usage; NS_COUNT], &mut Change) -> Result<T, CacheError>,
+    ) -> Result<T, CacheError> {
+        let mut ledger = lock(&self.ledger);
+        let accesses = self.take_accesses();
+        let result = self.store.write(|tx| -> Result<(T, Change), CacheError> {
+            flush_accesses(tx, &accesses)?;
+            let mut change = Change::default();
+            let value = f(tx, &ledger, &mut change)?;
+            Ok((value, change))
+        });
+        match result {
+            Ok((value, change)) => {
+                self.apply(&mut ledger, &change);
+                Ok(value)
+            }
+            Err(e) => {
+                self.restore_accesses(accesses);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes entries a read found expired. Failure only delays the removal (the entry already
+    /// reads as a miss and `purge_expired` will get it), so it is logged, not returned.
+    fn remove_expired(&self, keys: &[&str], now: Millis) {
+        let result = self.write_rows(|tx, _, change| {
+            let mut stmt = tx.prepare_cached(DELETE_EXPIRED_KEY_SQL)?;
+            for key in keys {
+                // The row may be gone already, or rewritten with a new TTL since it was read.
+                if let Some(row) = stmt
+                    .query_row(params![key, now], |r| RowSize::from_row(r, 0))
+                    .optional()?
+                {
+                    change.remove(row, Removal::Expired);
+                }
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            tracing::warn!(%error, "could not remove expired cache entries; purge will retry");
+        }
+    }
+
+    fn apply(&self, ledger: &mut [Usage; NS_COUNT], change: &Change) {
+        for (ns, (usage, delta)) in ledger.iter_mut().zip(&change.usage).enumerate() {
+            usage.entries = usage.entries.saturating_add_signed(delta.entries);
+            usage.charged = usage.charged.saturating_add_signed(delta.charged);
+            usage.raw = usage.raw.saturating_add_signed(delta.raw);
+            usage.stored = usage.stored.saturating_add_signed(delta.stored);
+            if let Some(&n) = change.evicted.get(ns).filter(|n| **n > 0) {
+                self.stats.evicted(ns, n);
+            }
+            if let Some(&n) = change.expired.get(ns).filter(|n| **n > 0) {
+                self.stats.expired(ns, n);
+            }
+        }
+    }
+
+    fn record_access(&self, full_key: &str, now: Millis) {
+        let full = {
+            let mut accesses = lock(&self.accesses);
+            if let Some(a) = accesses.get_mut(full_key) {
+                a.last = a.last.max(now);
+                a.count = a.count.saturating_add(1);
+                false
+            } else {
+                accesses.insert(
+                    full_key.to_owned(),
+                    Access {
+                        last: now,
+                        count: 1,
+                    },
+                );
+                accesses.len() >= MAX_PENDING_ACCESSES
+            }
+        };
+        if full {
+            // Keep memory bounded when an app only reads: write the hints on their own.
+            if let Err(error) = self.flush_access_stats() {
+                tracing::warn!(%error, "could not write cache access statistics; kept for later");
+            }
+        }
+    }
+
+    fn take_accesses(&self) -> HashMap<String, Access> {
+        std::mem::take(&mut *lock(&self.accesses))
+    }
+
+    /// Puts back hints whose transaction rolled back, merging with hits recorded meanwhile.
+    fn restore_accesses(&self, taken: HashMap<String, Access>) {
+        let mut accesses = lock(&self.accesses);
+        for (key, a) in taken {
+            accesses
+                .entry(key)
+                .and_modify(|b| {
+                    b.last = b.last.max(a.last);
+                    b.count = b.count.saturating_add(a.count);
+                })
+                .or_insert(a);
+        }
+    }
+}
+
+/// Outcome of reading one key.
+enum Lookup {
+    Found(CacheEntry),
+    Expired,
+    Missing,
+}
