@@ -1,22 +1,33 @@
 //! Kryonix on the device: a local SQLite cache, a durable outbox and (soon) the sync engine.
 //!
+//! The README's example runs as a doc-test of this crate.
+//!
 //! Pure Rust with no FFI concerns; the `bindings` crate wraps it for Kotlin and Swift.
 //!
 //! # Layout
 //!
 //! - [`store`]: the SQLite database — WAL, migrations, `read`/`write` closures, `meta` table.
+//! - [`cache`]: per-tenant, per-namespace values — TTLs (explicit or adaptive), compression
+//!   above 1 KiB, budgets enforced with each namespace's eviction policy, stats.
 //! - [`outbox`]: the durable upload queue — four priority tiers, batches of 100, backoff, dead
 //!   letters; nothing accepted is ever dropped.
 //! - [`clock`]: wall-clock time behind a trait, so TTLs and backoff are tested without sleeping.
+//! - [`error`]: the crate-wide [`Error`] over each module's own error enum.
 
 pub mod cache;
 pub mod clock;
+pub mod error;
 pub mod outbox;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
+pub use error::{Error, Result};
 pub use outbox::{
     DeadLetter, ItemId, ItemState, NewItem, Outbox, OutboxConfig, OutboxError, OutboxItem,
     OutboxStats, RetrySchedule, TierSet, TierStats,
 };
 pub use store::{Durability, Store, StoreError, StoreOptions};
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,60 @@
+//! The crate-wide error: one enum over each module's own, so callers that don't care which part
+//! failed (the sync engine, the FFI layer) handle one type, and callers that do can match.
+
+use crate::cache::CacheError;
+use crate::outbox::OutboxError;
+use crate::store::StoreError;
+
+/// Any error of `kryonix-core`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether the same call may succeed later without the caller changing anything: a database
+    /// locked by another process is transient; an invalid key or a corrupt file is not.
+    pub fn is_transient(&self) -> bool {
+        let store = match self {
+            Self::Store(e) => Some(e),
+            Self::Cache(CacheError::Store(e)) => Some(e),
+            Self::Outbox(OutboxError::Store(e)) => Some(e),
+            _ => None,
+        };
+        matches!(
+            store,
+            Some(StoreError::Sqlite(e)) if matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            )
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kryonix_protocol::KeyError;
+
+    #[test]
+    fn permanent_errors_are_not_transient() {
+        let e: Error = OutboxError::PayloadTooLarge { size: 2, max: 1 }.into();
+        assert!(!e.is_transient());
+        let e: Error = CacheError::InvalidKey(KeyError::Malformed).into();
+        assert!(!e.is_transient());
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        let e: Error = OutboxError::from(busy).into();
+        assert!(e.is_transient());
+    }
+}
