@@ -250,6 +250,8 @@ pub mod error_code {
     pub const FORBIDDEN: &str = "forbidden";
     /// 404: no such route or cache entry.
     pub const NOT_FOUND: &str = "not_found";
+    /// 405: the route exists, but not with this method.
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     /// 413: body, batch or value over its limit.
     pub const TOO_LARGE: &str = "too_large";
     /// 422: a key or namespace that breaks the key rules.

@@ -1,0 +1,330 @@
+//! Push (device → server), pull (server → device) and publish (backend → devices).
+//!
+//! Push validates item by item: a bad item is `rejected` with a code while the rest of its batch
+//! is stored; only problems with the request as a whole (auth, body, batch size, back-pressure)
+//! fail the request, and then nothing is written. Publish is all-or-nothing: a backend gets one
+//! error for the whole request and can fix and resend it.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Query, State, rejection::QueryRejection};
+use kryonix_protocol::wire::{
+    ItemOutcome, MAX_PULL_LIMIT, PublishRequest, PublishResponse, PullResponse, PushRequest,
+    PushResponse, PushResult, error_code,
+};
+use kryonix_protocol::{KeyError, Namespace, TenantId, TenantKey, Tier};
+use serde::Deserialize;
+
+use super::{AppState, Caller, JsonBody};
+use crate::auth::{Scope, valid_subject};
+use crate::backpressure::Admission;
+use crate::config::TenantPolicy;
+use crate::error::AppError;
+use crate::store::{Cursor, NewChange, NewItem};
+
+/// Longest client item id: UUIDs (36) and ULIDs (26) fit with room to spare.
+pub const MAX_ITEM_ID_LEN: usize = 64;
+
+/// Item ids become part of a Redis key, so they are kept to a safe alphabet.
+fn valid_item_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ITEM_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn reject(code: &str, reason: impl Into<String>) -> ItemOutcome {
+    ItemOutcome::Rejected {
+        code: code.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn key_code(err: &KeyError) -> &'static str {
+    match err {
+        KeyError::UnknownNamespace(_) => error_code::UNKNOWN_NAMESPACE,
+        _ => error_code::INVALID_KEY,
+    }
+}
+
+/// Checks one pushed item; `Err` is its rejection.
+fn validate_item(
+    tenant: &TenantId,
+    policy: &TenantPolicy,
+    max_value_bytes: usize,
+    item: kryonix_protocol::wire::PushItem,
+) -> Result<NewItem, ItemOutcome> {
+    if !valid_item_id(&item.id) {
+        return Err(reject(
+            error_code::INVALID_ID,
+            format!("item ids are 1 to {MAX_ITEM_ID_LEN} characters of A-Z a-z 0-9 - _ ."),
+        ));
+    }
+    let tier =
+        Tier::try_from(item.tier).map_err(|e| reject(error_code::INVALID_TIER, e.to_string()))?;
+    let namespace = Namespace::from_name(&item.namespace)
+        .map_err(|e| reject(error_code::UNKNOWN_NAMESPACE, e.to_string()))?;
+    TenantKey::new(tenant, namespace, &item.key)
+        .map_err(|e| reject(key_code(&e), e.to_string()))?;
+    if !policy.allows(namespace) {
+        return Err(reject(
+            error_code::FORBIDDEN,
+            format!("the tenant may not use namespace {namespace}"),
+        ));
+    }
+    if item.payload.len() > max_value_bytes {
+        return Err(reject(
+            error_code::TOO_LARGE,
+            format!("the payload is over {max_value_bytes} bytes"),
+        ));
+    }
+    Ok(NewItem {
+        id: item.id,
+        tier,
+        namespace,
+        key: item.key,
+        op: item.op,
+        payload: item.payload,
+        encoding: item.encoding,
+        created_at_ms: item.created_at_ms,
+    })
+}
+
+/// `POST /v1/sync/push`.
+pub async fn push(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<PushRequest>,
+) -> Result<Json<PushResponse>, AppError> {
+    let started = Instant::now();
+    caller.require(Scope::Device)?;
+    let policy = caller.policy(&state);
+    if policy.read_only {
+        return Err(AppError::Forbidden("the tenant is read-only".into()));
+    }
+    let max = state.config.max_push_items;
+    if request.items.len() > max {
+        return Err(AppError::TooLarge(format!(
+            "{} items in one batch; the limit is {max}",
+            request.items.len()
+        )));
+    }
+    let tenant = &caller.0.tenant;
+    let ids: Vec<String> = request.items.iter().map(|i| i.id.clone()).collect();
+    let checked: Vec<Result<NewItem, ItemOutcome>> = request
+        .items
+        .into_iter()
+        .map(|item| validate_item(tenant, policy, state.config.max_value_bytes, item))
+        .collect();
+    let valid: Vec<NewItem> = checked
+        .iter()
+        .filter_map(|c| c.as_ref().ok().cloned())
+        .collect();
+
+    // Back-pressure is decided by the least important tier in the batch: a batch is stored
+    // whole or not at all, and a device sends one tier per batch.
+    if let Some(lowest) = valid.iter().map(|i| i.tier).max() {
+        let pressure = state
+            .backpressure
+            .pressure(&state.store)
+            .await
+            .map_err(|e| state.store_error(e))?;
+        if let Admission::Refuse { retry_after } = state.backpressure.admit(lowest, pressure) {
+            state.metrics.backpressured(lowest.number());
+            return Err(AppError::Backpressure { retry_after });
+        }
+    }
+
+    let stored = match state
+        .store
+        .push(tenant, &caller.0.subject, &valid, state.config.dedup_ttl)
+        .await
+    {
+        Ok(stored) => stored,
+        Err(err) => {
+            if let (crate::store::StoreError::OutOfMemory, Some(lowest)) =
+                (&err, valid.iter().map(|i| i.tier).max())
+            {
+                state.metrics.backpressured(lowest.number());
+                state.store_error(err);
+                return Err(AppError::Backpressure {
+                    retry_after: crate::backpressure::Backpressure::retry_after(lowest),
+                });
+            }
+            return Err(state.store_error(err));
+        }
+    };
+
+    if state.config.min_replicas_acked > 0 && !valid.is_empty() {
+        let wanted = state.config.min_replicas_acked;
+        let acked = state
+            .store
+            .wait_replicas(wanted, state.config.wait_timeout)
+            .await
+            .map_err(|e| state.store_error(e))?;
+        if acked < wanted {
+            // The items are on the primary; the device retries and gets `duplicate` once the
+            // replicas have caught up or a new primary has them.
+            tracing::warn!(acked, wanted, "push not acknowledged by enough replicas");
+            return Err(AppError::Unavailable(format!(
+                "the write reached {acked} of {wanted} required replicas; retry later"
+            )));
+        }
+    }
+
+    let mut stored = stored.into_iter();
+    let mut new_count = 0u64;
+    let results = ids
+        .into_iter()
+        .zip(checked)
+        .map(|(id, check)| {
+            let (tier, outcome) = match check {
+                Ok(item) => {
+                    let is_new = stored.next().unwrap_or(false);
+                    new_count += u64::from(is_new);
+                    let outcome = if is_new {
+                        ItemOutcome::Accepted
+                    } else {
+                        ItemOutcome::Duplicate
+                    };
+                    (item.tier.number(), outcome)
+                }
+                Err(outcome) => (0, outcome),
+            };
+            state.metrics.item(
+                tier,
+                match outcome {
+                    ItemOutcome::Accepted => "accepted",
+                    ItemOutcome::Duplicate => "duplicate",
+                    ItemOutcome::Rejected { .. } => "rejected",
+                },
+            );
+            PushResult { id, outcome }
+        })
+        .collect();
+    state.metrics.tenant_items(tenant.as_str(), new_count);
+    state.metrics.push_seconds(started.elapsed().as_secs_f64());
+    Ok(Json(PushResponse { results }))
+}
+
+/// `GET /v1/sync/pull` query.
+#[derive(Debug, Deserialize)]
+pub struct PullQuery {
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Changes per page when the device does not say.
+pub const DEFAULT_PULL_LIMIT: usize = 100;
+
+/// `GET /v1/sync/pull`.
+pub async fn pull(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<PullQuery>, QueryRejection>,
+) -> Result<Json<PullResponse>, AppError> {
+    caller.require(Scope::Device)?;
+    let Query(query) = query.map_err(|e| AppError::Malformed(format!("invalid query: {e}")))?;
+    let limit = query.limit.unwrap_or(DEFAULT_PULL_LIMIT);
+    if !(1..=MAX_PULL_LIMIT).contains(&limit) {
+        return Err(AppError::Malformed(format!(
+            "limit must be 1 to {MAX_PULL_LIMIT}"
+        )));
+    }
+    let cursor = Cursor::decode(query.cursor.as_deref().unwrap_or_default())
+        .map_err(|e| state.store_error(e))?;
+    let page = state
+        .store
+        .pull(&caller.0.tenant, &caller.0.subject, &cursor, limit)
+        .await
+        .map_err(|e| state.store_error(e))?;
+    Ok(Json(PullResponse {
+        changes: page.changes,
+        cursor: page.next.encode(),
+        has_more: page.has_more,
+    }))
+}
+
+/// `POST /v1/publish` (service token).
+pub async fn publish(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<PublishRequest>,
+) -> Result<Json<PublishResponse>, AppError> {
+    caller.require(Scope::Service)?;
+    let tenant = &caller.0.tenant;
+    let policy = caller.policy(&state);
+    if request
+        .device_id
+        .as_deref()
+        .is_some_and(|device| !valid_subject(device))
+    {
+        return Err(AppError::Malformed(
+            "device_id must be 1 to 64 characters without ':' or control characters".into(),
+        ));
+    }
+    let max = state.config.max_push_items;
+    if request.changes.len() > max {
+        return Err(AppError::TooLarge(format!(
+            "{} changes in one request; the limit is {max}",
+            request.changes.len()
+        )));
+    }
+    let mut changes = Vec::with_capacity(request.changes.len());
+    for change in request.changes {
+        let key = TenantKey::from_parts(tenant.as_str(), &change.namespace, &change.key)?;
+        let namespace = key.namespace();
+        if !policy.allows(namespace) {
+            return Err(AppError::Forbidden(format!(
+                "the tenant may not use namespace {namespace}"
+            )));
+        }
+        if change.value.len() > state.config.max_value_bytes {
+            return Err(AppError::TooLarge(format!(
+                "a value is over {} bytes",
+                state.config.max_value_bytes
+            )));
+        }
+        if change.ttl_secs == Some(0) {
+            return Err(AppError::Malformed("ttl_secs must be positive".into()));
+        }
+        changes.push(NewChange {
+            namespace,
+            key: change.key,
+            op: change.op,
+            value: change.value,
+            encoding: change.encoding,
+            ttl_secs: change.ttl_secs,
+        });
+    }
+    let ids = state
+        .store
+        .publish(
+            tenant,
+            request.device_id.as_deref(),
+            &changes,
+            state.config.down_retention,
+        )
+        .await
+        .map_err(|e| state.store_error(e))?;
+    Ok(Json(PublishResponse { ids }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_id_alphabet() {
+        assert!(valid_item_id("01932c07-7a6e-7d3c-9f4e-2b1a0c9d8e7f"));
+        assert!(valid_item_id("01ARZ3NDEKTSV4RRFFQ69G5FAV"));
+        assert!(!valid_item_id(""));
+        assert!(!valid_item_id("a:b"));
+        assert!(!valid_item_id("a b"));
+        assert!(!valid_item_id(&"a".repeat(65)));
+    }
+}

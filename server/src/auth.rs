@@ -1,0 +1,227 @@
+//! Bearer tokens: HS256 JWTs naming a tenant, a subject (device or service) and a scope.
+//!
+//! The tenant of every request comes from here and only from here: no handler reads a tenant
+//! from a body, a path or a query. Devices hold `device` tokens (push, pull, cache); backends
+//! hold `service` tokens (publish, cache).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use kryonix_protocol::TenantId;
+use serde::{Deserialize, Serialize};
+
+/// Why a token was refused or could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("the token has expired")]
+    Expired,
+    #[error("invalid token")]
+    Invalid,
+    #[error("the token's tenant is not a valid tenant id")]
+    BadTenant,
+    #[error("the token's subject is not a valid device or service id")]
+    BadSubject,
+    #[error("cannot sign a token: {0}")]
+    Signing(String),
+}
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// A device: push, pull, cache.
+    Device,
+    /// A backend: publish, cache.
+    Service,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Service => "service",
+        }
+    }
+}
+
+/// The JWT claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub tenant: String,
+    /// Device id (device scope) or service name (service scope).
+    pub sub: String,
+    pub scope: Scope,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: TenantId,
+    pub subject: String,
+    pub scope: Scope,
+}
+
+/// Longest device or service id: it becomes part of Redis keys.
+pub const MAX_SUBJECT_LEN: usize = 64;
+
+/// Device ids end up in stream and rate-limit keys, so they follow the tenant-part rules
+/// (non-empty, no `:`, no control characters) and a length limit.
+pub fn valid_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.len() <= MAX_SUBJECT_LEN
+        && !subject.chars().any(|c| c == ':' || c.is_control())
+}
+
+/// Signs and checks tokens with one shared secret.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("TokenKeys").finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl TokenKeys {
+    pub fn new(secret: &[u8], leeway: Duration) -> Self {
+        // Only HS256: a token naming another algorithm (`none`, RS256 with the secret as a
+        // public key) is refused by the validation.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = leeway.as_secs();
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Makes a token valid for `ttl` from now.
+    pub fn mint(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        scope: Scope,
+        ttl: Duration,
+    ) -> Result<String, AuthError> {
+        if !valid_subject(subject) {
+            return Err(AuthError::BadSubject);
+        }
+        let iat = now_secs();
+        let claims = Claims {
+            tenant: tenant.as_str().to_owned(),
+            sub: subject.to_owned(),
+            scope,
+            iat,
+            exp: iat.saturating_add(ttl.as_secs()),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::Signing(e.to_string()))
+    }
+
+    /// Checks a token and returns who it speaks for.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            })?;
+        let claims = data.claims;
+        let tenant = TenantId::new(claims.tenant).map_err(|_| AuthError::BadTenant)?;
+        if !valid_subject(&claims.sub) {
+            return Err(AuthError::BadSubject);
+        }
+        Ok(Principal {
+            tenant,
+            subject: claims.sub,
+            scope: claims.scope,
+        })
+    }
+
+    /// Reads `Authorization: Bearer <token>`.
+    pub fn verify_header(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        let value = header.ok_or(AuthError::Missing)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(AuthError::Missing)?;
+        self.verify(token.trim())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> TokenKeys {
+        TokenKeys::new(b"0123456789abcdef0123456789abcdef", Duration::ZERO)
+    }
+
+    #[test]
+    fn round_trip() {
+        let tenant = TenantId::new("acme").unwrap();
+        let token = keys()
+            .mint(&tenant, "phone-1", Scope::Device, Duration::from_secs(60))
+            .unwrap();
+        let p = keys()
+            .verify_header(Some(&format!("Bearer {token}")))
+            .unwrap();
+        assert_eq!(p.tenant, tenant);
+        assert_eq!(p.subject, "phone-1");
+        assert_eq!(p.scope, Scope::Device);
+    }
+
+    #[test]
+    fn forged_expired_and_malformed_tokens_fail() {
+        let tenant = TenantId::new("acme").unwrap();
+        let other = TokenKeys::new(b"another-secret-another-secret-xx", Duration::ZERO);
+        let forged = other
+            .mint(&tenant, "d", Scope::Service, Duration::from_secs(60))
+            .unwrap();
+        assert!(matches!(keys().verify(&forged), Err(AuthError::Invalid)));
+
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims {
+                tenant: "acme".into(),
+                sub: "d".into(),
+                scope: Scope::Device,
+                iat: 1,
+                exp: 2,
+            },
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        assert!(matches!(keys().verify(&expired), Err(AuthError::Expired)));
+        assert!(matches!(keys().verify("a.b.c"), Err(AuthError::Invalid)));
+        assert!(matches!(
+            keys().verify_header(None),
+            Err(AuthError::Missing)
+        ));
+        assert!(matches!(
+            keys().verify_header(Some("Basic abc")),
+            Err(AuthError::Missing)
+        ));
+        assert!(
+            keys()
+                .mint(&tenant, "a:b", Scope::Device, Duration::from_secs(1))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! The command line: `serve` (the default), `token` and `check`, with every setting also readable
+//! from a `KRYONIX_*` environment variable and, below both, from the `--config` TOML file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::Scope;
+use crate::config::{ConfigError, FileConfig, ServerConfig};
+
+/// The Kryonix sync server.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kryonix-server",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings of `serve` when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (the default).
+    Serve(ServeArgs),
+    /// Mint a device or service token, for development and tests.
+    Token(TokenArgs),
+    /// Inspect the Redis setup and print findings; exits 1 when `serve` would refuse to start.
+    Check(ServeArgs),
+}
+
+/// Settings shared by `serve` and `check`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file (flags and environment override it).
+    #[arg(long, env = "KRYONIX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "KRYONIX_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Redis for the cache namespaces (DB = namespace id), and for mobile_sync unless
+    /// --sync-redis-url is set. With neither, the embedded development store is used.
+    #[arg(long, env = "KRYONIX_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// A dedicated noeviction + AOF Redis for mobile_sync (DB 11).
+    #[arg(long, env = "KRYONIX_SYNC_REDIS_URL")]
+    pub sync_redis_url: Option<String>,
+    /// SQLite file of the embedded development store.
+    #[arg(long, env = "KRYONIX_EMBEDDED_PATH")]
+    pub embedded_path: Option<PathBuf>,
+    /// Start even if the mobile_sync Redis may evict keys (loses exactly-once).
+    #[arg(long, env = "KRYONIX_ALLOW_EVICTING_SYNC_STORE")]
+    pub allow_evicting_sync_store: bool,
+    /// Replicas that must acknowledge a push (Redis WAIT) before it is answered.
+    #[arg(long, env = "KRYONIX_MIN_REPLICAS_ACKED")]
+    pub min_replicas_acked: Option<u32>,
+    /// How long WAIT may block, in milliseconds.
+    #[arg(long, env = "KRYONIX_WAIT_TIMEOUT_MS")]
+    pub wait_timeout_ms: Option<u64>,
+    /// HS256 signing secret, at least 32 bytes.
+    #[arg(long, env = "KRYONIX_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Most items in one push batch.
+    #[arg(long, env = "KRYONIX_MAX_PUSH_ITEMS")]
+    pub max_push_items: Option<usize>,
+    /// Largest request body in bytes (after gzip decoding too).
+    #[arg(long, env = "KRYONIX_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Largest payload or cached value in bytes.
+    #[arg(long, env = "KRYONIX_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Requests running longer are answered 503.
+    #[arg(long, env = "KRYONIX_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// How often (at most) the sync store's memory is read for back-pressure, in milliseconds.
+    #[arg(long, env = "KRYONIX_MEMORY_CHECK_INTERVAL_MS")]
+    pub memory_check_interval_ms: Option<u64>,
+    /// Log as JSON lines.
+    #[arg(long, env = "KRYONIX_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScopeArg {
+    Device,
+    Service,
+}
+
+impl From<ScopeArg> for Scope {
+    fn from(s: ScopeArg) -> Self {
+        match s {
+            ScopeArg::Device => Scope::Device,
+            ScopeArg::Service => Scope::Service,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[arg(long)]
+    pub tenant: String,
+    /// Device id (device scope) or service name (service scope).
+    #[arg(long)]
+    pub subject: String,
+    #[arg(long, value_enum, default_value = "device")]
+    pub scope: ScopeArg,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub ttl_secs: u64,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+impl ServeArgs {
+    /// Flags and environment over the file over the defaults.
+    pub fn settle(&self) -> Result<ServerConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let secret = self
+            .jwt_secret
+            .clone()
+            .or(file.jwt_secret)
+            .unwrap_or_default();
+        let mut c = ServerConfig::new(secret);
+        c.listen = self.listen.or(file.listen).unwrap_or(c.listen);
+        c.redis_url = self.redis_url.clone().or(file.redis_url);
+        c.sync_redis_url = self.sync_redis_url.clone().or(file.sync_redis_url);
+        c.embedded_path = self
+            .embedded_path
+            .clone()
+            .or(file.embedded_path)
+            .unwrap_or(c.embedded_path);
+        c.allow_evicting_sync_store =
+            self.allow_evicting_sync_store || file.allow_evicting_sync_store.unwrap_or(false);
+        c.min_replicas_acked = self
+            .min_replicas_acked
+            .or(file.min_replicas_acked)
+            .unwrap_or(0);
+        if let Some(ms) = self.wait_timeout_ms.or(file.wait_timeout_ms) {
+            c.wait_timeout = Duration::from_millis(ms);
+        }
+        if let Some(secs) = file.token_leeway_secs {
+            c.token_leeway = Duration::from_secs(secs);
+        }
+        c.max_push_items = self
+            .max_push_items
+            .or(file.max_push_items)
+            .unwrap_or(c.max_push_items);
+        c.max_body_bytes = self
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(c.max_body_bytes);
+        c.max_value_bytes = self
+            .max_value_bytes
+            .or(file.max_value_bytes)
+            .unwrap_or(c.max_value_bytes);
+        if let Some(secs) = self.request_timeout_secs.or(file.request_timeout_secs) {
+            c.request_timeout = Duration::from_secs(secs);
+        }
+        if let Some(secs) = file.dedup_ttl_secs {
+            c.dedup_ttl = Duration::from_secs(secs);
+        }
+        if let Some(secs) = file.down_retention_secs {
+            c.down_retention = Duration::from_secs(secs);
+        }
+        if let Some(w) = file.backpressure_watermarks {
+            c.backpressure.watermarks = w;
+        }
+        if let Some(ms) = self
+            .memory_check_interval_ms
+            .or(file.memory_check_interval_ms)
+        {
+            c.backpressure.check_interval = Duration::from_millis(ms);
+        }
+        c.log_json = self.log_json || file.log_json.unwrap_or(false);
+        if let Some(policy) = file.default_policy {
+            c.default_policy = policy;
+        }
+        c.tenants = file.tenants;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "redis_url = \"redis://file:6379\"\nmax_push_items = 10\njwt_secret = \"{}\"\n[tenants.acme]\nread_only = true",
+            "s".repeat(32)
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "kryonix-server",
+            "serve",
+            "--config",
+            file.path().to_str().unwrap(),
+            "--max-push-items",
+            "50",
+        ])
+        .unwrap();
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("expected serve");
+        };
+        let c = args.settle().unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://file:6379"));
+        assert_eq!(c.max_push_items, 50);
+        assert!(c.policy("acme").read_only);
+        assert!(!c.policy("other").read_only);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn no_subcommand_means_serve() {
+        let cli = Cli::try_parse_from(["kryonix-server", "--listen", "127.0.0.1:1"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen.unwrap().port(), 1);
+        let token = Cli::try_parse_from([
+            "kryonix-server",
+            "token",
+            "--tenant",
+            "acme",
+            "--subject",
+            "svc",
+            "--scope",
+            "service",
+        ])
+        .unwrap();
+        assert!(matches!(token.command, Some(Command::Token(_))));
+    }
+}

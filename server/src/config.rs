@@ -1,0 +1,293 @@
+//! Server configuration: the settled values the server runs with, the optional TOML file, and
+//! per-tenant policy.
+//!
+//! Three sources feed one [`ServerConfig`], most specific first: command-line flags, `KRYONIX_*`
+//! environment variables (clap reads both, see `cli`), then the TOML file given with `--config`,
+//! then the defaults here. Tenant policies live only in the file, because a table of tenants does
+//! not fit a flag.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kryonix_protocol::Namespace;
+use kryonix_protocol::wire::MAX_PUSH_ITEMS;
+use serde::Deserialize;
+
+/// Why a configuration could not be settled.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a tenant may do. Tenants not listed in the file get the default policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPolicy {
+    /// Namespaces the tenant may use; absent means all of them.
+    #[serde(default)]
+    pub allowed_namespaces: Option<Vec<Namespace>>,
+    /// A read-only tenant may pull and read the cache, but not push or write the cache.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Requests per second for the whole tenant (0: unlimited). Bursts of one second are allowed.
+    #[serde(default = "default_tenant_rate")]
+    pub rate_per_sec: u32,
+    /// Requests per second for one device of the tenant (0: unlimited).
+    #[serde(default = "default_device_rate")]
+    pub device_rate_per_sec: u32,
+}
+
+fn default_tenant_rate() -> u32 {
+    1000
+}
+
+fn default_device_rate() -> u32 {
+    20
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        Self {
+            allowed_namespaces: None,
+            read_only: false,
+            rate_per_sec: default_tenant_rate(),
+            device_rate_per_sec: default_device_rate(),
+        }
+    }
+}
+
+impl TenantPolicy {
+    pub fn allows(&self, namespace: Namespace) -> bool {
+        self.allowed_namespaces
+            .as_ref()
+            .is_none_or(|list| list.contains(&namespace))
+    }
+}
+
+/// When lower tiers are turned away as the sync store fills up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackpressureConfig {
+    /// Fraction of `maxmemory` above which tiers 2, 3 and 4 are refused (index 0 is tier 2).
+    /// Tier 1 is never refused by a watermark, only by Redis itself when it is truly full.
+    pub watermarks: [f64; 3],
+    /// How stale the memory reading may be before a push refreshes it.
+    pub check_interval: Duration,
+}
+
+impl Default for BackpressureConfig {
+    fn default() -> Self {
+        Self {
+            watermarks: [0.95, 0.85, 0.75],
+            check_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Everything the running server needs, settled and validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Redis for the fifteen cache namespaces (and mobile_sync unless `sync_redis_url` is set).
+    /// `None` with no sync URL either runs the embedded development store.
+    pub redis_url: Option<String>,
+    /// A dedicated (noeviction, AOF) Redis for mobile_sync.
+    pub sync_redis_url: Option<String>,
+    /// SQLite file of the embedded development store.
+    pub embedded_path: PathBuf,
+    /// Start even when the sync store may evict: loses the exactly-once guarantee.
+    pub allow_evicting_sync_store: bool,
+    /// Replicas that must acknowledge a push (Redis `WAIT`) before it is answered; 0 = no wait.
+    pub min_replicas_acked: u32,
+    pub wait_timeout: Duration,
+    /// HS256 secret shared with whatever mints tokens.
+    pub jwt_secret: String,
+    /// Clock skew tolerated on `exp`.
+    pub token_leeway: Duration,
+    pub max_push_items: usize,
+    /// Largest request body, after gzip decoding too.
+    pub max_body_bytes: usize,
+    /// Largest single payload or cached value.
+    pub max_value_bytes: usize,
+    /// A request taking longer is answered 503 (and graceful shutdown cannot hang on it).
+    pub request_timeout: Duration,
+    /// How long a dedup marker lives: the exactly-once window.
+    pub dedup_ttl: Duration,
+    /// How long published changes stay in the down streams.
+    pub down_retention: Duration,
+    pub backpressure: BackpressureConfig,
+    pub default_policy: TenantPolicy,
+    pub tenants: BTreeMap<String, TenantPolicy>,
+    pub log_json: bool,
+}
+
+/// Shortest accepted signing secret: HS256 keys shorter than the hash are weak.
+pub const MIN_SECRET_LEN: usize = 32;
+
+impl ServerConfig {
+    /// Defaults around a secret (what tests and the `token` command start from).
+    pub fn new(jwt_secret: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            redis_url: None,
+            sync_redis_url: None,
+            embedded_path: PathBuf::from("kryonix-dev.sqlite3"),
+            allow_evicting_sync_store: false,
+            min_replicas_acked: 0,
+            wait_timeout: Duration::from_millis(500),
+            jwt_secret: jwt_secret.into(),
+            token_leeway: Duration::from_secs(30),
+            max_push_items: MAX_PUSH_ITEMS,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_value_bytes: 256 * 1024,
+            request_timeout: Duration::from_secs(30),
+            dedup_ttl: Namespace::MobileSync.default_ttl(),
+            down_retention: Namespace::MobileSync.default_ttl(),
+            backpressure: BackpressureConfig::default(),
+            default_policy: TenantPolicy::default(),
+            tenants: BTreeMap::new(),
+            log_json: false,
+        }
+    }
+
+    /// The policy of one tenant.
+    pub fn policy(&self, tenant: &str) -> &TenantPolicy {
+        self.tenants.get(tenant).unwrap_or(&self.default_policy)
+    }
+
+    /// Checks the settled values; called once before serving.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt_secret.len() < MIN_SECRET_LEN {
+            return Err(ConfigError::Invalid(format!(
+                "the JWT secret must be at least {MIN_SECRET_LEN} bytes (set KRYONIX_JWT_SECRET)"
+            )));
+        }
+        if self.max_push_items == 0 {
+            return Err(ConfigError::Invalid(
+                "max_push_items must be at least 1".into(),
+            ));
+        }
+        let [t2, t3, t4] = self.backpressure.watermarks;
+        let in_range = |w: f64| w > 0.0 && w <= 1.0;
+        if !(in_range(t2) && in_range(t3) && in_range(t4) && t4 <= t3 && t3 <= t2) {
+            return Err(ConfigError::Invalid(
+                "backpressure watermarks must be in (0, 1] and fall from tier 2 to tier 4".into(),
+            ));
+        }
+        if self.dedup_ttl.is_zero() {
+            return Err(ConfigError::Invalid(
+                "dedup_ttl_secs must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The optional TOML file: every field may be left out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub redis_url: Option<String>,
+    pub sync_redis_url: Option<String>,
+    pub embedded_path: Option<PathBuf>,
+    pub allow_evicting_sync_store: Option<bool>,
+    pub min_replicas_acked: Option<u32>,
+    pub wait_timeout_ms: Option<u64>,
+    pub jwt_secret: Option<String>,
+    pub token_leeway_secs: Option<u64>,
+    pub max_push_items: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    pub max_value_bytes: Option<usize>,
+    pub request_timeout_secs: Option<u64>,
+    pub dedup_ttl_secs: Option<u64>,
+    pub down_retention_secs: Option<u64>,
+    /// Watermarks of tiers 2, 3, 4.
+    pub backpressure_watermarks: Option<[f64; 3]>,
+    pub memory_check_interval_ms: Option<u64>,
+    pub log_json: Option<bool>,
+    pub default_policy: Option<TenantPolicy>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantPolicy>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let file = FileConfig::parse(
+            r#"
+            listen = "0.0.0.0:9000"
+            redis_url = "redis://127.0.0.1:6379"
+            sync_redis_url = "redis://127.0.0.1:6380"
+            backpressure_watermarks = [0.9, 0.8, 0.7]
+            [default_policy]
+            rate_per_sec = 50
+            [tenants.acme]
+            allowed_namespaces = ["user_cache", "api_cache"]
+            read_only = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(file.listen.unwrap().port(), 9000);
+        let acme = &file.tenants["acme"];
+        assert!(acme.read_only);
+        assert!(acme.allows(Namespace::UserCache));
+        assert!(!acme.allows(Namespace::Sessions));
+        assert_eq!(acme.device_rate_per_sec, 20);
+        assert_eq!(file.default_policy.unwrap().rate_per_sec, 50);
+    }
+
+    #[test]
+    fn unknown_fields_and_namespaces_are_refused() {
+        assert!(FileConfig::parse("lisen = \"x\"").is_err());
+        assert!(FileConfig::parse("[tenants.a]\nallowed_namespaces = [\"nope\"]").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let short = ServerConfig::new("short");
+        assert!(
+            short
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("KRYONIX_JWT_SECRET")
+        );
+        let mut cfg = ServerConfig::new("x".repeat(32));
+        cfg.validate().unwrap();
+        cfg.backpressure.watermarks = [0.5, 0.8, 0.9];
+        assert!(cfg.validate().is_err());
+    }
+}

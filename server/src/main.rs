@@ -1,0 +1,150 @@
+//! The `kryonix-server` binary: parse the command line, set up logging, run the subcommand.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use kryonix_protocol::TenantId;
+use kryonix_server::auth::TokenKeys;
+use kryonix_server::cli::{Cli, Command, ServeArgs, TokenArgs};
+use kryonix_server::startup::{self, Finding};
+use kryonix_server::store::{RedisStore, Store};
+use kryonix_server::{AppState, run, shutdown_signal};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Token(args)) => token(args),
+        Some(Command::Check(args)) => check(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.settle().and_then(|c| c.validate().map(|()| c)) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("kryonix-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_json);
+    let (store, warnings) = match startup::open_store(&config).await {
+        Ok(opened) => opened,
+        Err(err) => {
+            tracing::error!("refusing to start: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(listen = %config.listen, %err, "cannot bind");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = AppState::new(config, store, warnings);
+    match run(listener, state, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(%err, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let config = match args.serve.settle().and_then(|c| c.validate().map(|()| c)) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("kryonix-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let tenant = match TenantId::new(args.tenant) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("kryonix-server: invalid tenant: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let keys = TokenKeys::new(config.jwt_secret.as_bytes(), config.token_leeway);
+    match keys.mint(
+        &tenant,
+        &args.subject,
+        args.scope.into(),
+        Duration::from_secs(args.ttl_secs),
+    ) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("kryonix-server: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn check(args: ServeArgs) -> ExitCode {
+    let config = match args.settle() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("kryonix-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(cache_url) = config
+        .redis_url
+        .as_deref()
+        .or(config.sync_redis_url.as_deref())
+    else {
+        println!("no Redis URL configured: `serve` would run on the embedded development store");
+        return ExitCode::SUCCESS;
+    };
+    let store = match RedisStore::connect(cache_url, config.sync_redis_url.as_deref()).await {
+        Ok(store) => Store::Redis(store),
+        Err(err) => {
+            println!("FAIL  cannot connect: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let facts = match store.sync_facts().await {
+        Ok(facts) => facts,
+        Err(err) => {
+            println!("FAIL  cannot read INFO: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut refused = false;
+    for finding in startup::assess(&facts) {
+        match finding {
+            Finding::Ok(text) => println!("ok    {text}"),
+            Finding::Warning(text) => println!("WARN  {text}"),
+            Finding::Refusal(text) => {
+                refused = true;
+                println!("FAIL  {text}");
+            }
+        }
+    }
+    if refused && !config.allow_evicting_sync_store {
+        println!("serve would refuse to start (see the FAIL lines)");
+        ExitCode::FAILURE
+    } else {
+        println!("serve would start");
+        ExitCode::SUCCESS
+    }
+}

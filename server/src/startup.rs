@@ -1,0 +1,173 @@
+//! Start-up: open the store the configuration names and decide whether it is safe to serve.
+//!
+//! The sync store must not evict: an evicted stream entry is an accepted item lost, an evicted
+//! dedup marker is a duplicate stored. So the server reads `INFO` on the mobile_sync connection
+//! (it works where `CONFIG` is renamed, as on managed Redis) and refuses to start unless
+//! `maxmemory_policy` is `noeviction` — or the operator said `--allow-evicting-sync-store`, which
+//! is logged loudly and repeated by `/readyz`. AOF off is a warning: acknowledged pushes then
+//! survive a Redis restart only as far as RDB snapshots go.
+
+use crate::config::ServerConfig;
+use crate::store::{EmbeddedStore, RedisStore, Store, StoreError, SyncStoreFacts};
+
+/// Why the server will not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "the mobile_sync Redis uses maxmemory-policy {policy:?}, which can evict accepted items and dedup markers. \
+         Fix: set `maxmemory-policy noeviction` on that instance (redis.conf or CONFIG SET), or point \
+         --sync-redis-url at a dedicated noeviction instance. To start anyway, pass --allow-evicting-sync-store \
+         (exactly-once is then not guaranteed)."
+    )]
+    EvictingSyncStore { policy: String },
+    #[error(
+        "the mobile_sync Redis did not report maxmemory_policy in INFO; pass --allow-evicting-sync-store to start anyway"
+    )]
+    UnknownPolicy,
+    #[error(
+        "the mobile_sync Redis runs in cluster mode, which has no database 11; use a standalone or Sentinel-managed instance for --sync-redis-url"
+    )]
+    Cluster,
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A finding of the safety check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Fine.
+    Ok(String),
+    /// Serving, but the operator should know.
+    Warning(String),
+    /// Refused (unless overridden).
+    Refusal(String),
+}
+
+/// Judges the sync store. Pure, so `check` and start-up share it and tests cover it.
+pub fn assess(facts: &SyncStoreFacts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if let Some(v) = &facts.redis_version {
+        out.push(Finding::Ok(format!("redis_version {v}")));
+    }
+    match facts.maxmemory_policy.as_deref() {
+        Some("noeviction") => out.push(Finding::Ok("maxmemory_policy noeviction".into())),
+        Some(policy) => out.push(Finding::Refusal(format!(
+            "maxmemory_policy {policy}: accepted items could be evicted"
+        ))),
+        None => out.push(Finding::Refusal(
+            "maxmemory_policy not reported by INFO".into(),
+        )),
+    }
+    match facts.aof_enabled {
+        Some(true) => out.push(Finding::Ok("appendonly yes".into())),
+        Some(false) => out.push(Finding::Warning(
+            "appendonly no: a Redis restart loses acknowledged pushes made since the last RDB snapshot".into(),
+        )),
+        None => out.push(Finding::Warning("AOF state not reported by INFO".into())),
+    }
+    match facts.maxmemory {
+        Some(0) => out.push(Finding::Warning(
+            "maxmemory 0 (no limit): tier-aware back-pressure only reacts to OOM errors, and the host may swap first".into(),
+        )),
+        Some(max) => out.push(Finding::Ok(format!("maxmemory {max} bytes"))),
+        None => {}
+    }
+    if facts.cluster_enabled == Some(true) {
+        out.push(Finding::Refusal(
+            "cluster_enabled: no database 11 in Redis Cluster".into(),
+        ));
+    }
+    out
+}
+
+/// Opens the store and applies the safety rules. Returns the store and the warnings to repeat
+/// in `/readyz`.
+pub async fn open_store(config: &ServerConfig) -> Result<(Store, Vec<String>), StartupError> {
+    let cache_url = config
+        .redis_url
+        .as_deref()
+        .or(config.sync_redis_url.as_deref());
+    let Some(cache_url) = cache_url else {
+        let store = EmbeddedStore::open(&config.embedded_path)?;
+        let warning = format!(
+            "DEVELOPMENT MODE: no Redis URL given, running on the embedded SQLite store at {}; not for production",
+            store.path()
+        );
+        tracing::warn!("{warning}");
+        return Ok((Store::Embedded(store), vec![warning]));
+    };
+    let store =
+        Store::Redis(RedisStore::connect(cache_url, config.sync_redis_url.as_deref()).await?);
+    let facts = store.sync_facts().await?;
+    let mut warnings = Vec::new();
+    for finding in assess(&facts) {
+        match finding {
+            Finding::Ok(text) => tracing::info!("sync store: {text}"),
+            Finding::Warning(text) => {
+                tracing::warn!("sync store: {text}");
+                warnings.push(text);
+            }
+            Finding::Refusal(text) => {
+                if facts.cluster_enabled == Some(true) {
+                    return Err(StartupError::Cluster);
+                }
+                if !config.allow_evicting_sync_store {
+                    return Err(match &facts.maxmemory_policy {
+                        Some(policy) => StartupError::EvictingSyncStore {
+                            policy: policy.clone(),
+                        },
+                        None => StartupError::UnknownPolicy,
+                    });
+                }
+                let text = format!(
+                    "OVERRIDDEN by --allow-evicting-sync-store: {text}; exactly-once is NOT guaranteed"
+                );
+                tracing::error!("sync store: {text}");
+                warnings.push(text);
+            }
+        }
+    }
+    Ok((store, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(policy: &str, aof: bool) -> SyncStoreFacts {
+        SyncStoreFacts {
+            kind: "redis",
+            maxmemory_policy: Some(policy.into()),
+            aof_enabled: Some(aof),
+            maxmemory: Some(1 << 20),
+            ..SyncStoreFacts::default()
+        }
+    }
+
+    #[test]
+    fn evicting_policies_are_refused_and_aof_off_warns() {
+        let good = assess(&facts("noeviction", true));
+        assert!(good.iter().all(|f| matches!(f, Finding::Ok(_))), "{good:?}");
+        let lru = assess(&facts("allkeys-lru", true));
+        assert!(
+            lru.iter()
+                .any(|f| matches!(f, Finding::Refusal(t) if t.contains("allkeys-lru")))
+        );
+        let no_aof = assess(&facts("noeviction", false));
+        assert!(
+            no_aof
+                .iter()
+                .any(|f| matches!(f, Finding::Warning(t) if t.contains("appendonly no")))
+        );
+    }
+
+    #[test]
+    fn the_refusal_names_the_fix() {
+        let msg = StartupError::EvictingSyncStore {
+            policy: "allkeys-lru".into(),
+        }
+        .to_string();
+        assert!(msg.contains("maxmemory-policy noeviction"));
+        assert!(msg.contains("--allow-evicting-sync-store"));
+    }
+}

@@ -1,0 +1,352 @@
+//! Storage behind the HTTP API: Redis in production, an embedded SQLite file for development.
+//!
+//! Both stores offer the same operations with the same semantics (exactly-once push with dedup
+//! markers, down streams read after an opaque cursor, a TTL cache per namespace, GCRA rate
+//! limits), and one contract test suite runs against both. Handlers validate input before they
+//! call a store, so a store only ever sees valid tenants, namespaces and keys. [`Store`] is an
+//! enum rather than a trait object: two variants, no boxing of async calls.
+
+pub mod embedded;
+pub mod redis;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use kryonix_protocol::wire::{Change, Op};
+use kryonix_protocol::{Encoding, Namespace, TenantId, Tier};
+
+pub use self::embedded::EmbeddedStore;
+pub use self::redis::RedisStore;
+
+/// What went wrong in a store, in the terms a handler acts on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis refused a write for memory (`noeviction` at `maxmemory`): back-pressure, retry.
+    #[error("the store is out of memory")]
+    OutOfMemory,
+    /// The store cannot be reached or timed out: retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A pull cursor that does not decode to positions of this store.
+    #[error("invalid cursor")]
+    BadCursor,
+    /// Anything else: a bug or an unexpected reply.
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Whether the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::OutOfMemory | Self::Unavailable(_))
+    }
+}
+
+/// One validated pushed item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewItem {
+    pub id: String,
+    pub tier: Tier,
+    pub namespace: Namespace,
+    pub key: String,
+    pub op: Op,
+    pub payload: Vec<u8>,
+    pub encoding: Encoding,
+    pub created_at_ms: i64,
+}
+
+/// One validated published change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChange {
+    pub namespace: Namespace,
+    pub key: String,
+    pub op: Op,
+    pub value: Vec<u8>,
+    pub encoding: Encoding,
+    pub ttl_secs: Option<u64>,
+}
+
+/// Where a device is in its two down streams (tenant-wide and its own). Empty = the start.
+///
+/// Each store writes its own position format; the pair travels as one opaque base64 cursor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub tenant: String,
+    pub device: String,
+}
+
+const CURSOR_VERSION: &str = "c1";
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{CURSOR_VERSION}|{}|{}", self.tenant, self.device))
+    }
+
+    pub fn decode(text: &str) -> Result<Self, StoreError> {
+        if text.is_empty() {
+            return Ok(Self::default());
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| StoreError::BadCursor)?;
+        let text = String::from_utf8(bytes).map_err(|_| StoreError::BadCursor)?;
+        let mut parts = text.split('|');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(CURSOR_VERSION), Some(tenant), Some(device), None) => Ok(Self {
+                tenant: tenant.to_owned(),
+                device: device.to_owned(),
+            }),
+            _ => Err(StoreError::BadCursor),
+        }
+    }
+}
+
+/// One page of a pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub changes: Vec<Change>,
+    pub next: Cursor,
+    pub has_more: bool,
+}
+
+/// A cached value with its remaining lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    pub value: Vec<u8>,
+    pub encoding: Encoding,
+    pub ttl_secs: Option<u64>,
+}
+
+/// Rates to enforce on one request (0 = unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rates {
+    pub tenant_per_sec: u32,
+    pub device_per_sec: u32,
+}
+
+/// Outcome of a rate-limit check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    Allowed,
+    Limited {
+        scope: &'static str,
+        retry_after: Duration,
+    },
+}
+
+/// Facts about the sync store that start-up checks and `/readyz` report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncStoreFacts {
+    pub kind: &'static str,
+    pub redis_version: Option<String>,
+    pub maxmemory_policy: Option<String>,
+    pub maxmemory: Option<u64>,
+    pub used_memory: Option<u64>,
+    pub aof_enabled: Option<bool>,
+    pub cluster_enabled: Option<bool>,
+}
+
+/// GCRA in microseconds: one shared rule for both stores.
+///
+/// `tat` is the theoretical arrival time of the next request. A request at `now` is allowed when
+/// `tat - burst * interval <= now`; it then moves `tat` one interval on. Returns the wait (zero
+/// when allowed) and the new `tat`.
+pub fn gcra(now_us: i64, tat_us: Option<i64>, per_sec: u32) -> (i64, i64) {
+    let interval = 1_000_000 / i64::from(per_sec.max(1));
+    let burst = i64::from(per_sec.max(1));
+    let tat = tat_us.unwrap_or(now_us).max(now_us);
+    let new_tat = tat + interval;
+    let allow_at = new_tat - burst * interval;
+    if now_us < allow_at {
+        (allow_at - now_us, tat)
+    } else {
+        (0, new_tat)
+    }
+}
+
+/// The store a server runs on.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Redis(RedisStore),
+    Embedded(EmbeddedStore),
+}
+
+impl Store {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Redis(_) => "redis",
+            Self::Embedded(_) => "embedded",
+        }
+    }
+
+    /// Stores the items that are new, in order, atomically per batch; returns per item whether it
+    /// was new (`true`) or already stored (`false`).
+    pub async fn push(
+        &self,
+        tenant: &TenantId,
+        device: &str,
+        items: &[NewItem],
+        dedup_ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        match self {
+            Self::Redis(s) => s.push(tenant, device, items, dedup_ttl).await,
+            Self::Embedded(s) => s.push(tenant, device, items, dedup_ttl).await,
+        }
+    }
+
+    pub async fn pull(
+        &self,
+        tenant: &TenantId,
+        device: &str,
+        cursor: &Cursor,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        match self {
+            Self::Redis(s) => s.pull(tenant, device, cursor, limit).await,
+            Self::Embedded(s) => s.pull(tenant, device, cursor, limit).await,
+        }
+    }
+
+    /// Appends all changes or none; returns their change ids.
+    pub async fn publish(
+        &self,
+        tenant: &TenantId,
+        device: Option<&str>,
+        changes: &[NewChange],
+        retention: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            Self::Redis(s) => s.publish(tenant, device, changes, retention).await,
+            Self::Embedded(s) => s.publish(tenant, device, changes, retention).await,
+        }
+    }
+
+    pub async fn cache_get(
+        &self,
+        tenant: &TenantId,
+        namespace: Namespace,
+        keys: &[String],
+    ) -> Result<Vec<Option<Cached>>, StoreError> {
+        match self {
+            Self::Redis(s) => s.cache_get(tenant, namespace, keys).await,
+            Self::Embedded(s) => s.cache_get(tenant, namespace, keys).await,
+        }
+    }
+
+    pub async fn cache_put(
+        &self,
+        tenant: &TenantId,
+        namespace: Namespace,
+        key: &str,
+        value: &[u8],
+        encoding: Encoding,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Redis(s) => {
+                s.cache_put(tenant, namespace, key, value, encoding, ttl)
+                    .await
+            }
+            Self::Embedded(s) => {
+                s.cache_put(tenant, namespace, key, value, encoding, ttl)
+                    .await
+            }
+        }
+    }
+
+    pub async fn cache_delete(
+        &self,
+        tenant: &TenantId,
+        namespace: Namespace,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Redis(s) => s.cache_delete(tenant, namespace, key).await,
+            Self::Embedded(s) => s.cache_delete(tenant, namespace, key).await,
+        }
+    }
+
+    pub async fn rate_limit(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        rates: Rates,
+    ) -> Result<RateDecision, StoreError> {
+        if rates.tenant_per_sec == 0 && rates.device_per_sec == 0 {
+            return Ok(RateDecision::Allowed);
+        }
+        match self {
+            Self::Redis(s) => s.rate_limit(tenant, subject, rates).await,
+            Self::Embedded(s) => s.rate_limit(tenant, subject, rates).await,
+        }
+    }
+
+    /// `used_memory / maxmemory` of the sync store, when it has a memory limit.
+    pub async fn memory_pressure(&self) -> Result<Option<f64>, StoreError> {
+        match self {
+            Self::Redis(s) => s.memory_pressure().await,
+            Self::Embedded(_) => Ok(None),
+        }
+    }
+
+    /// Waits until `replicas` replicas have the writes made so far (Redis `WAIT`); returns how
+    /// many confirmed. The embedded store has no replicas and returns 0.
+    pub async fn wait_replicas(&self, replicas: u32, timeout: Duration) -> Result<u32, StoreError> {
+        match self {
+            Self::Redis(s) => s.wait_replicas(replicas, timeout).await,
+            Self::Embedded(_) => Ok(0),
+        }
+    }
+
+    /// Reads the facts of the sync store (and checks it answers).
+    pub async fn sync_facts(&self) -> Result<SyncStoreFacts, StoreError> {
+        match self {
+            Self::Redis(s) => s.sync_facts().await,
+            Self::Embedded(s) => s.sync_facts().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip_and_rejects_garbage() {
+        let c = Cursor {
+            tenant: "1764000000000-3".into(),
+            device: "0-0".into(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        assert_eq!(Cursor::decode("").unwrap(), Cursor::default());
+        for bad in [
+            "!!",
+            "Zm9v",
+            &URL_SAFE_NO_PAD.encode("c9|a|b"),
+            &URL_SAFE_NO_PAD.encode("c1|a|b|c"),
+        ] {
+            assert!(
+                matches!(Cursor::decode(bad), Err(StoreError::BadCursor)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn gcra_allows_a_burst_then_spaces_requests() {
+        let per_sec = 4;
+        let mut tat = None;
+        let now = 1_000_000_000;
+        for _ in 0..4 {
+            let (wait, t) = gcra(now, tat, per_sec);
+            assert_eq!(wait, 0);
+            tat = Some(t);
+        }
+        let (wait, same) = gcra(now, tat, per_sec);
+        assert_eq!(wait, 250_000);
+        assert_eq!(Some(same), tat, "a refused request does not move the state");
+        let (wait, _) = gcra(now + 250_000, tat, per_sec);
+        assert_eq!(wait, 0);
+    }
+}
