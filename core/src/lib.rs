@@ -11,6 +11,8 @@
 //!   above 1 KiB, budgets enforced with each namespace's eviction policy, stats.
 //! - [`outbox`]: the durable upload queue — four priority tiers, batches of 100, backoff, dead
 //!   letters; nothing accepted is ever dropped.
+//! - [`sync`]: the sans-I/O sync engine — tier cadences, network gating, ride-along wake-ups,
+//!   retries and backoff, as a state machine from events to actions.
 //! - [`clock`]: wall-clock time behind a trait, so TTLs and backoff are tested without sleeping.
 //! - [`error`]: the crate-wide [`Error`] over each module's own error enum.
 
@@ -19,7 +21,9 @@ pub mod clock;
 pub mod error;
 pub mod outbox;
 pub mod store;
+pub mod sync;
 
+pub use cache::{Cache, CacheConfig, CacheEntry, CacheError, CacheStats, Expiry};
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use error::{Error, Result};
 pub use outbox::{
