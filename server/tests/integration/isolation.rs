@@ -1,0 +1,148 @@
+//! A token of tenant A can read or write nothing of tenant B, on any endpoint.
+
+use axum::http::{Method, StatusCode};
+use redis::AsyncCommands;
+use serde_json::json;
+
+use crate::support::{RedisOptions, TestServer, b64, item, new_id};
+
+#[tokio::test]
+async fn tenant_a_cannot_reach_tenant_b_anywhere() {
+    let server = TestServer::with_redis(RedisOptions::default(), |_| {}).await;
+    let a_device = server.token("tenant-a", "shared-device-id");
+    let b_device = server.token("tenant-b", "shared-device-id");
+    let a_service = server.service_token("tenant-a");
+    let b_service = server.service_token("tenant-b");
+
+    // B stores things everywhere.
+    let b_item = new_id();
+    assert_eq!(
+        server
+            .push(
+                &b_device,
+                vec![item(&b_item, 1, "user_cache", "secret", b"b-data")]
+            )
+            .await
+            .statuses(),
+        ["accepted"]
+    );
+    let put = server
+        .call(
+            Method::PUT,
+            "/v1/cache/user_cache/secret",
+            Some(&b_device),
+            Some(&json!({"value": b64(b"b-cache")})),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT);
+    let published = server
+        .call(
+            Method::POST,
+            "/v1/publish",
+            Some(&b_service),
+            Some(&json!({"changes": [{"namespace": "user_cache", "key": "secret", "op": "put", "value": b64(b"b-down")}]})),
+        )
+        .await;
+    assert_eq!(published.status, StatusCode::OK);
+    let to_device = server
+        .call(
+            Method::POST,
+            "/v1/publish",
+            Some(&b_service),
+            Some(&json!({"device_id": "shared-device-id", "changes": [{"namespace": "user_cache", "key": "mine", "op": "put", "value": b64(b"b-only")}]})),
+        )
+        .await;
+    assert_eq!(to_device.status, StatusCode::OK);
+
+    // A, with the same device id and the same keys, sees none of it.
+    let get = server
+        .call(
+            Method::GET,
+            "/v1/cache/user_cache/secret",
+            Some(&a_device),
+            None,
+        )
+        .await;
+    get.assert_error(StatusCode::NOT_FOUND, "not_found");
+    let mget = server
+        .call(
+            Method::POST,
+            "/v1/cache/user_cache/_mget",
+            Some(&a_device),
+            Some(&json!({"keys": ["secret"]})),
+        )
+        .await;
+    assert_eq!(mget.value()["entries"], json!([null]));
+    let pull = server
+        .call(Method::GET, "/v1/sync/pull", Some(&a_device), None)
+        .await;
+    assert_eq!(pull.status, StatusCode::OK);
+    assert_eq!(pull.value()["changes"], json!([]));
+
+    // A pushing B's item id is a new item of A, not a duplicate of B's.
+    assert_eq!(
+        server
+            .push(
+                &a_device,
+                vec![item(&b_item, 1, "user_cache", "secret", b"a-data")]
+            )
+            .await
+            .statuses(),
+        ["accepted"]
+    );
+    // A deleting "secret" deletes A's key, not B's.
+    let del = server
+        .call(
+            Method::DELETE,
+            "/v1/cache/user_cache/secret",
+            Some(&a_device),
+            None,
+        )
+        .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    // A publishing goes to A's streams only.
+    server
+        .call(
+            Method::POST,
+            "/v1/publish",
+            Some(&a_service),
+            Some(&json!({"changes": [{"namespace": "user_cache", "key": "x", "op": "put", "value": b64(b"a-down")}]})),
+        )
+        .await;
+
+    // B's data is intact, and B sees only its own.
+    let b_get = server
+        .call(
+            Method::GET,
+            "/v1/cache/user_cache/secret",
+            Some(&b_device),
+            None,
+        )
+        .await;
+    assert_eq!(b_get.value()["value"], b64(b"b-cache"));
+    let b_pull = server
+        .call(Method::GET, "/v1/sync/pull", Some(&b_device), None)
+        .await
+        .value();
+    let values: Vec<&str> = b_pull["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, [b64(b"b-down"), b64(b"b-only")]);
+    assert_eq!(server.stored_ids("tenant-b", 1).await, vec![b_item.clone()]);
+    assert_eq!(server.stored_ids("tenant-a", 1).await, vec![b_item]);
+
+    // Every key in Redis is under one tenant's prefix.
+    for db in 0..16 {
+        let mut con = server.redis().db(db).await;
+        let keys: Vec<String> = con.keys("*").await.unwrap();
+        for key in keys {
+            assert!(
+                key.starts_with("tenant:tenant-a:") || key.starts_with("tenant:tenant-b:"),
+                "db {db}: {key}"
+            );
+        }
+    }
+}

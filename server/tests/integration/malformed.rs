@@ -1,0 +1,384 @@
+//! Every malformed input gets its documented status and JSON error, and leaves Redis unchanged.
+
+use std::io::Write;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use serde_json::json;
+
+use crate::support::{RedisOptions, SECRET, TestServer, b64, item, new_id};
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn raw(path: &str, method: Method, token: &str, body: Vec<u8>) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_their_status_and_write_nothing() {
+    let server = TestServer::with_redis(RedisOptions::default(), |c| {
+        c.max_body_bytes = 16 * 1024;
+    })
+    .await;
+    let token = server.token("acme", "phone-1");
+    let service = server.service_token("acme");
+    let valid_item = item(&new_id(), 1, "user_cache", "k", b"v");
+
+    // A forged token: right shape, signed with another secret.
+    let forged = {
+        let other = kryonix_server::auth::TokenKeys::new(
+            b"not-the-server-secret-not-the-server",
+            Duration::ZERO,
+        );
+        other
+            .mint(
+                &kryonix_protocol::TenantId::new("acme").unwrap(),
+                "phone-1",
+                kryonix_server::auth::Scope::Device,
+                Duration::from_secs(60),
+            )
+            .unwrap()
+    };
+    // An expired token, signed with the right secret.
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"tenant": "acme", "sub": "phone-1", "scope": "device", "iat": 1, "exp": 2}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    // alg=none: refused whatever it claims.
+    let unsigned = {
+        use base64::Engine as _;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            e.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            e.encode(
+                br#"{"tenant":"acme","sub":"phone-1","scope":"device","iat":1,"exp":99999999999}"#
+            )
+        )
+    };
+
+    let push_path = "/v1/sync/push";
+    let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
+        (
+            "bad JSON",
+            raw(push_path, Method::POST, &token, b"{\"items\": [".to_vec()),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "wrong types",
+            raw(
+                push_path,
+                Method::POST,
+                &token,
+                serde_json::to_vec(&json!({"items": [{"id": 1, "tier": "one"}]})).unwrap(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "bad base64",
+            raw(
+                push_path,
+                Method::POST,
+                &token,
+                serde_json::to_vec(&json!({"items": [{
+                    "id": new_id(), "tier": 1, "namespace": "user_cache", "key": "k",
+                    "op": "put", "payload": "!!!not base64", "created_at_ms": 0
+                }]}))
+                .unwrap(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "unknown op",
+            raw(
+                push_path,
+                Method::POST,
+                &token,
+                serde_json::to_vec(&json!({"items": [{
+                    "id": new_id(), "tier": 1, "namespace": "user_cache", "key": "k",
+                    "op": "merge", "payload": "", "created_at_ms": 0
+                }]}))
+                .unwrap(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "oversized body",
+            raw(
+                push_path,
+                Method::POST,
+                &token,
+                serde_json::to_vec(&json!({"items": [item(&new_id(), 1, "user_cache", "k", &vec![b'x'; 20 * 1024])]}))
+                    .unwrap(),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            "gzip bomb over the decoded limit",
+            {
+                let mut r = raw(
+                    push_path,
+                    Method::POST,
+                    &token,
+                    gzip(&serde_json::to_vec(&json!({"items": [], "pad": "x".repeat(100_000)})).unwrap()),
+                );
+                r.headers_mut()
+                    .insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+                r
+            },
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            "gzip header on a plain body",
+            {
+                let mut r = raw(
+                    push_path,
+                    Method::POST,
+                    &token,
+                    serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap(),
+                );
+                r.headers_mut()
+                    .insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+                r
+            },
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "too many items",
+            raw(
+                push_path,
+                Method::POST,
+                &token,
+                serde_json::to_vec(&json!({"items": (0..101).map(|i| item(&new_id(), 1, "user_cache", &format!("k{i}"), b"")).collect::<Vec<_>>()}))
+                    .unwrap(),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            "no token",
+            Request::builder()
+                .method(Method::POST)
+                .uri(push_path)
+                .body(Body::from(serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap()))
+                .unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "forged token",
+            raw(push_path, Method::POST, &forged, serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap()),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "expired token",
+            raw(push_path, Method::POST, &expired, serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap()),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "alg none token",
+            raw(push_path, Method::POST, &unsigned, serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap()),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "newer protocol",
+            {
+                let mut r = raw(push_path, Method::POST, &token, serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap());
+                r.headers_mut().insert("kryonix-protocol", "2".parse().unwrap());
+                r
+            },
+            StatusCode::BAD_REQUEST,
+            "unsupported_protocol",
+        ),
+        (
+            "cache key over 250 bytes",
+            raw(
+                &format!("/v1/cache/user_cache/{}", "k".repeat(240)),
+                Method::PUT,
+                &token,
+                serde_json::to_vec(&json!({"value": b64(b"v")})).unwrap(),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_key",
+        ),
+        (
+            "cache unknown namespace",
+            raw(
+                "/v1/cache/nope/k",
+                Method::PUT,
+                &token,
+                serde_json::to_vec(&json!({"value": b64(b"v")})).unwrap(),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_namespace",
+        ),
+        (
+            "cache bad base64",
+            raw(
+                "/v1/cache/user_cache/k",
+                Method::PUT,
+                &token,
+                serde_json::to_vec(&json!({"value": "***"})).unwrap(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "cache zero ttl",
+            raw(
+                "/v1/cache/user_cache/k",
+                Method::PUT,
+                &token,
+                serde_json::to_vec(&json!({"value": b64(b"v"), "ttl_secs": 0})).unwrap(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "cache bad device profile",
+            {
+                let mut r = raw(
+                    "/v1/cache/user_cache/k",
+                    Method::PUT,
+                    &token,
+                    serde_json::to_vec(&json!({"value": b64(b"v")})).unwrap(),
+                );
+                r.headers_mut().insert("kryonix-device-profile", "watch;5g".parse().unwrap());
+                r
+            },
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "cache internal namespace",
+            raw(
+                "/v1/cache/mobile_sync/k",
+                Method::PUT,
+                &token,
+                serde_json::to_vec(&json!({"value": b64(b"v")})).unwrap(),
+            ),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "publish unknown namespace",
+            raw(
+                "/v1/publish",
+                Method::POST,
+                &service,
+                serde_json::to_vec(&json!({"changes": [
+                    {"namespace": "user_cache", "key": "ok", "op": "put", "value": b64(b"1")},
+                    {"namespace": "nope", "key": "k", "op": "put", "value": b64(b"1")}
+                ]}))
+                .unwrap(),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_namespace",
+        ),
+        (
+            "publish key over 250 bytes",
+            raw(
+                "/v1/publish",
+                Method::POST,
+                &service,
+                serde_json::to_vec(&json!({"changes": [
+                    {"namespace": "user_cache", "key": "ok", "op": "put", "value": b64(b"1")},
+                    {"namespace": "user_cache", "key": "k".repeat(240), "op": "put", "value": b64(b"1")}
+                ]}))
+                .unwrap(),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_key",
+        ),
+        (
+            "publish bad device id",
+            raw(
+                "/v1/publish",
+                Method::POST,
+                &service,
+                serde_json::to_vec(&json!({"device_id": "a:b", "changes": [
+                    {"namespace": "user_cache", "key": "ok", "op": "put", "value": b64(b"1")}
+                ]}))
+                .unwrap(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "pull bad cursor",
+            raw("/v1/sync/pull?cursor=garbage!", Method::GET, &token, vec![]),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "pull limit over 1000",
+            raw("/v1/sync/pull?limit=1001", Method::GET, &token, vec![]),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "pull limit not a number",
+            raw("/v1/sync/pull?limit=ten", Method::GET, &token, vec![]),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "unknown route",
+            raw("/v1/nothing", Method::GET, &token, vec![]),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "wrong method",
+            raw(push_path, Method::GET, &token, vec![]),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+
+    let before = server.redis().key_counts().await;
+    for (name, request, status, code) in cases {
+        let reply = server.send(request).await;
+        assert_eq!(
+            reply.status,
+            status,
+            "{name}: {}",
+            String::from_utf8_lossy(&reply.bytes)
+        );
+        assert_eq!(reply.code(), code, "{name}");
+        assert_eq!(
+            reply.headers.get(header::CONTENT_TYPE).unwrap(),
+            "application/json",
+            "{name}"
+        );
+        assert_eq!(
+            server.redis().key_counts().await,
+            before,
+            "{name} wrote to Redis"
+        );
+    }
+    assert_eq!(before, vec![0; 16]);
+}

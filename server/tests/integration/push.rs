@@ -1,0 +1,312 @@
+//! Push against a real Redis, checked in Redis itself with a plain client.
+
+use axum::http::{Method, StatusCode};
+use redis::AsyncCommands;
+use serde_json::json;
+
+use crate::support::{RedisOptions, TestServer, item, new_id};
+
+#[tokio::test]
+async fn pushed_items_land_in_their_tier_stream_in_db_11() {
+    let server = TestServer::with_redis(RedisOptions::default(), |_| {}).await;
+    let token = server.token("acme", "phone-1");
+    let ids = [new_id(), new_id(), new_id()];
+    let reply = server
+        .push(
+            &token,
+            vec![
+                item(
+                    &ids[0],
+                    1,
+                    "user_cache",
+                    "profile:42",
+                    b"{\"name\":\"Ada\"}",
+                ),
+                item(&ids[1], 4, "analytics_temp", "events", b"click"),
+                item(&ids[2], 1, "user_cache", "profile:43", &[0, 159, 146, 150]),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.statuses(), ["accepted", "accepted", "accepted"]);
+    let results = reply.value();
+    assert_eq!(results["results"][0]["id"], ids[0].as_str());
+
+    let mut db11 = server.redis().db(11).await;
+    let t1: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg("tenant:acme:mobile_sync:up:t1")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut db11)
+        .await
+        .unwrap();
+    assert_eq!(t1.len(), 2, "tier 1 holds both tier-1 items, in order");
+    let fields = |entry: &(String, Vec<Vec<u8>>)| -> std::collections::HashMap<String, Vec<u8>> {
+        entry
+            .1
+            .chunks(2)
+            .map(|p| (String::from_utf8(p[0].clone()).unwrap(), p[1].clone()))
+            .collect()
+    };
+    let first = fields(&t1[0]);
+    assert_eq!(first["item_id"], ids[0].as_bytes());
+    assert_eq!(first["device_id"], b"phone-1");
+    assert_eq!(first["tier"], b"1");
+    assert_eq!(first["namespace"], b"user_cache");
+    assert_eq!(first["key"], b"profile:42");
+    assert_eq!(first["op"], b"put");
+    assert_eq!(first["encoding"], b"identity");
+    assert_eq!(first["payload"], b"{\"name\":\"Ada\"}");
+    assert_eq!(first["created_at_ms"], b"1764000000000");
+    assert!(first.contains_key("received_at_ms"));
+    assert_eq!(
+        fields(&t1[1])["payload"],
+        [0, 159, 146, 150],
+        "payload bytes are stored raw"
+    );
+
+    let t4: i64 = db11.xlen("tenant:acme:mobile_sync:up:t4").await.unwrap();
+    assert_eq!(t4, 1);
+    let t2: i64 = db11.xlen("tenant:acme:mobile_sync:up:t2").await.unwrap();
+    assert_eq!(t2, 0);
+
+    // The dedup marker lives 48 h and names the entry it guards.
+    let marker = format!("tenant:acme:mobile_sync:seen:{}", ids[0]);
+    let ttl: i64 = db11.ttl(&marker).await.unwrap();
+    assert!((172_000..=172_800).contains(&ttl), "marker ttl {ttl}");
+    let marked: String = db11.get(&marker).await.unwrap();
+    assert_eq!(marked, t1[0].0);
+
+    // Nothing leaked into other databases but the (disabled) rate limiter's.
+    let counts = server.redis().key_counts().await;
+    for (db, count) in counts.iter().enumerate() {
+        if db != 11 {
+            assert_eq!(*count, 0, "db {db}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_batch_is_duplicate_and_adds_no_entry() {
+    let server = TestServer::with_redis(RedisOptions::default(), |_| {}).await;
+    let token = server.token("acme", "phone-1");
+    let batch: Vec<_> = (0..5)
+        .map(|i| item(&new_id(), 2, "user_cache", &format!("k{i}"), b"v"))
+        .collect();
+    let first = server.push(&token, batch.clone()).await;
+    assert_eq!(first.statuses(), vec!["accepted"; 5]);
+    let replay = server.push(&token, batch.clone()).await;
+    assert_eq!(replay.status, StatusCode::OK);
+    assert_eq!(replay.statuses(), vec!["duplicate"; 5]);
+
+    // Same ids from another device of the same tenant: still duplicates (the id is the key).
+    let other = server.token("acme", "phone-2");
+    assert_eq!(
+        server.push(&other, batch.clone()).await.statuses(),
+        vec!["duplicate"; 5]
+    );
+
+    // The same id twice inside one batch is stored once.
+    let id = new_id();
+    let twice = server
+        .push(
+            &token,
+            vec![
+                item(&id, 2, "user_cache", "x", b"1"),
+                item(&id, 2, "user_cache", "x", b"2"),
+            ],
+        )
+        .await;
+    assert_eq!(twice.statuses(), ["accepted", "duplicate"]);
+
+    let mut db11 = server.redis().db(11).await;
+    let len: i64 = db11.xlen("tenant:acme:mobile_sync:up:t2").await.unwrap();
+    assert_eq!(len, 6);
+}
+
+#[tokio::test]
+async fn a_mixed_batch_stores_only_the_valid_items() {
+    let server = TestServer::with_redis(RedisOptions::default(), |c| {
+        c.max_value_bytes = 64;
+        c.tenants.insert(
+            "acme".into(),
+            kryonix_server::config::TenantPolicy {
+                allowed_namespaces: Some(vec![kryonix_protocol::Namespace::UserCache]),
+                ..test_policy()
+            },
+        );
+    })
+    .await;
+    let token = server.token("acme", "phone-1");
+    let good = [new_id(), new_id()];
+    let long_key = "k".repeat(240);
+    let reply = server
+        .push(
+            &token,
+            vec![
+                item(&good[0], 1, "user_cache", "a", b"ok"),
+                item(&new_id(), 7, "user_cache", "b", b"bad tier"),
+                item(&new_id(), 1, "no_such_ns", "c", b"bad namespace"),
+                item(&new_id(), 1, "user_cache", &long_key, b"key over 250 bytes"),
+                item("not:an:id", 1, "user_cache", "d", b"bad id"),
+                item(&new_id(), 1, "sessions", "e", b"namespace not allowed"),
+                item(&new_id(), 1, "user_cache", "f", &[7; 65]),
+                item(&new_id(), 1, "user_cache", "bad\u{1}key", b"control char"),
+                item(&good[1], 1, "user_cache", "g", b"ok too"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let v = reply.value();
+    let codes: Vec<String> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| match r["status"].as_str().unwrap() {
+            "rejected" => {
+                assert!(!r["reason"].as_str().unwrap().is_empty());
+                r["code"].as_str().unwrap().to_owned()
+            }
+            other => other.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "accepted",
+            "invalid_tier",
+            "unknown_namespace",
+            "invalid_key",
+            "invalid_id",
+            "forbidden",
+            "too_large",
+            "invalid_key",
+            "accepted"
+        ]
+    );
+    assert_eq!(server.stored_ids("acme", 1).await, good.to_vec());
+    // Only the two accepted items got markers (plus their stream).
+    let mut db11 = server.redis().db(11).await;
+    let keys: Vec<String> = db11.keys("*").await.unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+}
+
+fn test_policy() -> kryonix_server::config::TenantPolicy {
+    kryonix_server::config::TenantPolicy {
+        allowed_namespaces: None,
+        read_only: false,
+        rate_per_sec: 0,
+        device_rate_per_sec: 0,
+    }
+}
+
+#[tokio::test]
+async fn wait_for_replicas_answers_503_until_enough_replicas_confirm() {
+    // No replica exists, so WAIT 1 can never be satisfied: the items are on the primary, the
+    // answer is a retryable 503, and a retry does not store them twice.
+    let server = TestServer::with_redis(RedisOptions::default(), |c| {
+        c.min_replicas_acked = 1;
+        c.wait_timeout = std::time::Duration::from_millis(50);
+    })
+    .await;
+    let token = server.token("acme", "phone-1");
+    let batch = vec![item(&new_id(), 1, "user_cache", "a", b"1")];
+    let reply = server.push(&token, batch.clone()).await;
+    reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(reply.retry_after().is_some());
+    let again = server.push(&token, batch).await;
+    again.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_eq!(server.stored_ids("acme", 1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_backend_consumes_the_up_stream_with_a_consumer_group() {
+    // What docs/sync-protocol.md tells backends to do, run against what the server wrote.
+    let server = TestServer::with_redis(RedisOptions::default(), |_| {}).await;
+    let token = server.token("acme", "phone-1");
+    let ids = [new_id(), new_id()];
+    server
+        .push(
+            &token,
+            ids.iter()
+                .map(|id| item(id, 3, "file_metadata", "doc:1", b"{}"))
+                .collect(),
+        )
+        .await;
+    let mut db11 = server.redis().db(11).await;
+    let stream = "tenant:acme:mobile_sync:up:t3";
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("backend")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut db11)
+        .await
+        .unwrap();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("backend")
+        .arg("worker-1")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(&mut db11)
+        .await
+        .unwrap();
+    let entries = &read.keys[0].ids;
+    assert_eq!(entries.len(), 2);
+    let got: Vec<String> = entries
+        .iter()
+        .map(|e| redis::from_redis_value_ref(&e.map["item_id"]).unwrap())
+        .collect();
+    assert_eq!(got, ids.to_vec());
+    let acked: i64 = redis::cmd("XACK")
+        .arg(stream)
+        .arg("backend")
+        .arg(&entries[0].id)
+        .arg(&entries[1].id)
+        .query_async(&mut db11)
+        .await
+        .unwrap();
+    assert_eq!(acked, 2);
+    let pending: (
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<Vec<(String, String)>>,
+    ) = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("backend")
+        .query_async(&mut db11)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0);
+}
+
+#[tokio::test]
+async fn device_and_service_scopes_are_enforced() {
+    let server = TestServer::with_redis(RedisOptions::default(), |_| {}).await;
+    let service = server.service_token("acme");
+    let device = server.token("acme", "phone-1");
+    server
+        .push(&service, vec![item(&new_id(), 1, "user_cache", "a", b"1")])
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    server
+        .call(Method::GET, "/v1/sync/pull", Some(&service), None)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    server
+        .call(
+            Method::POST,
+            "/v1/publish",
+            Some(&device),
+            Some(&json!({"changes": []})),
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(server.redis().key_counts().await, vec![0; 16]);
+}

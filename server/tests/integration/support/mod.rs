@@ -1,0 +1,298 @@
+//! Test harness: a real Redis per test (or the embedded store in a temp dir), the server's router
+//! driven with `oneshot`, or served on port 0 over real TCP.
+
+pub mod redis_server;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use base64::Engine as _;
+use kryonix_protocol::TenantId;
+use kryonix_server::auth::Scope;
+use kryonix_server::{AppState, ServerConfig, app, startup};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+
+pub use redis_server::{RedisOptions, RedisServer};
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Redis,
+    Embedded,
+}
+
+/// A server state over its own store.
+#[derive(Debug)]
+pub struct TestServer {
+    pub state: AppState,
+    pub redis: Option<RedisServer>,
+    _dir: Option<TempDir>,
+}
+
+/// Test defaults: no rate limits (tests that want them set them).
+pub fn test_config() -> ServerConfig {
+    let mut config = ServerConfig::new(SECRET);
+    config.default_policy.rate_per_sec = 0;
+    config.default_policy.device_rate_per_sec = 0;
+    config
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend, configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        match backend {
+            Backend::Redis => Self::with_redis(RedisOptions::default(), configure).await,
+            Backend::Embedded => Self::embedded(configure).await,
+        }
+    }
+
+    pub async fn with_redis(
+        options: RedisOptions,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        let redis = RedisServer::start(options);
+        let mut config = test_config();
+        config.redis_url = Some(redis.url());
+        configure(&mut config);
+        config.validate().unwrap();
+        let (store, warnings) = startup::open_store(&config).await.unwrap();
+        Self {
+            state: AppState::new(config, store, warnings),
+            redis: Some(redis),
+            _dir: None,
+        }
+    }
+
+    pub async fn embedded(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config();
+        config.embedded_path = dir.path().join("dev.sqlite3");
+        configure(&mut config);
+        config.validate().unwrap();
+        let (store, warnings) = startup::open_store(&config).await.unwrap();
+        Self {
+            state: AppState::new(config, store, warnings),
+            redis: None,
+            _dir: Some(dir),
+        }
+    }
+
+    pub fn redis(&self) -> &RedisServer {
+        self.redis.as_ref().expect("a Redis-backed test server")
+    }
+
+    pub fn token(&self, tenant: &str, device: &str) -> String {
+        self.mint(tenant, device, Scope::Device, Duration::from_secs(600))
+    }
+
+    pub fn service_token(&self, tenant: &str) -> String {
+        self.mint(tenant, "backend", Scope::Service, Duration::from_secs(600))
+    }
+
+    pub fn mint(&self, tenant: &str, subject: &str, scope: Scope, ttl: Duration) -> String {
+        self.state
+            .tokens
+            .mint(&TenantId::new(tenant).unwrap(), subject, scope, ttl)
+            .unwrap()
+    }
+
+    /// Sends one request through the whole router (every layer), without TCP.
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        let response = app(self.state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        Reply {
+            status,
+            headers,
+            bytes,
+        }
+    }
+
+    /// A JSON request with an optional bearer token.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(v) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Body::from(serde_json::to_vec(v).unwrap())
+            }
+            None => Body::empty(),
+        };
+        self.send(builder.body(body).unwrap()).await
+    }
+
+    pub async fn push(&self, token: &str, items: Vec<Value>) -> Reply {
+        self.call(
+            Method::POST,
+            "/v1/sync/push",
+            Some(token),
+            Some(&json!({ "items": items })),
+        )
+        .await
+    }
+
+    /// Ids of the items stored in a tier's up stream, oldest first, read from the store itself
+    /// (Redis: XRANGE with a plain client; embedded: its table).
+    pub async fn stored_ids(&self, tenant: &str, tier: u8) -> Vec<String> {
+        match &self.redis {
+            Some(redis) => {
+                let mut con = redis.db(11).await;
+                let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+                    .arg(format!("tenant:{tenant}:mobile_sync:up:t{tier}"))
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                entries
+                    .into_iter()
+                    .map(|(_, fields)| {
+                        let pos = fields.iter().position(|f| f == b"item_id").unwrap();
+                        String::from_utf8(fields[pos + 1].clone()).unwrap()
+                    })
+                    .collect()
+            }
+            None => match &self.state.store {
+                kryonix_server::store::Store::Embedded(store) => store
+                    .up_stream_ids(
+                        &TenantId::new(tenant).unwrap(),
+                        kryonix_protocol::Tier::try_from(tier).unwrap(),
+                    )
+                    .await
+                    .unwrap(),
+                kryonix_server::store::Store::Redis(_) => unreachable!(),
+            },
+        }
+    }
+
+    /// Serves on 127.0.0.1:0 over real TCP; returns the address, a shutdown trigger and the
+    /// server task.
+    pub async fn serve_tcp(
+        &self,
+    ) -> (
+        SocketAddr,
+        oneshot::Sender<()>,
+        JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let state = self.state.clone();
+        let task = tokio::spawn(kryonix_server::run(listener, state, async {
+            let _ = rx.await;
+        }));
+        (addr, tx, task)
+    }
+}
+
+/// A buffered answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub bytes: Bytes,
+}
+
+impl Reply {
+    pub fn json<T: DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.bytes).unwrap_or_else(|e| {
+            panic!(
+                "{e}: status {} body {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.bytes)
+            )
+        })
+    }
+
+    pub fn value(&self) -> Value {
+        self.json()
+    }
+
+    /// The `error.code` of an error answer.
+    pub fn code(&self) -> String {
+        let v = self.value();
+        v["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error body: {v}"))
+            .to_owned()
+    }
+
+    /// Asserts status and error code, and that the message is not empty.
+    pub fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.bytes)
+        );
+        let v = self.value();
+        assert_eq!(v["error"]["code"], code, "body: {v}");
+        assert!(
+            !v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        );
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        self.headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Per-item statuses of a push answer.
+    pub fn statuses(&self) -> Vec<String> {
+        let v = self.value();
+        v["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("not a push answer: {v}"))
+            .iter()
+            .map(|r| r["status"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// One pushed item as JSON.
+pub fn item(id: &str, tier: u8, namespace: &str, key: &str, payload: &[u8]) -> Value {
+    json!({
+        "id": id,
+        "tier": tier,
+        "namespace": namespace,
+        "key": key,
+        "op": "put",
+        "payload": base64::engine::general_purpose::STANDARD.encode(payload),
+        "encoding": "identity",
+        "created_at_ms": 1_764_000_000_000_i64,
+    })
+}
+
+/// A unique item id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
