@@ -8,6 +8,7 @@
 //! | `tenant:{t}:mobile_sync:seen:{item id}` | 11 | dedup marker, value = stream entry id |
 //! | `tenant:{t}:mobile_sync:down` | 11 | stream of changes for every device |
 //! | `tenant:{t}:mobile_sync:down:device:{device}` | 11 | stream of changes for one device |
+//! | `tenant:{t}:mobile_sync:down:last-id` | 11 | last down entry id: one id sequence for all down streams |
 //! | `tenant:{t}:rate_limiting:tenant` | 4 | GCRA state of the tenant |
 //! | `tenant:{t}:rate_limiting:device:{device}` | 4 | GCRA state of one device |
 //! | `tenant:{t}:{namespace}:{key}` | namespace id | cached value (L2 cache) |
@@ -40,6 +41,11 @@ pub fn device_down_stream(tenant: &TenantId, device: &str) -> Result<TenantKey, 
         Namespace::MobileSync,
         &format!("down:device:{device}"),
     )
+}
+
+/// The last entry id given to any down stream of the tenant.
+pub fn down_last_id(tenant: &TenantId) -> Result<TenantKey, KeyError> {
+    TenantKey::new(tenant, Namespace::MobileSync, "down:last-id")
 }
 
 /// Rate-limit state of the whole tenant.

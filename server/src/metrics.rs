@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -54,6 +55,7 @@ pub const OTHER_TENANT: &str = "_other";
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    in_flight: Gauge,
     items: Family<ItemLabels, Counter>,
     tenant_items: Family<TenantLabel, Counter>,
     push_seconds: Histogram,
@@ -72,6 +74,12 @@ impl Metrics {
             "http_requests",
             "HTTP requests by route template, method and status",
             requests.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "Requests being handled right now (graceful shutdown waits for them)",
+            in_flight.clone(),
         );
         let items = Family::<ItemLabels, Counter>::default();
         registry.register(
@@ -113,6 +121,7 @@ impl Metrics {
         Self {
             registry,
             requests,
+            in_flight,
             items,
             tenant_items,
             push_seconds,
@@ -131,6 +140,17 @@ impl Metrics {
                 status,
             })
             .inc();
+    }
+
+    /// Counts a request as in flight until the guard drops (also when the request is cancelled).
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Requests being handled now.
+    pub fn in_flight_now(&self) -> i64 {
+        self.in_flight.get()
     }
 
     pub fn item(&self, tier: u8, outcome: &'static str) {
@@ -173,6 +193,16 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// Guard of one in-flight request.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

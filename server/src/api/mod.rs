@@ -121,7 +121,9 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
+    let in_flight = state.metrics.in_flight();
     let response = next.run(request).await;
+    drop(in_flight);
     let status = response.status().as_u16();
     state.metrics.request(&route, &method, status);
     tracing::debug!(%route, %method, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");

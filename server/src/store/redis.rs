@@ -49,12 +49,28 @@ end
 return out
 ";
 
-/// All-or-nothing publish. KEYS: the target stream per change. ARGV: MINID threshold, then seven
-/// fields per change (the last, ttl_secs, empty when absent). Returns the entry ids.
+/// All-or-nothing publish. KEYS: the target stream per change, then the tenant's last-id key.
+/// ARGV: MINID threshold, then seven fields per change (the last, ttl_secs, empty when absent).
+/// Returns the entry ids.
+///
+/// Entry ids are chosen here, not by `*`: every down stream of a tenant takes its ids from one
+/// per-tenant sequence (`last-id`), so ids are totally ordered across the tenant-wide stream and
+/// all device streams, and a pull merges them in exactly the order they were published.
 const PUBLISH_SCRIPT: &str = r"
 local minid = ARGV[1]
+local last_key = KEYS[#KEYS]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms, seq = 0, -1
+local last = redis.call('GET', last_key)
+if last then
+  local a, b = string.match(last, '^(%d+)-(%d+)$')
+  ms, seq = tonumber(a), tonumber(b)
+end
 local out = {}
-for i = 1, #KEYS do
+for i = 1, #KEYS - 1 do
+  if now > ms then ms, seq = now, 0 else seq = seq + 1 end
+  local id = string.format('%d-%d', ms, seq)
   local a = 1 + (i - 1) * 7
   local fields = {'namespace', ARGV[a + 1], 'key', ARGV[a + 2], 'op', ARGV[a + 3],
     'encoding', ARGV[a + 4], 'value', ARGV[a + 5], 'published_at_ms', ARGV[a + 6]}
@@ -62,8 +78,9 @@ for i = 1, #KEYS do
     fields[#fields + 1] = 'ttl_secs'
     fields[#fields + 1] = ARGV[a + 7]
   end
-  out[i] = redis.call('XADD', KEYS[i], 'MINID', '~', minid, '*', unpack(fields))
+  out[i] = redis.call('XADD', KEYS[i], 'MINID', '~', minid, id, unpack(fields))
 end
+redis.call('SET', last_key, out[#out])
 return out
 ";
 
@@ -355,7 +372,8 @@ impl RedisStore {
         let (wide, own): (Vec<RawEntry>, Vec<RawEntry>) =
             pipe.query_async(&mut con).await.map_err(map)?;
 
-        // Merge the two streams by entry id (Redis time), tenant-wide first on a tie.
+        // Merge the two streams by entry id: ids come from one per-tenant sequence (see the
+        // publish script), so this is publication order.
         let mut wide = wide.into_iter().peekable();
         let mut own = own.into_iter().peekable();
         let mut next = cursor.clone();
@@ -418,6 +436,7 @@ impl RedisStore {
                 .arg(now)
                 .arg(change.ttl_secs.map(|t| t.to_string()).unwrap_or_default());
         }
+        invocation.key(keys::down_last_id(tenant).map_err(key_err)?.as_str());
         let mut con = self.sync.clone();
         let ids: Vec<String> = invocation.invoke_async(&mut con).await.map_err(map)?;
         Ok(ids.into_iter().map(|id| format!("{prefix}/{id}")).collect())

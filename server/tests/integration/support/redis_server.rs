@@ -81,6 +81,7 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
+                let _ = child.wait();
                 return None; // exited: most likely the port was taken
             }
             let answers = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
@@ -97,6 +98,7 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = child.kill();
+        let _ = child.wait();
         None
     }
 
