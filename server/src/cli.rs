@@ -82,6 +82,12 @@ pub struct ServeArgs {
     /// How often (at most) the sync store's memory is read for back-pressure, in milliseconds.
     #[arg(long, env = "KRYONIX_MEMORY_CHECK_INTERVAL_MS")]
     pub memory_check_interval_ms: Option<u64>,
+    /// Requests per second of a tenant without its own policy (0: unlimited).
+    #[arg(long, env = "KRYONIX_DEFAULT_RATE_PER_SEC")]
+    pub default_rate_per_sec: Option<u32>,
+    /// Requests per second of one device of such a tenant (0: unlimited).
+    #[arg(long, env = "KRYONIX_DEFAULT_DEVICE_RATE_PER_SEC")]
+    pub default_device_rate_per_sec: Option<u32>,
     /// Log as JSON lines.
     #[arg(long, env = "KRYONIX_LOG_JSON")]
     pub log_json: bool,
@@ -184,6 +190,12 @@ impl ServeArgs {
         c.log_json = self.log_json || file.log_json.unwrap_or(false);
         if let Some(policy) = file.default_policy {
             c.default_policy = policy;
+        }
+        if let Some(rate) = self.default_rate_per_sec {
+            c.default_policy.rate_per_sec = rate;
+        }
+        if let Some(rate) = self.default_device_rate_per_sec {
+            c.default_policy.device_rate_per_sec = rate;
         }
         c.tenants = file.tenants;
         Ok(c)

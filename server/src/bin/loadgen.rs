@@ -1,1 +1,488 @@
-fn main() {}
+//! `kryonix-loadgen`: a bounded load generator for a running `kryonix-server` on this machine.
+//!
+//! Three measurements, each optional, each bounded in time:
+//!
+//! 1. **push**: N concurrent devices (default 100), each pushing batches of 100 items with
+//!    512-byte payloads for a fixed time; reports items/s and p50/p95/p99 push latency.
+//! 2. **raw ceiling** (`--redis-url`): the same items XADDed straight into the same Redis by as
+//!    many concurrent tasks, one pipeline per batch, for the same time; reports items/s and the
+//!    ratio push / raw.
+//! 3. **idle connections** (`--idle-connections`): opens that many keep-alive connections, makes
+//!    one request on each, holds them, checks a sample still answers, and reports the server's
+//!    resident memory (`--server-pid`) before and after.
+//!
+//! It only ever targets the loopback interface: a load generator pointed at someone else's host
+//! by mistake is an attack.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use kryonix_protocol::{TenantId, Tier};
+use kryonix_server::auth::{Scope, TokenKeys};
+use kryonix_server::keys;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest run accepted, per phase.
+const MAX_DURATION_SECS: u64 = 300;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kryonix-loadgen",
+    about = "Bounded load generator for kryonix-server (loopback only)"
+)]
+struct Args {
+    /// Base URL of the server (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The server's signing secret, to mint one device token per simulated device.
+    #[arg(long, env = "KRYONIX_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    #[arg(long, default_value = "loadgen")]
+    tenant: String,
+    /// Concurrent devices (0 skips the push phase).
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Items per push batch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    #[arg(long, default_value_t = 512)]
+    payload_bytes: usize,
+    /// Tier of the pushed items.
+    #[arg(long, default_value_t = 1)]
+    tier: u8,
+    /// Length of the push phase and of the raw phase, in seconds.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Redis holding mobile_sync: measure the raw XADD ceiling there too (loopback only).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Keep-alive connections to open and hold (0 skips the phase).
+    #[arg(long, default_value_t = 0)]
+    idle_connections: usize,
+    /// How long to hold the idle connections, in seconds.
+    #[arg(long, default_value_t = 5)]
+    idle_hold_secs: u64,
+    /// Server process id, to report its resident memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Host and port of `scheme://host:port/...`.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let authority = authority.rsplit('@').next()?;
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+            (h.to_owned(), p.parse().ok()?)
+        }
+        _ => (authority.to_owned(), 80),
+    };
+    Some((host, port))
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn payload(size: usize, seed: usize) -> Vec<u8> {
+    // Varied bytes (not one repeated byte) so compression and storage see realistic data.
+    (0..size)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789{}:,\""[(i * 7 + seed) % 41])
+        .collect()
+}
+
+fn new_histogram() -> Result<Histogram<u64>, String> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Default)]
+struct PushTotals {
+    items: u64,
+    requests: u64,
+    failed_requests: u64,
+    not_stored_items: u64,
+}
+
+async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result<f64, String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.devices)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("{}/v1/sync/push", args.url.trim_end_matches('/'));
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.devices);
+    for device in 0..args.devices {
+        let token = keys_
+            .mint(
+                tenant,
+                &format!("loadgen-{device}"),
+                Scope::Device,
+                Duration::from_secs(3600),
+            )
+            .map_err(|e| e.to_string())?;
+        let client = client.clone();
+        let url = url.clone();
+        let batch = args.batch;
+        let tier = args.tier;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(payload(args.payload_bytes, device));
+        tasks.push(tokio::spawn(async move {
+            let mut hist = new_histogram()?;
+            let mut totals = PushTotals::default();
+            while Instant::now() < deadline {
+                let items: Vec<serde_json::Value> = (0..batch)
+                    .map(|i| {
+                        serde_json::json!({
+                            "id": uuid::Uuid::now_v7().to_string(),
+                            "tier": tier,
+                            "namespace": "user_cache",
+                            "key": format!("item:{i}"),
+                            "op": "put",
+                            "payload": encoded,
+                            "encoding": "identity",
+                            "created_at_ms": 0,
+                        })
+                    })
+                    .collect();
+                let body = serde_json::to_vec(&serde_json::json!({ "items": items }))
+                    .map_err(|e| e.to_string())?;
+                let sent = Instant::now();
+                let reply = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                totals.requests += 1;
+                let ok = match reply {
+                    Ok(r) if r.status().is_success() => {
+                        let answer: Result<kryonix_protocol::wire::PushResponse, _> =
+                            r.json().await;
+                        match answer {
+                            Ok(a) => {
+                                let stored =
+                                    a.results.iter().filter(|r| r.outcome.is_stored()).count();
+                                totals.items += stored as u64;
+                                totals.not_stored_items += (a.results.len() - stored) as u64;
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                    _ => false,
+                };
+                if ok {
+                    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    hist.record(micros.max(1)).map_err(|e| e.to_string())?;
+                } else {
+                    totals.failed_requests += 1;
+                }
+            }
+            Ok::<_, String>((hist, totals))
+        }));
+    }
+    let mut hist = new_histogram()?;
+    let mut totals = PushTotals::default();
+    for task in tasks {
+        let (h, t) = task.await.map_err(|e| e.to_string())??;
+        hist.add(h).map_err(|e| e.to_string())?;
+        totals.items += t.items;
+        totals.requests += t.requests;
+        totals.failed_requests += t.failed_requests;
+        totals.not_stored_items += t.not_stored_items;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = totals.items as f64 / elapsed;
+    println!(
+        "push: devices={} batch={} payload={}B duration={elapsed:.1}s requests={} failed_requests={} items_stored={} items_not_stored={}",
+        args.devices,
+        args.batch,
+        args.payload_bytes,
+        totals.requests,
+        totals.failed_requests,
+        totals.items,
+        totals.not_stored_items
+    );
+    println!(
+        "push: {rate:.0} items/s  latency p50={:.1}ms p95={:.1}ms p99={:.1}ms max={:.1}ms",
+        hist.value_at_quantile(0.50) as f64 / 1000.0,
+        hist.value_at_quantile(0.95) as f64 / 1000.0,
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+        hist.max() as f64 / 1000.0,
+    );
+    Ok(rate)
+}
+
+async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
+    let client =
+        kryonix_server::store::redis::client_for_db(redis_url, 11).map_err(|e| e.to_string())?;
+    let con = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let tenant = TenantId::new("loadgen-raw").map_err(|e| e.to_string())?;
+    let tier = Tier::try_from(args.tier).map_err(|e| e.to_string())?;
+    let stream = keys::up_stream(&tenant, tier).map_err(|e| e.to_string())?;
+    let stream = Arc::new(stream.as_str().to_owned());
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.devices.max(1))
+        .map(|device| {
+            let mut con = con.clone();
+            let stream = Arc::clone(&stream);
+            let batch = args.batch;
+            let body = payload(args.payload_bytes, device);
+            let device_id = format!("loadgen-{device}");
+            tokio::spawn(async move {
+                let mut items = 0u64;
+                while Instant::now() < deadline {
+                    let mut pipe = redis::pipe();
+                    for i in 0..batch {
+                        pipe.cmd("XADD")
+                            .arg(stream.as_str())
+                            .arg("*")
+                            .arg("item_id")
+                            .arg(uuid::Uuid::now_v7().to_string())
+                            .arg("device_id")
+                            .arg(&device_id)
+                            .arg("tier")
+                            .arg(1)
+                            .arg("namespace")
+                            .arg("user_cache")
+                            .arg("key")
+                            .arg(format!("item:{i}"))
+                            .arg("op")
+                            .arg("put")
+                            .arg("encoding")
+                            .arg("identity")
+                            .arg("payload")
+                            .arg(body.as_slice())
+                            .arg("created_at_ms")
+                            .arg(0)
+                            .arg("received_at_ms")
+                            .arg(0)
+                            .ignore();
+                    }
+                    pipe.query_async::<()>(&mut con)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    items += batch as u64;
+                }
+                Ok::<_, String>(items)
+            })
+        })
+        .collect();
+    let mut items = 0u64;
+    for task in tasks {
+        items += task.await.map_err(|e| e.to_string())??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = items as f64 / elapsed;
+    println!(
+        "raw: {items} items XADDed in {elapsed:.1}s by {} pipelined tasks: {rate:.0} items/s",
+        args.devices.max(1)
+    );
+    // Leave the bench Redis as it was.
+    let mut con = con.clone();
+    let _: Result<(), _> = redis::cmd("DEL")
+        .arg(stream.as_str())
+        .query_async(&mut con)
+        .await;
+    Ok(rate)
+}
+
+async fn open_idle(host: &str, port: u16) -> Result<TcpStream, String> {
+    let mut stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    request_health(&mut stream, host).await?;
+    Ok(stream)
+}
+
+/// One keep-alive `GET /healthz`; reads the whole small answer.
+async fn request_health(stream: &mut TcpStream, host: &str) -> Result<(), String> {
+    let request =
+        format!("GET /healthz HTTP/1.1\r\nhost: {host}\r\nconnection: keep-alive\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(15).any(|w| w == b"{\"status\":\"ok\"}") {
+            return Ok(());
+        }
+    }
+}
+
+async fn idle_phase(args: &Args, host: &str, port: u16) -> Result<(), String> {
+    let before = args.server_pid.and_then(rss_kib);
+    let started = Instant::now();
+    let mut streams = Vec::with_capacity(args.idle_connections);
+    let mut failures = 0usize;
+    // Open in waves so the accept queue is not overrun.
+    for wave in (0..args.idle_connections).collect::<Vec<_>>().chunks(500) {
+        let opened = futures_join(
+            wave.iter()
+                .map(|_| {
+                    let host = host.to_owned();
+                    async move { open_idle(&host, port).await }
+                })
+                .collect(),
+        )
+        .await;
+        for result in opened {
+            match result {
+                Ok(s) => streams.push(s),
+                Err(_) => failures += 1,
+            }
+        }
+    }
+    let open_secs = started.elapsed().as_secs_f64();
+    let after_open = args.server_pid.and_then(rss_kib);
+    tokio::time::sleep(Duration::from_secs(args.idle_hold_secs)).await;
+    // The connections must still be usable, not silently dropped.
+    let step = (streams.len() / 100).max(1);
+    let mut sampled = 0;
+    let mut alive = 0;
+    for stream in streams.iter_mut().step_by(step) {
+        sampled += 1;
+        if request_health(stream, host).await.is_ok() {
+            alive += 1;
+        }
+    }
+    let after_hold = args.server_pid.and_then(rss_kib);
+    println!(
+        "idle: opened {} keep-alive connections ({failures} failed) in {open_secs:.1}s; after {}s, {alive}/{sampled} sampled still answer",
+        streams.len(),
+        args.idle_hold_secs
+    );
+    if let (Some(b), Some(o), Some(h)) = (before, after_open, after_hold) {
+        let per_conn = (o.saturating_sub(b)) as f64 * 1024.0 / streams.len().max(1) as f64;
+        println!(
+            "idle: server RSS {:.1} MiB before, {:.1} MiB with the connections open, {:.1} MiB after the hold (~{per_conn:.0} B per connection)",
+            b as f64 / 1024.0,
+            o as f64 / 1024.0,
+            h as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+/// Awaits all futures concurrently (a tiny join_all without an extra dependency).
+async fn futures_join<T: Send + 'static>(
+    futures: Vec<impl std::future::Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        if let Ok(v) = handle.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    if args.duration_secs == 0 || args.duration_secs > MAX_DURATION_SECS {
+        return Err(format!("--duration-secs must be 1 to {MAX_DURATION_SECS}"));
+    }
+    if args.idle_hold_secs > MAX_DURATION_SECS {
+        return Err(format!(
+            "--idle-hold-secs must be at most {MAX_DURATION_SECS}"
+        ));
+    }
+    let (host, port) = host_port(&args.url).ok_or("cannot parse --url")?;
+    if !is_loopback_host(&host) {
+        return Err(format!(
+            "refusing to load {host}: only loopback targets are allowed"
+        ));
+    }
+    if let Some(redis_url) = &args.redis_url {
+        let (redis_host, _) = host_port(redis_url).ok_or("cannot parse --redis-url")?;
+        if !is_loopback_host(&redis_host) {
+            return Err(format!(
+                "refusing to load {redis_host}: only loopback targets are allowed"
+            ));
+        }
+    }
+    let tenant = TenantId::new(args.tenant.clone()).map_err(|e| e.to_string())?;
+    let keys_ = TokenKeys::new(args.jwt_secret.as_bytes(), Duration::from_secs(30));
+    let mut push_rate = None;
+    if args.devices > 0 {
+        push_rate = Some(push_phase(&args, &keys_, &tenant).await?);
+    }
+    if let Some(redis_url) = &args.redis_url {
+        let raw = raw_phase(&args, redis_url).await?;
+        if let Some(push) = push_rate {
+            println!("ratio: push / raw = {:.2}", push / raw);
+        }
+    }
+    if args.idle_connections > 0 {
+        idle_phase(&args, &host, port).await?;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kryonix-loadgen: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_is_accepted() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1/x",
+            "redis://127.0.0.1:6379/0",
+            "http://[::1]:80",
+        ] {
+            let (host, _) = host_port(ok).unwrap();
+            assert!(is_loopback_host(&host), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1:8080",
+            "http://example.com",
+            "redis://192.168.1.2:6379",
+        ] {
+            let (host, _) = host_port(bad).unwrap();
+            assert!(!is_loopback_host(&host), "{bad}");
+        }
+        assert_eq!(host_port("http://127.0.0.1:8080/v1").unwrap().1, 8080);
+    }
+}
