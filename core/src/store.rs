@@ -29,6 +29,10 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
+/// Prepared statements kept per connection: the cache, the outbox and the sync engine together
+/// use a few dozen, and rusqlite's default of 16 would re-prepare them on every call.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -121,6 +125,7 @@ impl Store {
         }
         configure(&writer, options.durability)?;
         migrate(&writer)?;
+        writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
 
         let reader = Connection::open_with_flags(
             &path,
@@ -132,6 +137,7 @@ impl Store {
         configure(&reader, options.durability)?;
         // The reader must never write, even by mistake: writes go through the writer's lock.
         reader.pragma_update(None, "query_only", true)?;
+        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
 
         Ok(Self {
             writer: Mutex::new(writer),

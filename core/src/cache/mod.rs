@@ -61,10 +61,6 @@ const MAX_PENDING_ACCESSES: usize = 4096;
 /// Eviction candidates fetched per query while making room.
 const VICTIM_BATCH: i64 = 64;
 
-/// Statement cache size for the connections the cache uses; the cache alone has about a dozen
-/// statements, and the outbox shares the connections.
-const STATEMENT_CACHE_CAPACITY: usize = 64;
-
 /// Why a cache operation failed. Nothing was written when any of these is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -436,7 +432,6 @@ impl Cache {
     ) -> Result<Self, CacheError> {
         let mut ledger = [Usage::default(); NS_COUNT];
         store.read(|conn| -> Result<(), CacheError> {
-            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
             let mut stmt = conn.prepare(USAGE_SQL)?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
@@ -450,10 +445,6 @@ impl Cache {
                     };
                 }
             }
-            Ok(())
-        })?;
-        store.write(|tx| -> Result<(), CacheError> {
-            tx.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
             Ok(())
         })?;
         let budgets = std::array::from_fn(|id| {
