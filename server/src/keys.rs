@@ -5,7 +5,7 @@
 //! | key | database | type |
 //! |---|---|---|
 //! | `tenant:{t}:mobile_sync:up:t{tier}` | 11 | stream of pushed items, one per tier |
-//! | `tenant:{t}:mobile_sync:seen:{item id}` | 11 | dedup marker, value = stream entry id |
+//! | `tenant:{t}:mobile_sync:seen:{item id}` | 11 | dedup marker (`1`), expires after the dedup window |
 //! | `tenant:{t}:mobile_sync:down` | 11 | stream of changes for every device |
 //! | `tenant:{t}:mobile_sync:down:device:{device}` | 11 | stream of changes for one device |
 //! | `tenant:{t}:mobile_sync:down:last-id` | 11 | last down entry id: one id sequence for all down streams |

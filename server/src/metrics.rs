@@ -154,9 +154,13 @@ impl Metrics {
     }
 
     pub fn item(&self, tier: u8, outcome: &'static str) {
+        self.items(tier, outcome, 1);
+    }
+
+    pub fn items(&self, tier: u8, outcome: &'static str, n: u64) {
         self.items
             .get_or_create(&ItemLabels { tier, outcome })
-            .inc();
+            .inc_by(n);
     }
 
     pub fn tenant_items(&self, tenant: &str, stored: u64) {

@@ -112,16 +112,21 @@ pub async fn push(
         )));
     }
     let tenant = &caller.0.tenant;
-    let ids: Vec<String> = request.items.iter().map(|i| i.id.clone()).collect();
-    let checked: Vec<Result<NewItem, ItemOutcome>> = request
-        .items
-        .into_iter()
-        .map(|item| validate_item(tenant, policy, state.config.max_value_bytes, item))
-        .collect();
-    let valid: Vec<NewItem> = checked
-        .iter()
-        .filter_map(|c| c.as_ref().ok().cloned())
-        .collect();
+    // Validate in request order; `slots` remembers, per item, its tier (valid: stored below)
+    // or its rejection, so the answer keeps the request's order without copying payloads.
+    let mut ids = Vec::with_capacity(request.items.len());
+    let mut slots: Vec<Result<u8, ItemOutcome>> = Vec::with_capacity(request.items.len());
+    let mut valid: Vec<NewItem> = Vec::with_capacity(request.items.len());
+    for item in request.items {
+        ids.push(item.id.clone());
+        match validate_item(tenant, policy, state.config.max_value_bytes, item) {
+            Ok(item) => {
+                slots.push(Ok(item.tier.number()));
+                valid.push(item);
+            }
+            Err(outcome) => slots.push(Err(outcome)),
+        }
+    }
 
     // Back-pressure is decided by the least important tier in the batch: a batch is stored
     // whole or not at all, and a device sends one tier per batch.
@@ -176,12 +181,14 @@ pub async fn push(
 
     let mut stored = stored.into_iter();
     let mut new_count = 0u64;
-    let results = ids
+    // Indexed by tier (0 = no valid tier) and outcome.
+    let mut counts = [[0u64; 3]; 5];
+    let results: Vec<PushResult> = ids
         .into_iter()
-        .zip(checked)
-        .map(|(id, check)| {
-            let (tier, outcome) = match check {
-                Ok(item) => {
+        .zip(slots)
+        .map(|(id, slot)| {
+            let (tier, outcome) = match slot {
+                Ok(tier) => {
                     let is_new = stored.next().unwrap_or(false);
                     new_count += u64::from(is_new);
                     let outcome = if is_new {
@@ -189,21 +196,27 @@ pub async fn push(
                     } else {
                         ItemOutcome::Duplicate
                     };
-                    (item.tier.number(), outcome)
+                    (tier, outcome)
                 }
                 Err(outcome) => (0, outcome),
             };
-            state.metrics.item(
-                tier,
-                match outcome {
-                    ItemOutcome::Accepted => "accepted",
-                    ItemOutcome::Duplicate => "duplicate",
-                    ItemOutcome::Rejected { .. } => "rejected",
-                },
-            );
+            let kind = match outcome {
+                ItemOutcome::Accepted => 0,
+                ItemOutcome::Duplicate => 1,
+                ItemOutcome::Rejected { .. } => 2,
+            };
+            counts[usize::from(tier.min(4))][kind] += 1;
             PushResult { id, outcome }
         })
         .collect();
+    // One metrics update per (tier, outcome) rather than one per item.
+    for (tier, row) in (0u8..).zip(counts) {
+        for (outcome, n) in ["accepted", "duplicate", "rejected"].into_iter().zip(row) {
+            if n > 0 {
+                state.metrics.items(tier, outcome, n);
+            }
+        }
+    }
     state.metrics.tenant_items(tenant.as_str(), new_count);
     state.metrics.push_seconds(started.elapsed().as_secs_f64());
     Ok(Json(PushResponse { results }))

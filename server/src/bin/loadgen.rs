@@ -14,6 +14,7 @@
 //! It only ever targets the loopback interface: a load generator pointed at someone else's host
 //! by mistake is an attack.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -56,6 +57,9 @@ struct Args {
     /// Tier of the pushed items.
     #[arg(long, default_value_t = 1)]
     tier: u8,
+    /// Push batches per second per device (0: as fast as answers come back, i.e. saturation).
+    #[arg(long, default_value_t = 0.0)]
+    batches_per_sec: f64,
     /// Length of the push phase and of the raw phase, in seconds.
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
@@ -143,26 +147,39 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
         let tier = args.tier;
         let encoded =
             base64::engine::general_purpose::STANDARD.encode(payload(args.payload_bytes, device));
+        let pace = args.batches_per_sec;
         tasks.push(tokio::spawn(async move {
+            // Paced devices push on a fixed schedule (open loop); unpaced ones as fast as the
+            // server answers (closed loop, which measures saturation).
+            let mut ticker = (pace > 0.0).then(|| {
+                let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / pace));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
             let mut hist = new_histogram()?;
             let mut totals = PushTotals::default();
             while Instant::now() < deadline {
-                let items: Vec<serde_json::Value> = (0..batch)
-                    .map(|i| {
-                        serde_json::json!({
-                            "id": uuid::Uuid::now_v7().to_string(),
-                            "tier": tier,
-                            "namespace": "user_cache",
-                            "key": format!("item:{i}"),
-                            "op": "put",
-                            "payload": encoded,
-                            "encoding": "identity",
-                            "created_at_ms": 0,
-                        })
-                    })
-                    .collect();
-                let body = serde_json::to_vec(&serde_json::json!({ "items": items }))
-                    .map_err(|e| e.to_string())?;
+                if let Some(ticker) = ticker.as_mut() {
+                    ticker.tick().await;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                // Built as text: the generator shares the CPU with the server, so it should
+                // spend as little as possible making requests.
+                let mut body = String::with_capacity(batch * (encoded.len() + 160) + 16);
+                body.push_str("{\"items\":[");
+                for i in 0..batch {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    let _ = write!(
+                        body,
+                        "{{\"id\":\"{}\",\"tier\":{tier},\"namespace\":\"user_cache\",\"key\":\"item:{i}\",\"op\":\"put\",\"payload\":\"{encoded}\",\"encoding\":\"identity\",\"created_at_ms\":0}}",
+                        uuid::Uuid::now_v7()
+                    );
+                }
+                body.push_str("]}");
                 let sent = Instant::now();
                 let reply = client
                     .post(&url)
@@ -276,8 +293,6 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
                             .arg("payload")
                             .arg(body.as_slice())
                             .arg("created_at_ms")
-                            .arg(0)
-                            .arg("received_at_ms")
                             .arg(0)
                             .ignore();
                     }
@@ -408,6 +423,9 @@ async fn futures_join<T: Send + 'static>(
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if !(0.0..=1000.0).contains(&args.batches_per_sec) {
+        return Err("--batches-per-sec must be 0 to 1000".into());
+    }
     if args.duration_secs == 0 || args.duration_secs > MAX_DURATION_SECS {
         return Err(format!("--duration-secs must be 1 to {MAX_DURATION_SECS}"));
     }

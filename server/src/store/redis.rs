@@ -6,9 +6,9 @@
 //! races between concurrent requests.
 //!
 //! Writes that must be all-or-nothing run as Lua scripts, which Redis executes atomically. The
-//! push script reads the dedup marker, appends to the tier's up stream, then sets the marker to
-//! the new entry id. A script is refused for memory only before its first write, so a push batch
-//! is either stored whole or not at all when Redis is full.
+//! push script claims each item's dedup marker and appends the item to its tier's up stream. A
+//! script is refused for memory only before its first write, so a push batch is either stored
+//! whole or not at all when Redis is full.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,26 +24,33 @@ use super::{
 };
 use crate::keys;
 
-/// Exactly-once append of a batch. KEYS: (marker, stream) per item. ARGV: marker TTL (s),
-/// received-at (ms), then nine fields per item. Returns, per item, the new entry id or `false`
-/// (nil) for an item stored earlier.
+/// Exactly-once append of a batch. KEYS: (marker, stream) per item. ARGV: marker TTL (s), then
+/// nine fields per item. Returns, per item, the new entry id or `false` (nil) for an item stored
+/// earlier.
+///
+/// Per item: `SET marker NX EX` claims the id; only a successful claim appends the entry. The
+/// first write of the script is a `SET`, so a Redis out of memory refuses the whole batch before
+/// anything is written. Should an `XADD` fail after its claim (a key of the wrong type, say), the
+/// claim is released before the error is raised, so a marker never stands for a missing entry;
+/// items earlier in the batch stay stored and answer `duplicate` when the device retries.
 const PUSH_SCRIPT: &str = r"
 local ttl = ARGV[1]
-local received = ARGV[2]
 local out = {}
 for i = 1, #KEYS / 2 do
   local seen = KEYS[2 * i - 1]
-  local a = 2 + (i - 1) * 9
-  if redis.call('EXISTS', seen) == 1 then
-    out[i] = false
-  else
-    local id = redis.call('XADD', KEYS[2 * i], '*',
+  local a = 1 + (i - 1) * 9
+  if redis.call('SET', seen, '1', 'NX', 'EX', ttl) then
+    local id = redis.pcall('XADD', KEYS[2 * i], '*',
       'item_id', ARGV[a + 1], 'device_id', ARGV[a + 2], 'tier', ARGV[a + 3],
       'namespace', ARGV[a + 4], 'key', ARGV[a + 5], 'op', ARGV[a + 6],
-      'encoding', ARGV[a + 7], 'payload', ARGV[a + 8],
-      'created_at_ms', ARGV[a + 9], 'received_at_ms', received)
-    redis.call('SET', seen, id, 'EX', ttl)
+      'encoding', ARGV[a + 7], 'payload', ARGV[a + 8], 'created_at_ms', ARGV[a + 9])
+    if type(id) == 'table' and id.err then
+      redis.call('DEL', seen)
+      return redis.error_reply(id.err)
+    end
     out[i] = id
+  else
+    out[i] = false
   end
 end
 return out
@@ -301,7 +308,7 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let mut invocation = self.push_script.prepare_invoke();
-        invocation.arg(dedup_ttl.as_secs().max(1)).arg(now_ms());
+        invocation.arg(dedup_ttl.as_secs().max(1));
         for item in items {
             invocation
                 .key(
