@@ -245,6 +245,72 @@ pub struct Cache {
     stats: Stats,
 }
 
+/// A value checked and compressed, ready to be written inside a transaction.
+#[derive(Debug)]
+struct PreparedPut<'k> {
+    key: &'k TenantKey,
+    stored: Vec<u8>,
+    encoding: Encoding,
+    row: RowSize,
+    expires_at: Option<Millis>,
+    budget: u64,
+}
+
+/// Writes a prepared value inside `tx`, making room with the namespace's policy first.
+/// `ledger` is the committed usage; `change` holds what this transaction changed so far, so
+/// several writes in one transaction see each other's bytes.
+fn upsert(
+    tx: &Transaction<'_>,
+    ledger: &[Usage; NS_COUNT],
+    change: &mut Change,
+    put: &PreparedPut<'_>,
+    now: Millis,
+) -> Result<(), CacheError> {
+    let key = put.key;
+    let namespace = key.namespace();
+    let ns = put.row.namespace;
+    let pending = change.usage.get(ns).map_or(0, |d| d.charged);
+    let used = ledger
+        .get(ns)
+        .map_or(0, |u| u.charged)
+        .saturating_add_signed(pending);
+    let charged = to_u64(put.row.charged);
+    let old = tx
+        .prepare_cached(OLD_SIZE_SQL)?
+        .query_row([key.as_str()], |r| RowSize::from_row(r, 0))
+        .optional()?;
+    let mut used_without_old = used;
+    if let Some(old) = old {
+        // An overwrite: the old value's bytes are given back before checking the fit.
+        change.remove(old, Removal::Deleted);
+        used_without_old = used_without_old.saturating_sub(to_u64(old.charged));
+    }
+    let over = (used_without_old + charged).saturating_sub(put.budget);
+    if over > 0 && !make_room(tx, namespace, key.as_str(), now, over, change)? {
+        // Returning the error rolls back every deletion make_room did.
+        return Err(CacheError::NamespaceFull {
+            namespace,
+            policy: namespace.eviction(),
+            used,
+            needed: charged,
+            budget: put.budget,
+        });
+    }
+    tx.prepare_cached(UPSERT_SQL)?.execute(params![
+        key.as_str(),
+        key.tenant(),
+        i64::from(namespace.id()),
+        put.stored,
+        i64::from(put.encoding.tag()),
+        put.row.raw,
+        put.row.charged,
+        now,
+        put.expires_at,
+    ])?;
+    change.add(put.row);
+    Ok(())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Poisoning only means another thread panicked while holding the lock; every value guarded
     // here is valid between any two statements, so carry on.
@@ -498,6 +564,20 @@ impl Cache {
     }
 
     fn put_inner(&self, key: &TenantKey, value: &[u8], expiry: Expiry) -> Result<(), CacheError> {
+        let now = self.clock.now_ms();
+        let put = self.prepare_put(key, value, expiry, now)?;
+        self.write_rows(|tx, ledger, change| upsert(tx, ledger, change, &put, now))
+    }
+
+    /// Checks and compresses a value for writing; no lock is taken (compression is the slowest
+    /// step and needs no database).
+    fn prepare_put<'k>(
+        &self,
+        key: &'k TenantKey,
+        value: &[u8],
+        expiry: Expiry,
+        now: Millis,
+    ) -> Result<PreparedPut<'k>, CacheError> {
         if value.len() > self.max_value_bytes {
             return Err(CacheError::ValueTooLarge {
                 size: value.len(),
@@ -505,7 +585,6 @@ impl Cache {
             });
         }
         let profile = self.profile();
-        let now = self.clock.now_ms();
         let expires_at = match expiry {
             Expiry::Adaptive => Some(now.saturating_add(duration_ms(adaptive_ttl(profile)))),
             Expiry::After(ttl) if ttl.is_zero() => return Err(CacheError::InvalidTtl),
@@ -513,18 +592,16 @@ impl Cache {
             Expiry::Never => None,
         };
         let namespace = key.namespace();
-        let ns = usize::from(namespace.id());
         let budget = self.budget(namespace);
-        // Compress before taking any lock: it is the slowest step and needs no database.
         let (encoding, stored) = codec::compress_for(profile.device, value);
         let charged = stored.len() + key.as_str().len();
-        let new_row = RowSize {
-            namespace: ns,
+        let row = RowSize {
+            namespace: usize::from(namespace.id()),
             charged: to_i64(charged),
             raw: to_i64(value.len()),
             stored: to_i64(stored.len()),
         };
-        let charged = to_u64(new_row.charged);
+        let charged = to_u64(row.charged);
         if charged > budget {
             return Err(CacheError::ExceedsNamespaceBudget {
                 namespace,
@@ -532,43 +609,13 @@ impl Cache {
                 budget,
             });
         }
-
-        self.write_rows(|tx, ledger, change| {
-            let used = ledger.get(ns).map_or(0, |u| u.charged);
-            let old = tx
-                .prepare_cached(OLD_SIZE_SQL)?
-                .query_row([key.as_str()], |r| RowSize::from_row(r, 0))
-                .optional()?;
-            let mut used_without_old = used;
-            if let Some(old) = old {
-                // An overwrite: the old value's bytes are given back before checking the fit.
-                change.remove(old, Removal::Deleted);
-                used_without_old = used_without_old.saturating_sub(to_u64(old.charged));
-            }
-            let over = (used_without_old + charged).saturating_sub(budget);
-            if over > 0 && !make_room(tx, namespace, key.as_str(), now, over, change)? {
-                // Returning the error rolls back every deletion make_room did.
-                return Err(CacheError::NamespaceFull {
-                    namespace,
-                    policy: namespace.eviction(),
-                    used,
-                    needed: charged,
-                    budget,
-                });
-            }
-            tx.prepare_cached(UPSERT_SQL)?.execute(params![
-                key.as_str(),
-                key.tenant(),
-                i64::from(namespace.id()),
-                stored,
-                i64::from(encoding.tag()),
-                new_row.raw,
-                new_row.charged,
-                now,
-                expires_at,
-            ])?;
-            change.add(new_row);
-            Ok(())
+        Ok(PreparedPut {
+            key,
+            stored,
+            encoding,
+            row,
+            expires_at,
+            budget,
         })
     }
 
