@@ -22,7 +22,10 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavio
 pub const APPLICATION_ID: i32 = 0x4B52_5958;
 
 /// Migrations, in order; migration `n` (1-based) brings the schema to `user_version = n`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_applied_changes.sql"),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -512,6 +515,47 @@ mod tests {
         let err = Store::open(&path, &options).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
         assert_eq!(file_bytes(&path), bytes);
+    }
+
+    #[test]
+    fn a_version_one_database_migrates_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            // A database exactly as version 1 of this library left it.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "application_id", APPLICATION_ID)
+                .unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO outbox (id, tier, namespace, key, op, payload, created_at, next_attempt_at)
+                 VALUES ('0193', 1, 2, 'k', 'put', x'01', 5, 5)",
+                [],
+            )
+            .unwrap();
+            c.execute("INSERT INTO meta (key, value) VALUES ('cursor', x'02')", [])
+                .unwrap();
+        }
+        let store = Store::open(&path, &StoreOptions::default()).unwrap();
+        let (version, outbox, tables): (i64, i64, i64) = store
+            .read(|c| {
+                Ok::<_, StoreError>((
+                    c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
+                    c.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?,
+                    c.query_row(
+                        "SELECT count(*) FROM sqlite_schema WHERE name = 'applied_changes'",
+                        [],
+                        |r| r.get(0),
+                    )?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((version, outbox, tables), (SCHEMA_VERSION, 1, 1));
+        assert_eq!(
+            store.read(|c| Store::meta_get(c, "cursor")).unwrap(),
+            Some(vec![2])
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //!   the row and values that do not shrink stored as they are.
 
 pub mod codec;
+mod remote;
 pub mod stats;
 
 #[cfg(test)]
@@ -45,6 +46,7 @@ use crate::clock::{Clock, Millis, duration_ms};
 use crate::store::{Store, StoreError};
 
 pub use codec::CodecError;
+pub use remote::ApplyReport;
 pub use stats::{CacheStats, LatencySummary, NamespaceStats};
 
 use stats::{NS_COUNT, Stats, Usage};
@@ -155,7 +157,7 @@ struct Access {
 }
 
 /// Net effect of one committed write transaction, applied to the ledger and the counters.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Change {
     usage: [UsageDelta; NS_COUNT],
     evicted: [u64; NS_COUNT],

@@ -1,0 +1,402 @@
+//! Applying downstream changes (one pull page) to the cache, with the new cursor, in one
+//! transaction: either the whole page and its cursor are stored, or neither is.
+//!
+//! Two rules make re-delivery and local edits safe:
+//!
+//! - **Applied once.** Each change id is recorded in `applied_changes`; a page delivered again
+//!   (the answer was lost after the server sent it) changes nothing the second time. Ids older
+//!   than the server's retention (48 h) are pruned, since the server cannot send them again.
+//! - **Local writes shadow.** While the outbox still holds a write of the same namespace and key
+//!   (pending or in flight), the server's value is not applied: the app keeps seeing its own
+//!   write until the push is acknowledged. After that, the server is authoritative
+//!   (`docs/adr/0005-conflicts.md`).
+//!
+//! A change that cannot be stored (bad key, undecodable value, a full `noeviction` namespace) is
+//! skipped and counted, never allowed to wedge the cursor.
+
+use std::time::Duration;
+
+use kryonix_protocol::wire::{Change as RemoteChange, Op};
+use kryonix_protocol::{TenantId, TenantKey};
+use rusqlite::{OptionalExtension, params};
+
+use super::{Cache, CacheError, DELETE_SQL, Expiry, Removal, RowSize, codec, upsert};
+use crate::clock::{Millis, duration_ms};
+use crate::store::Store;
+
+/// How long the server keeps downstream changes; older applied ids can be forgotten.
+const APPLIED_RETENTION: Duration = Duration::from_secs(48 * 3600);
+
+/// What applying a page did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub applied: usize,
+    /// Already applied from an earlier delivery.
+    pub duplicates: usize,
+    /// Skipped because a local write of the same key is not yet acknowledged.
+    pub shadowed: usize,
+    /// Skipped because they could not be stored (logged).
+    pub skipped: usize,
+}
+
+enum Prepared<'k> {
+    Put(super::PreparedPut<'k>),
+    Delete,
+    Skip,
+}
+
+impl Cache {
+    /// Applies `changes` for `tenant` and stores `cursor` under the meta key `cursor_key`, in one
+    /// transaction.
+    pub fn apply_remote(
+        &self,
+        tenant: &TenantId,
+        changes: &[RemoteChange],
+        cursor_key: &str,
+        cursor: &str,
+    ) -> Result<ApplyReport, CacheError> {
+        let now = self.clock.now_ms();
+        let keys: Vec<Option<TenantKey>> = changes
+            .iter()
+            .map(|c| match TenantKey::from_parts(tenant.as_str(), &c.namespace, &c.key) {
+                Ok(key) => Some(key),
+                Err(error) => {
+                    tracing::warn!(id = c.id, %error, "pull: change with an invalid key skipped");
+                    None
+                }
+            })
+            .collect();
+        let mut prepared = Vec::with_capacity(changes.len());
+        for (change, key) in changes.iter().zip(&keys) {
+            let Some(key) = key else {
+                prepared.push(Prepared::Skip);
+                continue;
+            };
+            prepared.push(match change.op {
+                Op::Delete => Prepared::Delete,
+                Op::Put | Op::Event => match self.prepare_remote(key, change, now) {
+                    Ok(put) => Prepared::Put(put),
+                    Err(error) => {
+                        tracing::warn!(id = change.id, %error, "pull: change skipped");
+                        Prepared::Skip
+                    }
+                },
+            });
+        }
+        self.write_rows(|tx, ledger, delta| {
+            let mut report = ApplyReport::default();
+            for ((change, key), prepared) in changes.iter().zip(&keys).zip(&prepared) {
+                let seen: bool = tx
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM applied_changes WHERE id = ?1)")?
+                    .query_row([&change.id], |r| r.get(0))?;
+                if seen {
+                    report.duplicates += 1;
+                    continue;
+                }
+                tx.prepare_cached("INSERT INTO applied_changes (id, applied_at) VALUES (?1, ?2)")?
+                    .execute(params![&change.id, now])?;
+                let Some(key) = key else {
+                    report.skipped += 1;
+                    continue;
+                };
+                let shadowed: bool = tx
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM outbox WHERE namespace = ?1 AND key = ?2
+                                        AND state != 'dead')",
+                    )?
+                    .query_row(params![key.namespace().id(), key.key()], |r| r.get(0))?;
+                if shadowed {
+                    report.shadowed += 1;
+                    continue;
+                }
+                match prepared {
+                    Prepared::Skip => report.skipped += 1,
+                    Prepared::Delete => {
+                        if let Some((row, _)) = tx
+                            .prepare_cached(DELETE_SQL)?
+                            .query_row([key.as_str()], |r| {
+                                Ok((RowSize::from_row(r, 0)?, r.get::<_, Option<Millis>>(4)?))
+                            })
+                            .optional()?
+                        {
+                            delta.remove(row, Removal::Deleted);
+                        }
+                        report.applied += 1;
+                    }
+                    Prepared::Put(put) => {
+                        // A savepoint per change: a value that does not fit is skipped without
+                        // undoing the rest of the page.
+                        let before = delta.clone();
+                        tx.execute_batch("SAVEPOINT remote_change")?;
+                        match upsert(tx, ledger, delta, put, now) {
+                            Ok(()) => {
+                                tx.execute_batch("RELEASE remote_change")?;
+                                report.applied += 1;
+                            }
+                            Err(CacheError::NamespaceFull { .. }) => {
+                                tx.execute_batch(
+                                    "ROLLBACK TO remote_change; RELEASE remote_change",
+                                )?;
+                                *delta = before;
+                                tracing::warn!(
+                                    id = change.id,
+                                    key = key.as_str(),
+                                    "pull: namespace full, change skipped"
+                                );
+                                report.skipped += 1;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            tx.prepare_cached("DELETE FROM applied_changes WHERE applied_at < ?1")?
+                .execute([now - duration_ms(APPLIED_RETENTION)])?;
+            Store::meta_set(tx, cursor_key, cursor.as_bytes())?;
+            Ok(report)
+        })
+    }
+
+    fn prepare_remote<'k>(
+        &self,
+        key: &'k TenantKey,
+        change: &RemoteChange,
+        now: Millis,
+    ) -> Result<super::PreparedPut<'k>, CacheError> {
+        let value = codec::decode(change.encoding, &change.value, self.max_value_bytes)?;
+        let expiry = match change.ttl_secs {
+            Some(0) | None => Expiry::Adaptive,
+            Some(secs) => Expiry::After(Duration::from_secs(secs)),
+        };
+        self.prepare_put(key, &value, expiry, now)
+    }
+
+    /// The stored value of a meta key as text (the pull cursor).
+    pub fn meta_text(&self, key: &str) -> Result<Option<String>, CacheError> {
+        let bytes = self
+            .store
+            .read(|conn| Store::meta_get(conn, key).map_err(CacheError::from))?;
+        Ok(bytes.and_then(|b| String::from_utf8(b).ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kryonix_protocol::wire::{Change as RemoteChange, Op};
+    use kryonix_protocol::{Encoding, Namespace, Tier};
+
+    use super::*;
+    use crate::cache::CacheConfig;
+    use crate::clock::ManualClock;
+    use crate::outbox::{Outbox, OutboxConfig};
+    use crate::store::StoreOptions;
+
+    fn change(id: &str, ns: &str, key: &str, op: Op, value: &[u8]) -> RemoteChange {
+        RemoteChange {
+            id: id.into(),
+            namespace: ns.into(),
+            key: key.into(),
+            op,
+            value: value.to_vec(),
+            encoding: Encoding::Identity,
+            ttl_secs: None,
+            published_at_ms: 0,
+        }
+    }
+
+    struct Fx {
+        _dir: tempfile::TempDir,
+        cache: Cache,
+        outbox: Outbox,
+        tenant: TenantId,
+    }
+
+    fn fx(config: CacheConfig) -> Fx {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap());
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let tenant = TenantId::new("acme").unwrap();
+        let cache = Cache::open(store.clone(), clock.clone(), config).unwrap();
+        let outbox = Outbox::open(store, clock, OutboxConfig::new(tenant.clone())).unwrap();
+        Fx {
+            _dir: dir,
+            cache,
+            outbox,
+            tenant,
+        }
+    }
+
+    fn key(f: &Fx, ns: Namespace, k: &str) -> TenantKey {
+        TenantKey::new(&f.tenant, ns, k).unwrap()
+    }
+
+    #[test]
+    fn a_page_is_applied_once_with_its_cursor() {
+        let f = fx(CacheConfig::default());
+        let page = vec![
+            change("t-1", "user_cache", "a", Op::Put, b"1"),
+            change("t-2", "user_cache", "b", Op::Put, b"2"),
+            change("t-3", "user_cache", "a", Op::Delete, b""),
+        ];
+        let report = f
+            .cache
+            .apply_remote(&f.tenant, &page, "cursor", "c1")
+            .unwrap();
+        assert_eq!(
+            report,
+            ApplyReport {
+                applied: 3,
+                ..ApplyReport::default()
+            }
+        );
+        assert_eq!(
+            f.cache.get(&key(&f, Namespace::UserCache, "a")).unwrap(),
+            None
+        );
+        assert_eq!(
+            f.cache.get(&key(&f, Namespace::UserCache, "b")).unwrap(),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(f.cache.meta_text("cursor").unwrap().as_deref(), Some("c1"));
+
+        // The local app deletes b; the same page arrives again: nothing is re-applied.
+        f.cache.delete(&key(&f, Namespace::UserCache, "b")).unwrap();
+        let again = f
+            .cache
+            .apply_remote(&f.tenant, &page, "cursor", "c1")
+            .unwrap();
+        assert_eq!(
+            again,
+            ApplyReport {
+                duplicates: 3,
+                ..ApplyReport::default()
+            }
+        );
+        assert_eq!(
+            f.cache.get(&key(&f, Namespace::UserCache, "b")).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn unacknowledged_local_writes_shadow_the_server() {
+        let f = fx(CacheConfig::default());
+        let k = key(&f, Namespace::UserCache, "profile");
+        f.cache.put(&k, b"local", Expiry::Adaptive).unwrap();
+        let id = f
+            .outbox
+            .enqueue(
+                Namespace::UserCache,
+                "profile",
+                Op::Put,
+                b"local",
+                Tier::Critical,
+            )
+            .unwrap();
+        let report = f
+            .cache
+            .apply_remote(
+                &f.tenant,
+                &[change("t-1", "user_cache", "profile", Op::Put, b"server")],
+                "cursor",
+                "c1",
+            )
+            .unwrap();
+        assert_eq!(report.shadowed, 1);
+        assert_eq!(f.cache.get(&k).unwrap(), Some(b"local".to_vec()));
+        // Once acknowledged, the server's next change wins.
+        f.outbox
+            .next_batch(100, crate::outbox::TierSet::ALL)
+            .unwrap();
+        f.outbox.ack(&[id]).unwrap();
+        f.cache
+            .apply_remote(
+                &f.tenant,
+                &[change("t-2", "user_cache", "profile", Op::Put, b"server2")],
+                "cursor",
+                "c2",
+            )
+            .unwrap();
+        assert_eq!(f.cache.get(&k).unwrap(), Some(b"server2".to_vec()));
+    }
+
+    #[test]
+    fn unstorable_changes_are_skipped_and_the_cursor_moves() {
+        // A tiny budget: distributed_locks (noeviction is only mobile_sync, so use a value that
+        // can never fit its namespace instead) and an invalid key and a bad encoding.
+        let f = fx(CacheConfig {
+            device_budget_bytes: 64 * 1024 * 1024,
+            ..CacheConfig::default()
+        });
+        let mut bad_encoding = change("t-3", "user_cache", "z", Op::Put, b"not gzip");
+        bad_encoding.encoding = Encoding::Gzip;
+        let page = vec![
+            change("t-1", "nope", "x", Op::Put, b"1"),
+            change("t-2", "user_cache", "", Op::Put, b"1"),
+            bad_encoding,
+            change("t-4", "user_cache", "ok", Op::Put, b"fine"),
+        ];
+        let report = f
+            .cache
+            .apply_remote(&f.tenant, &page, "cursor", "c9")
+            .unwrap();
+        assert_eq!((report.applied, report.skipped), (1, 3));
+        assert_eq!(f.cache.meta_text("cursor").unwrap().as_deref(), Some("c9"));
+    }
+
+    #[test]
+    fn a_full_noeviction_namespace_skips_only_that_change() {
+        let f = fx(CacheConfig {
+            device_budget_bytes: 1024 * 1024,
+            ..CacheConfig::default()
+        });
+        let budget = f.cache.budget(Namespace::MobileSync) as usize;
+        // Incompressible, so compression cannot make both fit.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let big: Vec<u8> = (0..budget / 2)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect();
+        let page = vec![
+            change("t-1", "mobile_sync", "a", Op::Put, &big),
+            change("t-2", "mobile_sync", "b", Op::Put, &big),
+            change("t-3", "user_cache", "c", Op::Put, b"small"),
+        ];
+        let report = f
+            .cache
+            .apply_remote(&f.tenant, &page, "cursor", "c1")
+            .unwrap();
+        assert_eq!((report.applied, report.skipped), (2, 1));
+        assert!(
+            f.cache
+                .get(&key(&f, Namespace::MobileSync, "a"))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            f.cache
+                .get(&key(&f, Namespace::MobileSync, "b"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            f.cache
+                .get(&key(&f, Namespace::UserCache, "c"))
+                .unwrap()
+                .is_some()
+        );
+        let stats = f.cache.stats();
+        assert!(
+            stats
+                .namespaces
+                .iter()
+                .all(|n| n.used_bytes <= n.budget_bytes)
+        );
+    }
+}
