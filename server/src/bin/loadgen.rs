@@ -273,27 +273,18 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
                 while Instant::now() < deadline {
                     let mut pipe = redis::pipe();
                     for i in 0..batch {
+                        // The same entry the server writes: item metadata and payload.
+                        let meta = format!(
+                            "{{\"id\":\"{}\",\"device_id\":\"{device_id}\",\"tier\":1,\"namespace\":\"user_cache\",\"key\":\"item:{i}\",\"op\":\"put\",\"encoding\":\"identity\",\"created_at_ms\":0}}",
+                            uuid::Uuid::now_v7()
+                        );
                         pipe.cmd("XADD")
                             .arg(stream.as_str())
                             .arg("*")
-                            .arg("item_id")
-                            .arg(uuid::Uuid::now_v7().to_string())
-                            .arg("device_id")
-                            .arg(&device_id)
-                            .arg("tier")
-                            .arg(1)
-                            .arg("namespace")
-                            .arg("user_cache")
-                            .arg("key")
-                            .arg(format!("item:{i}"))
-                            .arg("op")
-                            .arg("put")
-                            .arg("encoding")
-                            .arg("identity")
+                            .arg("item")
+                            .arg(meta)
                             .arg("payload")
                             .arg(body.as_slice())
-                            .arg("created_at_ms")
-                            .arg(0)
                             .ignore();
                     }
                     pipe.query_async::<()>(&mut con)

@@ -25,25 +25,26 @@ use super::{
 use crate::keys;
 
 /// Exactly-once append of a batch. KEYS: (marker, stream) per item. ARGV: marker TTL (s), then
-/// nine fields per item. Returns, per item, the new entry id or `false` (nil) for an item stored
-/// earlier.
+/// per item its `item` metadata (JSON) and its payload. Returns, per item, the new entry id or
+/// `false` (nil) for an item stored earlier.
 ///
 /// Per item: `SET marker NX EX` claims the id; only a successful claim appends the entry. The
 /// first write of the script is a `SET`, so a Redis out of memory refuses the whole batch before
 /// anything is written. Should an `XADD` fail after its claim (a key of the wrong type, say), the
 /// claim is released before the error is raised, so a marker never stands for a missing entry;
 /// items earlier in the batch stay stored and answer `duplicate` when the device retries.
+///
+/// An entry has two fields, `item` and `payload`, rather than one field per attribute: every
+/// argument a script passes to `redis.call` is converted twice (Redis string to Lua and back),
+/// and with nine fields that conversion cost more than the `XADD` itself (measured, see
+/// docs/benchmarks.md).
 const PUSH_SCRIPT: &str = r"
 local ttl = ARGV[1]
 local out = {}
 for i = 1, #KEYS / 2 do
   local seen = KEYS[2 * i - 1]
-  local a = 1 + (i - 1) * 9
   if redis.call('SET', seen, '1', 'NX', 'EX', ttl) then
-    local id = redis.pcall('XADD', KEYS[2 * i], '*',
-      'item_id', ARGV[a + 1], 'device_id', ARGV[a + 2], 'tier', ARGV[a + 3],
-      'namespace', ARGV[a + 4], 'key', ARGV[a + 5], 'op', ARGV[a + 6],
-      'encoding', ARGV[a + 7], 'payload', ARGV[a + 8], 'created_at_ms', ARGV[a + 9])
+    local id = redis.pcall('XADD', KEYS[2 * i], '*', 'item', ARGV[2 * i], 'payload', ARGV[2 * i + 1])
     if type(id) == 'table' and id.err then
       redis.call('DEL', seen)
       return redis.error_reply(id.err)
@@ -191,6 +192,47 @@ async fn manager(url: &str, db: i64) -> Result<ConnectionManager, StoreError> {
         .map_err(map)
 }
 
+/// The `item` field of an up stream entry (JSON): everything about the item but its payload,
+/// which is the entry's `payload` field, raw bytes.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ItemMetadata {
+    pub id: String,
+    pub device_id: String,
+    pub tier: u8,
+    pub namespace: String,
+    pub key: String,
+    pub op: Op,
+    pub encoding: Encoding,
+    pub created_at_ms: i64,
+}
+
+/// Borrowing twin of [`ItemMetadata`], to serialize without copying.
+#[derive(serde::Serialize)]
+struct ItemMetadataRef<'a> {
+    id: &'a str,
+    device_id: &'a str,
+    tier: u8,
+    namespace: &'a str,
+    key: &'a str,
+    op: Op,
+    encoding: Encoding,
+    created_at_ms: i64,
+}
+
+fn item_metadata(item: &NewItem, device: &str) -> Result<String, StoreError> {
+    serde_json::to_string(&ItemMetadataRef {
+        id: &item.id,
+        device_id: device,
+        tier: item.tier.number(),
+        namespace: item.namespace.name(),
+        key: &item.key,
+        op: item.op,
+        encoding: item.encoding,
+        created_at_ms: item.created_at_ms,
+    })
+    .map_err(|e| StoreError::Internal(format!("encoding item metadata: {e}")))
+}
+
 /// A stream entry id as a comparable pair.
 fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
@@ -321,15 +363,8 @@ impl RedisStore {
                         .map_err(key_err)?
                         .as_str(),
                 )
-                .arg(&item.id)
-                .arg(device)
-                .arg(item.tier.number())
-                .arg(item.namespace.name())
-                .arg(&item.key)
-                .arg(item.op.as_str())
-                .arg(item.encoding.as_str())
-                .arg(item.payload.as_slice())
-                .arg(item.created_at_ms);
+                .arg(item_metadata(item, device)?)
+                .arg(item.payload.as_slice());
         }
         let mut con = self.sync.clone();
         let ids: Vec<Option<String>> = invocation.invoke_async(&mut con).await.map_err(map)?;

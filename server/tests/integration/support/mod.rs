@@ -167,8 +167,10 @@ impl TestServer {
                 entries
                     .into_iter()
                     .map(|(_, fields)| {
-                        let pos = fields.iter().position(|f| f == b"item_id").unwrap();
-                        String::from_utf8(fields[pos + 1].clone()).unwrap()
+                        let pos = fields.iter().position(|f| f == b"item").unwrap();
+                        let meta: kryonix_server::store::redis::ItemMetadata =
+                            serde_json::from_slice(&fields[pos + 1]).unwrap();
+                        meta.id
                     })
                     .collect()
             }
