@@ -14,6 +14,12 @@ pub enum Error {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    #[error("sync: {0}")]
+    Transport(crate::sync::TransportError),
+    #[error("the agent is closed")]
+    Closed,
+    #[error("the sync task failed: {0}")]
+    Task(String),
 }
 
 /// `Result` with [`Error`].
@@ -23,6 +29,9 @@ impl Error {
     /// Whether the same call may succeed later without the caller changing anything: a database
     /// locked by another process is transient; an invalid key or a corrupt file is not.
     pub fn is_transient(&self) -> bool {
+        if let Self::Transport(e) = self {
+            return matches!(e.kind, crate::sync::FailureKind::Transient { .. });
+        }
         let store = match self {
             Self::Store(e) => Some(e),
             Self::Cache(CacheError::Store(e)) => Some(e),

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`agent`]: what an app holds — database, cache, outbox and the sync task behind one object.
 //! - [`store`]: the SQLite database — WAL, migrations, `read`/`write` closures, `meta` table.
 //! - [`cache`]: per-tenant, per-namespace values — TTLs (explicit or adaptive), compression
 //!   above 1 KiB, budgets enforced with each namespace's eviction policy, stats.
@@ -16,6 +17,7 @@
 //! - [`clock`]: wall-clock time behind a trait, so TTLs and backoff are tested without sleeping.
 //! - [`error`]: the crate-wide [`Error`] over each module's own error enum.
 
+pub mod agent;
 pub mod cache;
 pub mod clock;
 pub mod error;
@@ -23,6 +25,7 @@ pub mod outbox;
 pub mod store;
 pub mod sync;
 
+pub use agent::{Agent, AgentConfig};
 pub use cache::{Cache, CacheConfig, CacheEntry, CacheError, CacheStats, Expiry};
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use error::{Error, Result};

@@ -98,7 +98,10 @@ pub enum Event {
     PushAnswered {
         response: PushResponse,
         elapsed: Duration,
+        /// Request body bytes on the wire.
         bytes: u64,
+        /// Request body bytes before compression.
+        raw_bytes: u64,
     },
     /// The pull in flight was answered and applied; `has_more` asks for the next page.
     PullAnswered {
@@ -146,13 +149,18 @@ pub struct TierStatus {
 }
 
 /// A snapshot of the engine for the observer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SyncStatus {
     pub online: bool,
     pub tiers: BTreeMap<Tier, TierStatus>,
     pub wakeups: u64,
     pub items_sent: u64,
+    /// Push body bytes on the wire.
     pub bytes_sent: u64,
+    /// The same bodies before compression: `bytes_raw - bytes_sent` is what compression saved.
+    pub bytes_raw: u64,
+    /// Hits / (hits + misses) of the local cache (filled in by the driver).
+    pub cache_hit_ratio: f64,
     pub last_error: Option<String>,
     pub unauthorized: bool,
 }
@@ -266,6 +274,26 @@ impl SyncEngine {
         self.in_flight.is_some()
     }
 
+    /// No wake-up in progress and nothing in flight: what `sync_now` waits for.
+    pub fn is_idle(&self) -> bool {
+        self.wake.is_none() && self.in_flight.is_none()
+    }
+
+    /// Ends the current wake-up without sending what was handed out (an OS background window is
+    /// closing). The batch goes back to `pending` with no attempt counted; its tiers keep their
+    /// place and go at the next wake-up.
+    pub fn abandon(&mut self) -> Result<()> {
+        if let Some(InFlight::Push { ids, .. }) = self.in_flight.take() {
+            self.outbox.release(&ids)?;
+        }
+        self.in_flight = None;
+        if let Some(wake) = self.wake {
+            let now = self.clock.now_ms();
+            self.end_wake(now, wake);
+        }
+        Ok(())
+    }
+
     /// Feeds one event; returns what to do next.
     pub fn handle(&mut self, event: Event) -> Result<Vec<Action>> {
         let now = self.clock.now_ms();
@@ -293,7 +321,9 @@ impl SyncEngine {
                 response,
                 elapsed,
                 bytes,
+                raw_bytes,
             } => {
+                self.status.bytes_raw += raw_bytes;
                 self.on_push_answered(now, response, elapsed, bytes, &mut actions)?;
             }
             Event::PullAnswered { has_more } => {

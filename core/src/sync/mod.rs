@@ -5,6 +5,16 @@
 //!   with actions. It touches only the local database, never the network or a timer, so it is
 //!   tested by feeding it events with a manual clock.
 
-pub mod engine;
+//! - [`transport`]: the HTTP side — the `Transport` trait and its reqwest implementation, with
+//!   token refresh and the mapping of every HTTP answer to "retry when".
+//! - [`driver`]: the async task that runs the engine's actions and feeds back their outcomes.
 
+pub mod driver;
+pub mod engine;
+pub mod transport;
+
+pub use driver::{PULL_CURSOR_KEY, SyncObserver, SyncReport};
 pub use engine::{Action, EngineConfig, Event, FailureKind, SyncEngine, SyncStatus, TierStatus};
+pub use transport::{
+    HttpTransport, PushReply, StaticToken, TokenProvider, Transport, TransportError,
+};

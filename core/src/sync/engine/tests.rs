@@ -97,6 +97,7 @@ impl Sim {
                                 response,
                                 elapsed: Duration::from_millis(50),
                                 bytes: 100 * items.len() as u64,
+                                raw_bytes: 300 * items.len() as u64,
                             },
                             Err(kind) => Event::RequestFailed {
                                 kind,

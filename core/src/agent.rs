@@ -1,0 +1,489 @@
+//! The agent: what an app holds. One object that owns the database, the cache, the outbox and
+//! the sync driver task, with the calls an app makes — read and write the cache, enqueue, ask
+//! for a sync, tell it about the network, watch its status.
+//!
+//! The bindings (`kryonix-ffi`) export this object to Kotlin and Swift almost one to one.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kryonix_protocol::wire::Op;
+use kryonix_protocol::{
+    DeviceClass, DeviceProfile, Namespace, NetworkProfile, TenantId, TenantKey, Tier,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::cache::{Cache, CacheConfig, Expiry, codec};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::outbox::{DeadLetter, ItemId, Outbox, OutboxConfig, TierSet};
+use crate::store::{Durability, Store, StoreOptions};
+use crate::sync::driver::{Command, Driver, SyncObserver, SyncReport};
+use crate::sync::engine::{EngineConfig, Event, SyncEngine, SyncStatus};
+use crate::sync::transport::{HttpTransport, TokenProvider, Transport};
+
+/// Everything an agent needs to start.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The SQLite file (created if missing).
+    pub db_path: PathBuf,
+    /// `https://sync.example.com`.
+    pub server_url: String,
+    /// The tenant the device belongs to (the server takes it from the token; the device uses it
+    /// to build its keys).
+    pub tenant: TenantId,
+    pub profile: DeviceProfile,
+    pub cache: CacheConfig,
+    pub durability: Durability,
+    pub engine: EngineConfig,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(
+        db_path: impl Into<PathBuf>,
+        server_url: impl Into<String>,
+        tenant: TenantId,
+    ) -> Self {
+        Self {
+            db_path: db_path.into(),
+            server_url: server_url.into(),
+            tenant,
+            profile: DeviceProfile::default(),
+            cache: CacheConfig::default(),
+            durability: Durability::Normal,
+            engine: EngineConfig::default(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The device agent. See the module docs.
+#[derive(Debug)]
+pub struct Agent<T: Transport = HttpTransport> {
+    tenant: TenantId,
+    cache: Arc<Cache>,
+    outbox: Outbox,
+    transport: Arc<T>,
+    profile: Mutex<DeviceProfile>,
+    status: Arc<Mutex<SyncStatus>>,
+    commands: mpsc::UnboundedSender<Command>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Agent<HttpTransport> {
+    /// Opens the database and starts syncing on `runtime` (the app's or the bindings' tokio
+    /// runtime). The agent starts offline: call [`Agent::set_network`] when the OS says what it
+    /// has.
+    pub fn open(
+        config: AgentConfig,
+        tokens: Arc<dyn TokenProvider>,
+        observer: Option<Arc<dyn SyncObserver>>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Self> {
+        let transport = HttpTransport::new(&config.server_url, tokens, config.request_timeout)
+            .map_err(Error::Transport)?;
+        Self::with_transport(config, transport, Arc::new(SystemClock), observer, runtime)
+    }
+}
+
+impl<T: Transport> Agent<T> {
+    /// Like [`Agent::open`] with any transport and clock (tests, simulations).
+    pub fn with_transport(
+        config: AgentConfig,
+        transport: T,
+        clock: Arc<dyn Clock>,
+        observer: Option<Arc<dyn SyncObserver>>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Self> {
+        let options = StoreOptions {
+            durability: config.durability,
+            ..StoreOptions::default()
+        };
+        let store = Arc::new(Store::open(&config.db_path, &options)?);
+        let cache_config = CacheConfig {
+            profile: config.profile,
+            ..config.cache
+        };
+        let cache = Arc::new(Cache::open(store.clone(), clock.clone(), cache_config)?);
+        let outbox = Outbox::open(
+            store,
+            clock.clone(),
+            OutboxConfig::new(config.tenant.clone()),
+        )?;
+        let engine = SyncEngine::new(outbox.clone(), clock.clone(), config.engine.clone());
+        let transport = Arc::new(transport);
+        let status = Arc::new(Mutex::new(SyncStatus::default()));
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let offline_profile = DeviceProfile {
+            network: NetworkProfile::OFFLINE,
+            ..config.profile
+        };
+        let driver = Driver {
+            engine,
+            transport: transport.clone(),
+            cache: cache.clone(),
+            outbox: outbox.clone(),
+            tenant: config.tenant.clone(),
+            clock,
+            observer,
+            status: status.clone(),
+            profile: offline_profile,
+        };
+        let task = runtime.spawn(driver.run(receiver));
+        let agent = Self {
+            tenant: config.tenant,
+            cache,
+            outbox,
+            transport,
+            profile: Mutex::new(config.profile),
+            status,
+            commands,
+            task: Mutex::new(Some(task)),
+        };
+        agent.send(Command::Event(Event::DeviceChanged(config.profile.device)))?;
+        agent.send(Command::Event(Event::NetworkChanged(
+            config.profile.network,
+        )))?;
+        Ok(agent)
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.commands.send(command).map_err(|_| Error::Closed)
+    }
+
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// A key of this agent's tenant.
+    pub fn key(&self, namespace: Namespace, key: &str) -> Result<TenantKey> {
+        Ok(TenantKey::new(&self.tenant, namespace, key).map_err(crate::cache::CacheError::from)?)
+    }
+
+    /// The local cache (reads and writes never touch the network).
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The outbox (dead letters, stats).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Queues a mutation for upload; returns once it is durable. The sync driver is told, so a
+    /// tier whose slot has passed goes out at once.
+    pub fn enqueue(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        op: Op,
+        payload: &[u8],
+        tier: Tier,
+    ) -> Result<ItemId> {
+        let id = self.outbox.enqueue(namespace, key, op, payload, tier)?;
+        self.send(Command::Event(Event::Enqueued(tier)))?;
+        Ok(id)
+    }
+
+    /// Writes a value locally and queues it for upload: the app sees its own write at once, and
+    /// it shadows server values for that key until the server has it.
+    pub fn write(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        value: &[u8],
+        tier: Tier,
+    ) -> Result<ItemId> {
+        let tenant_key = self.key(namespace, key)?;
+        self.cache.put(&tenant_key, value, Expiry::Adaptive)?;
+        self.enqueue(namespace, key, Op::Put, value, tier)
+    }
+
+    /// Syncs the given tiers now (whatever the network class, unless offline) and returns when
+    /// the wake-up is over: everything sent, or retries spent and rescheduled.
+    pub async fn sync_now(&self, tiers: TierSet) -> Result<SyncReport> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::SyncNow { tiers, reply })?;
+        answer.await.map_err(|_| Error::Closed)
+    }
+
+    /// Uploads as much as fits in `window` (an OS background task's time), highest tiers first,
+    /// and never starts a request it expects to outlast the window. What is left resumes later.
+    pub async fn flush(&self, window: Duration) -> Result<SyncReport> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Flush {
+            deadline: Instant::now() + window,
+            reply,
+        })?;
+        answer.await.map_err(|_| Error::Closed)
+    }
+
+    /// The OS reported a network change.
+    pub fn set_network(&self, network: NetworkProfile) -> Result<()> {
+        let profile = {
+            let mut profile = self.profile.lock().unwrap_or_else(PoisonError::into_inner);
+            profile.network = network;
+            *profile
+        };
+        self.cache.set_profile(profile);
+        self.send(Command::Event(Event::NetworkChanged(network)))
+    }
+
+    pub fn set_device(&self, device: DeviceClass) -> Result<()> {
+        let profile = {
+            let mut profile = self.profile.lock().unwrap_or_else(PoisonError::into_inner);
+            profile.device = device;
+            *profile
+        };
+        self.cache.set_profile(profile);
+        self.send(Command::Event(Event::DeviceChanged(device)))
+    }
+
+    pub fn profile(&self) -> DeviceProfile {
+        *self.profile.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The latest status the driver published.
+    pub fn status(&self) -> SyncStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads a key from the local cache; on a miss (or an expired entry) and when `online`,
+    /// fetches it from the server's L2 cache and stores it with the adaptive TTL (or the
+    /// server's remaining TTL).
+    pub async fn get_or_fetch(&self, namespace: Namespace, key: &str) -> Result<Option<Vec<u8>>> {
+        let tenant_key = self.key(namespace, key)?;
+        if let Some(value) = self.cache.get(&tenant_key)? {
+            return Ok(Some(value));
+        }
+        let profile = self.profile();
+        if profile.network.class == kryonix_protocol::NetworkClass::Offline {
+            return Ok(None);
+        }
+        let entries = self
+            .transport
+            .cache_get_many(namespace, &[key.to_owned()], profile)
+            .await
+            .map_err(Error::Transport)?;
+        let Some(Some(entry)) = entries.into_iter().next() else {
+            return Ok(None);
+        };
+        let value = codec::decode(entry.encoding, &entry.value, usize::MAX / 2)
+            .map_err(crate::cache::CacheError::from)?;
+        let expiry = entry
+            .ttl_secs
+            .filter(|s| *s > 0)
+            .map_or(Expiry::Adaptive, |s| Expiry::After(Duration::from_secs(s)));
+        self.cache.put(&tenant_key, &value, expiry)?;
+        Ok(Some(value))
+    }
+
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        Ok(self.outbox.dead_letters()?)
+    }
+
+    /// Sends a dead letter again.
+    pub fn retry_dead_letter(&self, id: ItemId) -> Result<()> {
+        self.outbox.retry_dead(id)?;
+        self.send(Command::Event(Event::Tick))
+    }
+
+    pub fn discard_dead_letter(&self, id: ItemId) -> Result<()> {
+        Ok(self.outbox.discard_dead(id)?)
+    }
+
+    /// Stops the driver after the request in flight (if any) settles. Queued items stay in the
+    /// database for the next start.
+    pub async fn close(&self) -> Result<()> {
+        let _ = self.commands.send(Command::Shutdown);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.await.map_err(|e| Error::Task(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Transport> Drop for Agent<T> {
+    fn drop(&mut self) {
+        // The task ends when it sees the channel closed; nothing is lost either way.
+        let _ = self.commands.send(Command::Shutdown);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use kryonix_protocol::wire::{CacheEntry, ItemOutcome, PullResponse, PushResponse, PushResult};
+
+    use super::*;
+    use crate::outbox::OutboxItem;
+    use crate::sync::transport::{PushReply, TransportError};
+
+    /// An in-memory server at the transport edge: stores ids, answers duplicates.
+    #[derive(Debug, Default)]
+    struct FakeServer {
+        stored: Mutex<HashSet<String>>,
+    }
+
+    impl Transport for FakeServer {
+        async fn push(
+            &self,
+            items: &[OutboxItem],
+            _: DeviceProfile,
+        ) -> Result<PushReply, TransportError> {
+            let mut stored = self.stored.lock().unwrap();
+            let results = items
+                .iter()
+                .map(|i| PushResult {
+                    id: i.id.to_string(),
+                    outcome: if stored.insert(i.id.to_string()) {
+                        ItemOutcome::Accepted
+                    } else {
+                        ItemOutcome::Duplicate
+                    },
+                })
+                .collect();
+            Ok(PushReply {
+                response: PushResponse { results },
+                bytes_sent: 10,
+                bytes_raw: 20,
+            })
+        }
+
+        async fn pull(
+            &self,
+            cursor: Option<&str>,
+            _: usize,
+        ) -> Result<PullResponse, TransportError> {
+            Ok(PullResponse {
+                changes: vec![],
+                cursor: cursor.unwrap_or("c0").into(),
+                has_more: false,
+            })
+        }
+
+        async fn cache_get_many(
+            &self,
+            _: Namespace,
+            keys: &[String],
+            _: DeviceProfile,
+        ) -> Result<Vec<Option<CacheEntry>>, TransportError> {
+            Ok(keys
+                .iter()
+                .map(|k| {
+                    (k == "remote").then(|| CacheEntry {
+                        key: k.clone(),
+                        value: b"from-l2".to_vec(),
+                        encoding: kryonix_protocol::Encoding::Identity,
+                        ttl_secs: Some(60),
+                    })
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn offline_enqueue_then_sync_now_delivers_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AgentConfig::new(
+            dir.path().join("a.db"),
+            "http://unused",
+            TenantId::new("acme").unwrap(),
+        );
+        config.profile.network = NetworkProfile::OFFLINE;
+        let agent = Agent::with_transport(
+            config,
+            FakeServer::default(),
+            Arc::new(SystemClock),
+            None,
+            &tokio::runtime::Handle::current(),
+        )
+        .unwrap();
+        for i in 0..250 {
+            agent
+                .enqueue(
+                    Namespace::UserCache,
+                    &format!("k{i}"),
+                    Op::Put,
+                    b"v",
+                    Tier::ALL[i % 4],
+                )
+                .unwrap();
+        }
+        let offline = agent.sync_now(TierSet::ALL).await.unwrap();
+        assert_eq!(
+            (offline.items_sent, offline.remaining, offline.online),
+            (0, 250, false)
+        );
+
+        agent.set_network(NetworkProfile::WIFI).unwrap();
+        let report = agent.sync_now(TierSet::ALL).await.unwrap();
+        assert_eq!(report.remaining, 0);
+        assert_eq!(agent.transport.stored.lock().unwrap().len(), 250);
+        let status = agent.status();
+        assert_eq!(status.items_sent, 250);
+        assert!(status.bytes_raw > status.bytes_sent);
+
+        // Read-through: a miss is fetched from the server's L2 cache and kept.
+        assert_eq!(
+            agent
+                .get_or_fetch(Namespace::ApiCache, "remote")
+                .await
+                .unwrap(),
+            Some(b"from-l2".to_vec())
+        );
+        assert_eq!(
+            agent
+                .get_or_fetch(Namespace::ApiCache, "absent")
+                .await
+                .unwrap(),
+            None
+        );
+        let key = agent.key(Namespace::ApiCache, "remote").unwrap();
+        assert!(
+            agent.cache().get_entry(&key).unwrap().unwrap().ttl.unwrap() <= Duration::from_secs(60)
+        );
+        agent.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn flush_with_no_time_sends_nothing_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AgentConfig::new(
+            dir.path().join("a.db"),
+            "http://unused",
+            TenantId::new("acme").unwrap(),
+        );
+        config.profile.network = NetworkProfile::OFFLINE;
+        let agent = Agent::with_transport(
+            config,
+            FakeServer::default(),
+            Arc::new(SystemClock),
+            None,
+            &tokio::runtime::Handle::current(),
+        )
+        .unwrap();
+        agent
+            .enqueue(Namespace::UserCache, "k", Op::Put, b"v", Tier::Critical)
+            .unwrap();
+        let report = agent.flush(Duration::ZERO).await.unwrap();
+        assert_eq!(report.remaining, 1);
+        agent.set_network(NetworkProfile::WIFI).unwrap();
+        let report = agent.flush(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(report.remaining, 0);
+        assert!(!report.deadline_reached);
+    }
+}

@@ -1,0 +1,376 @@
+//! Talking to `kryonix-server` over HTTP: the [`Transport`] trait the driver uses, and its real
+//! implementation on reqwest (rustls).
+//!
+//! The transport turns every HTTP outcome into what the engine needs to know: the parsed answer,
+//! or a [`FailureKind`] that says whether and when to try again. A 401 refreshes the token once
+//! through the app's [`TokenProvider`] and retries; only a second 401 reaches the engine.
+//! Bodies above the compression threshold are gzip-encoded (the server accepts gzip), so a phone
+//! on a slow link sends fewer bytes; answers are asked for gzip-encoded too.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use kryonix_protocol::wire::{
+    CacheEntry, ErrorBody, MultiGetRequest, MultiGetResponse, PullResponse, PushItem, PushRequest,
+    PushResponse,
+};
+use kryonix_protocol::{
+    COMPRESSION_THRESHOLD, DEVICE_PROFILE_HEADER, DeviceProfile, Encoding, Namespace,
+    PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+
+use super::engine::FailureKind;
+use crate::cache::codec;
+use crate::outbox::OutboxItem;
+
+/// The largest answer body accepted after decompression.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Supplies bearer tokens. Implemented by the app (it owns sign-in).
+pub trait TokenProvider: Send + Sync + Debug {
+    /// A token for the server; `refresh` is true after the server refused the previous one.
+    fn token(&self, refresh: bool) -> Result<String, String>;
+}
+
+/// A fixed token (tests, tools, and apps that manage refresh themselves).
+#[derive(Debug, Clone)]
+pub struct StaticToken(pub String);
+
+impl TokenProvider for StaticToken {
+    fn token(&self, _refresh: bool) -> Result<String, String> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A failed request, classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl TransportError {
+    fn transient(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        Self {
+            kind: FailureKind::Transient { retry_after },
+            message: message.into(),
+        }
+    }
+}
+
+/// What a push answer carried besides the results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushReply {
+    pub response: PushResponse,
+    /// Request body bytes as sent on the wire.
+    pub bytes_sent: u64,
+    /// Request body bytes before compression.
+    pub bytes_raw: u64,
+}
+
+/// The network side of the driver. Object-safe futures are not needed: the driver is generic.
+pub trait Transport: Send + Sync + 'static {
+    fn push(
+        &self,
+        items: &[OutboxItem],
+        profile: DeviceProfile,
+    ) -> impl Future<Output = Result<PushReply, TransportError>> + Send;
+
+    fn pull(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<PullResponse, TransportError>> + Send;
+
+    /// Reads keys from the server's L2 cache (read-through); `None` for a miss.
+    fn cache_get_many(
+        &self,
+        namespace: Namespace,
+        keys: &[String],
+        profile: DeviceProfile,
+    ) -> impl Future<Output = Result<Vec<Option<CacheEntry>>, TransportError>> + Send;
+}
+
+/// The real transport: HTTP/JSON with reqwest and rustls.
+#[derive(Debug, Clone)]
+pub struct HttpTransport {
+    client: reqwest::Client,
+    base: String,
+    tokens: Arc<dyn TokenProvider>,
+}
+
+/// rustls needs one process-wide crypto provider; ring is the one that cross-compiles to
+/// Android and iOS without extra tooling. Installing fails only if the app installed one first,
+/// which is just as good.
+fn install_crypto_provider() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl HttpTransport {
+    /// `base_url` like `https://sync.example.com` (no trailing path).
+    pub fn new(
+        base_url: &str,
+        tokens: Arc<dyn TokenProvider>,
+        timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| TransportError {
+                kind: FailureKind::Transient { retry_after: None },
+                message: format!("cannot build the HTTP client: {e}"),
+            })?;
+        Ok(Self {
+            client,
+            base: base_url.trim_end_matches('/').to_owned(),
+            tokens,
+        })
+    }
+
+    /// Sends one request, refreshing the token once on 401. Returns the decoded answer body.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, bool)>,
+        profile: Option<DeviceProfile>,
+    ) -> Result<Vec<u8>, TransportError> {
+        let mut refresh = false;
+        loop {
+            let token = self.tokens.token(refresh).map_err(|e| TransportError {
+                kind: FailureKind::Unauthorized,
+                message: format!("no token: {e}"),
+            })?;
+            let mut headers = HeaderMap::new();
+            headers.insert(PROTOCOL_HEADER, HeaderValue::from(PROTOCOL_VERSION));
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+            if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            if let Some(profile) = profile {
+                if let Ok(value) = HeaderValue::from_str(&profile.to_string()) {
+                    headers.insert(DEVICE_PROFILE_HEADER, value);
+                }
+            }
+            let mut request = self
+                .client
+                .request(method.clone(), format!("{}{path}", self.base));
+            if let Some((bytes, gzipped)) = &body {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                if *gzipped {
+                    headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                }
+                request = request.body(bytes.clone());
+            }
+            let response =
+                request.headers(headers).send().await.map_err(|e| {
+                    TransportError::transient(format!("{} {path}: {e}", method), None)
+                })?;
+            let status = response.status();
+            let retry_after = retry_after(response.headers());
+            let gzipped = response
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| TransportError::transient(format!("reading the answer: {e}"), None))?;
+            let bytes = if gzipped {
+                codec::decode(Encoding::Gzip, &bytes, MAX_RESPONSE_BYTES).map_err(|e| {
+                    TransportError::transient(format!("undecodable answer: {e}"), None)
+                })?
+            } else {
+                bytes.to_vec()
+            };
+            if status.is_success() {
+                return Ok(bytes);
+            }
+            if status == StatusCode::UNAUTHORIZED && !refresh {
+                refresh = true;
+                continue;
+            }
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| {
+                    format!(
+                        "{} ({}): {}",
+                        status.as_u16(),
+                        b.error.code,
+                        b.error.message
+                    )
+                })
+                .unwrap_or_else(|_| format!("HTTP {}", status.as_u16()));
+            let kind = match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => FailureKind::Unauthorized,
+                StatusCode::PAYLOAD_TOO_LARGE => FailureKind::TooLarge,
+                // Everything else — 429, 5xx, and even a 4xx that should not happen — is retried
+                // later: an accepted item is never dropped because of one odd answer.
+                _ => FailureKind::Transient { retry_after },
+            };
+            return Err(TransportError { kind, message });
+        }
+    }
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// JSON body, gzip-encoded when it is over the threshold and the device compresses.
+fn encode_body(json: Vec<u8>, profile: DeviceProfile) -> (Vec<u8>, bool) {
+    if json.len() > COMPRESSION_THRESHOLD {
+        // The server speaks gzip only; desktops (lz4 locally) still send gzip on the wire.
+        if let Ok(compressed) = codec::encode(Encoding::Gzip, &json) {
+            if compressed.len() < json.len() {
+                return (compressed, true);
+            }
+        }
+    }
+    let _ = profile;
+    (json, false)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, TransportError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| TransportError::transient(format!("unreadable answer: {e}"), None))
+}
+
+impl Transport for HttpTransport {
+    async fn push(
+        &self,
+        items: &[OutboxItem],
+        profile: DeviceProfile,
+    ) -> Result<PushReply, TransportError> {
+        let request = PushRequest {
+            items: items.iter().map(push_item).collect(),
+        };
+        let json = serde_json::to_vec(&request)
+            .map_err(|e| TransportError::transient(format!("encoding the push: {e}"), None))?;
+        let bytes_raw = json.len() as u64;
+        let (body, gzipped) = encode_body(json, profile);
+        let bytes_sent = body.len() as u64;
+        let answer = self
+            .send(
+                Method::POST,
+                "/v1/sync/push",
+                Some((body, gzipped)),
+                Some(profile),
+            )
+            .await?;
+        Ok(PushReply {
+            response: parse(&answer)?,
+            bytes_sent,
+            bytes_raw,
+        })
+    }
+
+    async fn pull(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<PullResponse, TransportError> {
+        let mut path = format!("/v1/sync/pull?limit={limit}");
+        if let Some(cursor) = cursor {
+            path.push_str("&cursor=");
+            path.push_str(&percent_encode(cursor));
+        }
+        let answer = self.send(Method::GET, &path, None, None).await?;
+        parse(&answer)
+    }
+
+    async fn cache_get_many(
+        &self,
+        namespace: Namespace,
+        keys: &[String],
+        profile: DeviceProfile,
+    ) -> Result<Vec<Option<CacheEntry>>, TransportError> {
+        let json = serde_json::to_vec(&MultiGetRequest {
+            keys: keys.to_vec(),
+        })
+        .map_err(|e| TransportError::transient(format!("encoding the request: {e}"), None))?;
+        let path = format!("/v1/cache/{}/_mget", namespace.name());
+        let answer = self
+            .send(Method::POST, &path, Some((json, false)), Some(profile))
+            .await?;
+        Ok(parse::<MultiGetResponse>(&answer)?.entries)
+    }
+}
+
+fn push_item(item: &OutboxItem) -> PushItem {
+    PushItem {
+        id: item.id.to_string(),
+        tier: item.tier.number(),
+        namespace: item.namespace.name().to_owned(),
+        key: item.key.clone(),
+        op: item.op,
+        payload: item.payload.clone(),
+        encoding: Encoding::Identity,
+        created_at_ms: item.created_at,
+    }
+}
+
+/// Query-string encoding for the opaque cursor (unreserved characters pass through).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds() {
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn cursor_is_query_safe() {
+        assert_eq!(percent_encode("a+b/c=="), "a%2Bb%2Fc%3D%3D");
+        assert_eq!(percent_encode("0-1_2.3~"), "0-1_2.3~");
+    }
+
+    #[test]
+    fn large_bodies_are_gzipped_small_ones_not() {
+        let profile = DeviceProfile::default();
+        let (small, gz) = encode_body(b"{}".to_vec(), profile);
+        assert!(!gz);
+        assert_eq!(small, b"{}");
+        let big = serde_json::to_vec(&vec!["same text again"; 200]).unwrap();
+        let (body, gz) = encode_body(big.clone(), profile);
+        assert!(gz && body.len() < big.len());
+        assert_eq!(codec::decode(Encoding::Gzip, &body, 1 << 20).unwrap(), big);
+    }
+}
