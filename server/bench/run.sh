@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Server benchmark, bounded in time, loopback only: starts a throw-away Redis (noeviction, AOF
+# everysec) and a release kryonix-server, runs kryonix-loadgen against them, stops both.
+#
+#   cargo build --release -p kryonix-server
+#   server/bench/run.sh            # DURATION=20 DEVICES=100 PACE=2 IDLE=10000 QUIET_LOAD=1.0
+#
+# Prints the loadgen's figures; docs/benchmarks.md (section "Server") records them.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BIN="$ROOT/target/release"
+DURATION="${DURATION:-20}"
+DEVICES="${DEVICES:-100}"
+PACE="${PACE:-2}"
+IDLE="${IDLE:-10000}"
+QUIET_LOAD="${QUIET_LOAD:-1.0}"
+REDIS_PORT="${REDIS_PORT:-6391}"
+HTTP_PORT="${HTTP_PORT:-18081}"
+export KRYONIX_JWT_SECRET="bench-secret-bench-secret-bench-secret"
+
+[ -x "$BIN/kryonix-server" ] && [ -x "$BIN/kryonix-loadgen" ] || {
+  echo "build first: cargo build --release -p kryonix-server" >&2; exit 2; }
+
+WORK="$(mktemp -d)"
+cleanup() {
+  [ -f "$WORK/server.pid" ] && kill "$(cat "$WORK/server.pid")" 2>/dev/null || true
+  [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
+  sleep 0.5
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" --save "" \
+  --appendonly yes --appendfsync everysec --maxmemory 4gb --maxmemory-policy noeviction \
+  --daemonize yes --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log"
+for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+ulimit -n 20000
+RUST_LOG=warn "$BIN/kryonix-server" serve --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+  --listen "127.0.0.1:$HTTP_PORT" --default-rate-per-sec 0 --default-device-rate-per-sec 0 \
+  >"$WORK/server.log" 2>&1 &
+echo $! >"$WORK/server.pid"
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break; sleep 0.1; done
+
+# Wait (at most two minutes) for other work on the machine to calm down.
+for _ in $(seq 120); do
+  awk -v q="$QUIET_LOAD" '{ exit !($1 < q) }' /proc/loadavg && break
+  sleep 1
+done
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; $(redis-server --version | cut -d' ' -f3)"
+
+LOADGEN=("$BIN/kryonix-loadgen" --url "http://127.0.0.1:$HTTP_PORT")
+
+echo "== saturation: $DEVICES devices pushing back to back, then the raw XADD ceiling"
+"${LOADGEN[@]}" --redis-url "redis://127.0.0.1:$REDIS_PORT" --devices "$DEVICES" \
+  --batch 100 --payload-bytes 512 --duration-secs "$DURATION"
+
+echo "== paced: $DEVICES devices, $PACE batches/s each"
+"${LOADGEN[@]}" --devices "$DEVICES" --batch 100 --payload-bytes 512 \
+  --batches-per-sec "$PACE" --duration-secs "$DURATION"
+
+echo "== idle: $IDLE keep-alive connections"
+"${LOADGEN[@]}" --devices 0 --idle-connections "$IDLE" --idle-hold-secs 10 \
+  --server-pid "$(cat "$WORK/server.pid")"
+
+echo "== redis after the run"
+redis-cli -p "$REDIS_PORT" info memory | grep -E '^used_memory_human'
+redis-cli -p "$REDIS_PORT" info commandstats | grep -E 'cmdstat_(evalsha|xadd|set):'
