@@ -146,3 +146,34 @@ async fn tenant_a_cannot_reach_tenant_b_anywhere() {
         }
     }
 }
+
+#[tokio::test]
+async fn rate_limit_state_lives_in_db_4_and_expires() {
+    let server = TestServer::with_redis(RedisOptions::default(), |c| {
+        c.default_policy.rate_per_sec = 100;
+        c.default_policy.device_rate_per_sec = 1;
+    })
+    .await;
+    let token = server.token("acme", "phone-1");
+    let first = server
+        .call(Method::GET, "/v1/cache/user_cache/k", Some(&token), None)
+        .await;
+    first.assert_error(StatusCode::NOT_FOUND, "not_found");
+    let second = server
+        .call(Method::GET, "/v1/cache/user_cache/k", Some(&token), None)
+        .await;
+    second.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert_eq!(second.retry_after(), Some(1));
+
+    let mut db4 = server.redis().db(4).await;
+    for key in [
+        "tenant:acme:rate_limiting:tenant",
+        "tenant:acme:rate_limiting:device:phone-1",
+    ] {
+        let pttl: i64 = db4.pttl(key).await.unwrap();
+        assert!(pttl > 0 && pttl <= 3_000, "{key}: pttl {pttl}");
+    }
+    // Nothing else was written anywhere.
+    let counts = server.redis().key_counts().await;
+    assert_eq!(counts.iter().sum::<i64>(), 2, "{counts:?}");
+}
