@@ -14,5 +14,6 @@ mod contract;
 mod http;
 mod isolation;
 mod malformed;
+mod properties;
 mod push;
 mod startup;

@@ -1,0 +1,94 @@
+//! Push invariants over generated batches (embedded store, so each case is cheap): one result per
+//! item in request order; exactly the valid first occurrences are stored, in order; a replay
+//! stores nothing.
+
+use std::collections::HashSet;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use crate::support::{Backend, TestServer, item};
+
+#[derive(Debug, Clone)]
+struct Gen {
+    id: String,
+    tier: u8,
+    namespace: &'static str,
+    key: String,
+}
+
+impl Gen {
+    fn is_valid(&self) -> bool {
+        (1..=4).contains(&self.tier)
+            && self.namespace != "bogus"
+            && !self.key.is_empty()
+            && self.key.len() <= 200
+            && !self.id.contains(':')
+    }
+}
+
+fn gen_item() -> impl Strategy<Value = Gen> {
+    (
+        // A small id space, so batches repeat ids; ':' makes an id invalid.
+        prop_oneof![
+            (0u8..12).prop_map(|n| format!("id-{n}")),
+            Just("bad:id".to_owned())
+        ],
+        0u8..6,
+        prop_oneof![Just("user_cache"), Just("api_cache"), Just("bogus")],
+        prop_oneof!["[a-z:]{1,20}", Just(String::new()), Just("k".repeat(240))],
+    )
+        .prop_map(|(id, tier, namespace, key)| Gen {
+            id,
+            tier,
+            namespace,
+            key,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn push_results_match_the_batch(batches in prop::collection::vec(prop::collection::vec(gen_item(), 0..12), 1..4)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let server = TestServer::start(Backend::Embedded, |_| {}).await;
+            let token = server.token("acme", "phone-1");
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut expected: [Vec<String>; 5] = Default::default();
+            for batch in &batches {
+                let json: Vec<Value> = batch
+                    .iter()
+                    .map(|g| item(&g.id, g.tier, g.namespace, &g.key, b"p"))
+                    .collect();
+                let reply = server.push(&token, json.clone()).await;
+                prop_assert_eq!(reply.status, axum::http::StatusCode::OK);
+                let v = reply.value();
+                let results = v["results"].as_array().unwrap();
+                prop_assert_eq!(results.len(), batch.len());
+                for (g, r) in batch.iter().zip(results) {
+                    prop_assert_eq!(r["id"].as_str().unwrap(), g.id.as_str());
+                    let status = r["status"].as_str().unwrap();
+                    if !g.is_valid() {
+                        prop_assert_eq!(status, "rejected");
+                    } else if seen.insert(g.id.clone()) {
+                        prop_assert_eq!(status, "accepted");
+                        expected[usize::from(g.tier)].push(g.id.clone());
+                    } else {
+                        prop_assert_eq!(status, "duplicate");
+                    }
+                }
+                // A replay of the same batch stores nothing new.
+                let replay = server.push(&token, json).await.value();
+                for r in replay["results"].as_array().unwrap() {
+                    prop_assert_ne!(r["status"].as_str().unwrap(), "accepted");
+                }
+            }
+            for tier in 1..=4u8 {
+                prop_assert_eq!(&server.stored_ids("acme", tier).await, &expected[usize::from(tier)]);
+            }
+            Ok(())
+        })?;
+    }
+}
