@@ -52,8 +52,8 @@ echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; $
 
 LOADGEN=("$BIN/kryonix-loadgen" --url "http://127.0.0.1:$HTTP_PORT")
 
-echo "== saturation: $DEVICES devices pushing back to back, then the raw XADD ceiling"
-"${LOADGEN[@]}" --redis-url "redis://127.0.0.1:$REDIS_PORT" --devices "$DEVICES" \
+echo "== saturation: $DEVICES devices pushing back to back, the raw XADD ceiling, the push script alone"
+"${LOADGEN[@]}" --redis-url "redis://127.0.0.1:$REDIS_PORT" --store-ceiling --devices "$DEVICES" \
   --batch 100 --payload-bytes 512 --duration-secs "$DURATION"
 
 echo "== paced: $DEVICES devices, $PACE batches/s each"

@@ -66,6 +66,10 @@ struct Args {
     /// Redis holding mobile_sync: measure the raw XADD ceiling there too (loopback only).
     #[arg(long)]
     redis_url: Option<String>,
+    /// With --redis-url: also push through the server's store code directly (no HTTP), to
+    /// separate the script's cost from the HTTP layer's. Its keys stay in Redis.
+    #[arg(long)]
+    store_ceiling: bool,
     /// Keep-alive connections to open and hold (0 skips the phase).
     #[arg(long, default_value_t = 0)]
     idle_connections: usize,
@@ -244,6 +248,67 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
         hist.value_at_quantile(0.95) as f64 / 1000.0,
         hist.value_at_quantile(0.99) as f64 / 1000.0,
         hist.max() as f64 / 1000.0,
+    );
+    Ok(rate)
+}
+
+/// The server's own store code (the exactly-once script), called directly: no HTTP, no JSON.
+/// Separates what the script costs Redis from what the HTTP layer costs.
+async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
+    use kryonix_server::store::{NewItem, RedisStore};
+    let store = RedisStore::connect(redis_url, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tenant = TenantId::new("loadgen-store").map_err(|e| e.to_string())?;
+    let tier = Tier::try_from(args.tier).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.devices.max(1))
+        .map(|device| {
+            let store = store.clone();
+            let tenant = tenant.clone();
+            let batch = args.batch;
+            let body = payload(args.payload_bytes, device);
+            let device_id = format!("loadgen-{device}");
+            tokio::spawn(async move {
+                let mut items = 0u64;
+                while Instant::now() < deadline {
+                    let batch_items: Vec<NewItem> = (0..batch)
+                        .map(|i| NewItem {
+                            id: uuid::Uuid::now_v7().to_string(),
+                            tier,
+                            namespace: kryonix_protocol::Namespace::UserCache,
+                            key: format!("item:{i}"),
+                            op: kryonix_protocol::wire::Op::Put,
+                            payload: body.clone(),
+                            encoding: kryonix_protocol::Encoding::Identity,
+                            created_at_ms: 0,
+                        })
+                        .collect();
+                    let stored = store
+                        .push(
+                            &tenant,
+                            &device_id,
+                            &batch_items,
+                            Duration::from_secs(172_800),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    items += stored.iter().filter(|new| **new).count() as u64;
+                }
+                Ok::<_, String>(items)
+            })
+        })
+        .collect();
+    let mut items = 0u64;
+    for task in tasks {
+        items += task.await.map_err(|e| e.to_string())??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = items as f64 / elapsed;
+    println!(
+        "store: {items} items through the push script (no HTTP) in {elapsed:.1}s by {} tasks: {rate:.0} items/s",
+        args.devices.max(1)
     );
     Ok(rate)
 }
@@ -449,6 +514,10 @@ async fn run(args: Args) -> Result<(), String> {
         let raw = raw_phase(&args, redis_url).await?;
         if let Some(push) = push_rate {
             println!("ratio: push / raw = {:.2}", push / raw);
+        }
+        if args.store_ceiling {
+            let store = store_phase(&args, redis_url).await?;
+            println!("ratio: store script / raw = {:.2}", store / raw);
         }
     }
     if args.idle_connections > 0 {

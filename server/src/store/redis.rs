@@ -25,8 +25,8 @@ use super::{
 use crate::keys;
 
 /// Exactly-once append of a batch. KEYS: (marker, stream) per item. ARGV: marker TTL (s), then
-/// per item its `item` metadata (JSON) and its payload. Returns, per item, the new entry id or
-/// `false` (nil) for an item stored earlier.
+/// per item its `item` metadata (JSON) and its payload. Returns, per item, 1 when stored now or
+/// 0 when stored earlier.
 ///
 /// Per item: `SET marker NX EX` claims the id; only a successful claim appends the entry. The
 /// first write of the script is a `SET`, so a Redis out of memory refuses the whole batch before
@@ -49,9 +49,9 @@ for i = 1, #KEYS / 2 do
       redis.call('DEL', seen)
       return redis.error_reply(id.err)
     end
-    out[i] = id
+    out[i] = 1
   else
-    out[i] = false
+    out[i] = 0
   end
 end
 return out
@@ -367,15 +367,15 @@ impl RedisStore {
                 .arg(item.payload.as_slice());
         }
         let mut con = self.sync.clone();
-        let ids: Vec<Option<String>> = invocation.invoke_async(&mut con).await.map_err(map)?;
-        if ids.len() != items.len() {
+        let stored: Vec<i64> = invocation.invoke_async(&mut con).await.map_err(map)?;
+        if stored.len() != items.len() {
             return Err(StoreError::Internal(format!(
                 "push script answered {} results for {} items",
-                ids.len(),
+                stored.len(),
                 items.len()
             )));
         }
-        Ok(ids.into_iter().map(|id| id.is_some()).collect())
+        Ok(stored.into_iter().map(|new| new == 1).collect())
     }
 
     pub async fn pull(
