@@ -164,32 +164,51 @@ impl<T: Transport> Driver<T> {
                 },
                 None => commands.recv().await,
             };
-            match command {
-                None | Some(Command::Shutdown) => break,
-                Some(Command::Event(event)) => {
-                    match &event {
-                        Event::NetworkChanged(network) => self.profile.network = *network,
-                        Event::DeviceChanged(device) => self.profile.device = *device,
-                        _ => {}
+            // Take everything already queued, so a burst of enqueues costs one engine step
+            // rather than one per item.
+            let mut batch = vec![command];
+            while let Ok(more) = commands.try_recv() {
+                batch.push(Some(more));
+            }
+            let mut enqueued = false;
+            let mut stop = false;
+            for command in batch {
+                match command {
+                    None | Some(Command::Shutdown) => stop = true,
+                    Some(Command::Event(Event::Enqueued(tier))) => {
+                        if !enqueued {
+                            enqueued = true;
+                            queue.push(Event::Enqueued(tier));
+                        }
                     }
-                    queue.push(event);
+                    Some(Command::Event(event)) => {
+                        match &event {
+                            Event::NetworkChanged(network) => self.profile.network = *network,
+                            Event::DeviceChanged(device) => self.profile.device = *device,
+                            _ => {}
+                        }
+                        queue.push(event);
+                    }
+                    Some(Command::SyncNow { tiers, reply }) => {
+                        waiters.push(Waiter {
+                            reply,
+                            sent_before: self.sent(),
+                            deadline: None,
+                        });
+                        queue.push(Event::SyncRequested(tiers));
+                    }
+                    Some(Command::Flush { deadline, reply }) => {
+                        waiters.push(Waiter {
+                            reply,
+                            sent_before: self.sent(),
+                            deadline: Some(deadline),
+                        });
+                        queue.push(Event::SyncRequested(TierSet::ALL));
+                    }
                 }
-                Some(Command::SyncNow { tiers, reply }) => {
-                    waiters.push(Waiter {
-                        reply,
-                        sent_before: self.sent(),
-                        deadline: None,
-                    });
-                    queue.push(Event::SyncRequested(tiers));
-                }
-                Some(Command::Flush { deadline, reply }) => {
-                    waiters.push(Waiter {
-                        reply,
-                        sent_before: self.sent(),
-                        deadline: Some(deadline),
-                    });
-                    queue.push(Event::SyncRequested(TierSet::ALL));
-                }
+            }
+            if stop {
+                break;
             }
         }
         self.finish_all(&mut waiters);
