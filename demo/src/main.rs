@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,13 +18,11 @@ use clap::Parser;
 use kryonix_core::outbox::TierSet;
 use kryonix_core::sync::StaticToken;
 use kryonix_core::{Agent, AgentConfig, ItemId};
+use kryonix_demo::DemoServer;
 use kryonix_protocol::wire::Op;
 use kryonix_protocol::{
     DeviceClass, DeviceProfile, Namespace, NetworkClass, NetworkProfile, TenantId, Tier,
 };
-use kryonix_server::auth::{Scope, TokenKeys};
-use kryonix_server::{AppState, ServerConfig, run, startup};
-use tokio::sync::oneshot;
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -116,36 +113,15 @@ fn main() -> ExitCode {
 
 async fn demo(args: Args) -> Result<bool, DemoError> {
     let dir = tempfile::tempdir().map_err(|e| DemoError::Server(e.to_string()))?;
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::now_v7().simple(),
-        uuid::Uuid::now_v7().simple()
+    let server = DemoServer::start(args.redis_url.clone(), dir.path())
+        .await
+        .map_err(DemoError::Server)?;
+    let addr = server.addr;
+    let embedded_path = server.embedded_path.clone();
+    println!(
+        "kryonix-server on http://{addr} ({} store)",
+        server.store_kind
     );
-    let mut config = ServerConfig::new(secret.clone());
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.embedded_path = dir.path().join("server.sqlite3");
-    config.redis_url = args.redis_url.clone();
-    // Rate limits are shown by the server's tests; here they would only slow the story down.
-    config.default_policy.device_rate_per_sec = 0;
-    config.default_policy.rate_per_sec = 0;
-    let embedded_path = config.embedded_path.clone();
-    let (store, warnings) = startup::open_store(&config)
-        .await
-        .map_err(|e| DemoError::Server(e.to_string()))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| DemoError::Server(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| DemoError::Server(e.to_string()))?;
-    let store_kind = store.kind();
-    let keys = TokenKeys::new(secret.as_bytes(), Duration::from_secs(30));
-    let state = AppState::new(config, store, warnings);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(run(listener, state, async {
-        let _ = stopped.await;
-    }));
-    println!("kryonix-server on http://{addr} ({store_kind} store)");
 
     let tenant = TenantId::new(TENANT).map_err(|e| DemoError::Server(e.to_string()))?;
     let mut devices = Vec::new();
@@ -157,9 +133,9 @@ async fn demo(args: Args) -> Result<bool, DemoError> {
         ("tablet", profile(DeviceClass::Tablet, NetworkClass::Wifi)),
         ("desktop", profile(DeviceClass::Desktop, NetworkClass::Wifi)),
     ] {
-        let token = keys
-            .mint(&tenant, name, Scope::Device, Duration::from_secs(3600))
-            .map_err(|e| DemoError::Server(e.to_string()))?;
+        let token = server
+            .device_token(&tenant, name)
+            .map_err(DemoError::Server)?;
         let mut agent_config = AgentConfig::new(
             dir.path().join(format!("{name}.db")),
             format!("http://{addr}"),
@@ -350,8 +326,7 @@ async fn demo(args: Args) -> Result<bool, DemoError> {
     for device in &devices {
         let _ = device.agent.close().await;
     }
-    let _ = stop.send(());
-    let _ = server.await;
+    server.stop().await;
     Ok(ok)
 }
 
