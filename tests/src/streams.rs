@@ -1,0 +1,96 @@
+//! Reading what the server stored, straight from Redis with a plain client: the up streams
+//! `tenant:{t}:mobile_sync:up:t{tier}` in database 11 (names as in the server's `keys`
+//! module). "Exactly once" is checked here, never by asking the server.
+
+use std::collections::HashMap;
+
+use kryonix_server::store::redis::ItemMetadata;
+use redis::aio::MultiplexedConnection;
+
+use crate::{HarnessError, Result};
+
+/// The database of the `mobile_sync` namespace.
+pub const MOBILE_SYNC_DB: u8 = 11;
+
+/// The up stream of one tenant and tier.
+pub fn up_stream_key(tenant: &str, tier: u8) -> String {
+    format!("tenant:{tenant}:mobile_sync:up:t{tier}")
+}
+
+/// One stored item: its stream entry id and metadata.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UpEntry {
+    /// `{ms}-{seq}` as Redis gave it.
+    pub entry_id: String,
+    pub meta: ItemMetadata,
+    pub payload: Vec<u8>,
+}
+
+impl UpEntry {
+    /// The entry id as a comparable pair (milliseconds, sequence).
+    pub fn position(&self) -> (u64, u64) {
+        parse_entry_id(&self.entry_id)
+    }
+}
+
+/// `1700000000000-3` → `(1700000000000, 3)`; unparsable parts read as 0.
+pub fn parse_entry_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Every entry of a tier's up stream, oldest first (`XRANGE - +`).
+pub async fn up_entries(
+    con: &mut MultiplexedConnection,
+    tenant: &str,
+    tier: u8,
+) -> Result<Vec<UpEntry>> {
+    let raw: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(up_stream_key(tenant, tier))
+        .arg("-")
+        .arg("+")
+        .query_async(con)
+        .await?;
+    raw.into_iter()
+        .map(|(entry_id, flat)| {
+            let fields: HashMap<&[u8], &[u8]> = flat
+                .chunks(2)
+                .filter_map(|pair| match pair {
+                    [name, value] => Some((name.as_slice(), value.as_slice())),
+                    _ => None,
+                })
+                .collect();
+            let item = fields
+                .get(b"item".as_slice())
+                .ok_or_else(|| HarnessError::Http(format!("entry {entry_id} has no item field")))?;
+            let meta: ItemMetadata = serde_json::from_slice(item)
+                .map_err(|e| HarnessError::Http(format!("entry {entry_id}: {e}")))?;
+            let payload = fields
+                .get(b"payload".as_slice())
+                .map(|p| p.to_vec())
+                .unwrap_or_default();
+            Ok(UpEntry {
+                entry_id,
+                meta,
+                payload,
+            })
+        })
+        .collect()
+}
+
+/// `XLEN` of a tier's up stream.
+pub async fn up_len(con: &mut MultiplexedConnection, tenant: &str, tier: u8) -> Result<u64> {
+    Ok(redis::cmd("XLEN")
+        .arg(up_stream_key(tenant, tier))
+        .query_async(con)
+        .await?)
+}
+
+/// `XLEN` summed over the four tiers.
+pub async fn up_len_all(con: &mut MultiplexedConnection, tenant: &str) -> Result<u64> {
+    let mut total = 0;
+    for tier in 1..=4 {
+        total += up_len(con, tenant, tier).await?;
+    }
+    Ok(total)
+}

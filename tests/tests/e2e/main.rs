@@ -1,0 +1,16 @@
+//! Whole-system scenarios of Kryonix Sync (issue 4, "End-to-end tests"): a real `redis-server`,
+//! the real server in-process, real agents on temp databases, and — where the network must
+//! misbehave — the harness's fault-injecting proxy. One binary, one module per scenario.
+//!
+//! "Exactly once" is always checked by reading the up streams in Redis directly.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod s1_offline_drain;
+mod s2_server_killed;
+mod s5_redis_restart;
+mod s8_pull_once;
+mod s9_dead_letters;

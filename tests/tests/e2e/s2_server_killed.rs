@@ -1,0 +1,71 @@
+//! Scenario 2: the server is killed in the middle of the drain — at the worst moment, after it
+//! stored a batch and before the device heard so — and restarted on the same port. The device
+//! sends that batch again (answered `duplicate`), carries on, and every item is in Redis exactly
+//! once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kryonix_core::TierSet;
+use kryonix_e2e::{Fault, Proxy, Rule, wait_for};
+use kryonix_protocol::{NetworkProfile, Tier};
+
+use crate::support::{World, enqueue, total};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_mid_drain_and_restarted_loses_and_duplicates_nothing() {
+    let mut world = World::plain().await;
+    let proxy = Proxy::start(world.server.addr()).await.unwrap();
+    let agent = Arc::new(world.agent("phone-2", world.config("phone-2", &proxy.url()), None));
+    let expected = enqueue(&agent, 2000, &Tier::ALL, "s2");
+
+    // The answer to the fourth push is withheld: the server has stored that batch by the time
+    // the fault fires, and the device is still waiting for the answer.
+    proxy.set_rule(
+        Rule::new(Fault::StallAnswer)
+            .only("POST /v1/sync/push")
+            .skip(3)
+            .times(1),
+    );
+    agent.set_network(NetworkProfile::WIFI).unwrap();
+    let syncing = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.sync_now(TierSet::ALL).await })
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the fourth push answered",
+        || async { (proxy.fired() >= 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+
+    world.server.kill().await;
+    let at_kill = world.stored_total().await;
+    assert_eq!(at_kill, 400, "four batches of 100 stored at the kill");
+    assert_eq!(
+        agent.outbox().stats().unwrap().depth(),
+        total(&expected) - 300
+    );
+    world.server.restart().await.unwrap();
+
+    let mut report = syncing.await.unwrap().unwrap();
+    for _ in 0..3 {
+        if report.remaining == 0 {
+            break;
+        }
+        report = agent.sync_now(TierSet::ALL).await.unwrap();
+    }
+    assert_eq!(report.remaining, 0, "{report:?}");
+    world.assert_exactly_once(&expected).await;
+    // The batch stored before the kill was sent again after it.
+    let pushes = proxy
+        .exchanges()
+        .iter()
+        .filter(|e| e.request_line.starts_with("POST /v1/sync/push"))
+        .count();
+    assert!(
+        pushes > 20,
+        "only {pushes} pushes: the withheld batch was not resent"
+    );
+}

@@ -1,0 +1,109 @@
+//! Scenario 9: items the server rejects for good (a namespace the tenant may not use, a payload
+//! over the server's limit) go to the dead-letter lane — kept, visible, reported to the
+//! observer — while every other item before and after them is delivered exactly once.
+
+use kryonix_core::TierSet;
+use kryonix_e2e::RecordingObserver;
+use kryonix_protocol::wire::Op;
+use kryonix_protocol::{Namespace, NetworkProfile, Tier};
+use kryonix_server::config::TenantPolicy;
+
+use crate::support::{Expected, TENANT, World, enqueue};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_items_are_dead_lettered_and_the_rest_flows() {
+    let mut world = World::new(Default::default(), |config| {
+        config.max_value_bytes = 4096;
+        config.tenants.insert(
+            TENANT.to_owned(),
+            TenantPolicy {
+                allowed_namespaces: Some(vec![Namespace::UserCache, Namespace::ApiCache]),
+                rate_per_sec: 0,
+                device_rate_per_sec: 0,
+                ..TenantPolicy::default()
+            },
+        );
+    })
+    .await;
+    let observer = RecordingObserver::new();
+    let agent = world.agent(
+        "phone-9",
+        world.config("phone-9", &world.server.url()),
+        Some(observer.clone()),
+    );
+
+    let mut expected = Expected::new();
+    let mut rejected = Vec::new();
+    for (round, bad) in [(0, "forbidden"), (1, "too_large"), (2, "forbidden")] {
+        let tag = format!("s9r{round}");
+        for (tier, ids) in enqueue(&agent, 100, &[Tier::Critical, Tier::Preferences], &tag) {
+            expected.entry(tier).or_default().extend(ids);
+        }
+        let id = match bad {
+            "forbidden" => agent
+                .enqueue(Namespace::Sessions, "s", Op::Put, b"x", Tier::Critical)
+                .unwrap(),
+            _ => agent
+                .enqueue(
+                    Namespace::UserCache,
+                    "big",
+                    Op::Put,
+                    &vec![7u8; 8000],
+                    Tier::Preferences,
+                )
+                .unwrap(),
+        };
+        rejected.push((id, bad));
+    }
+    for (tier, ids) in enqueue(&agent, 100, &[Tier::Critical, Tier::Preferences], "s9tail") {
+        expected.entry(tier).or_default().extend(ids);
+    }
+
+    agent.set_network(NetworkProfile::WIFI).unwrap();
+    let report = agent.sync_now(TierSet::ALL).await.unwrap();
+    assert_eq!(report.remaining, 0, "{report:?}");
+    world.assert_exactly_once(&expected).await;
+
+    // The lane holds exactly the rejected items, with the server's codes.
+    let dead = agent.dead_letters().unwrap();
+    rejected.sort();
+    let mut lane: Vec<_> = dead.iter().map(|d| (d.item.id, d.code.as_str())).collect();
+    lane.sort();
+    assert_eq!(lane, rejected);
+    let mut told: Vec<_> = observer
+        .dead_letters()
+        .into_iter()
+        .map(|d| (d.id, d.code))
+        .collect();
+    told.sort();
+    assert_eq!(
+        told,
+        rejected
+            .iter()
+            .map(|(id, code)| (*id, (*code).to_owned()))
+            .collect::<Vec<_>>()
+    );
+    let status = agent.status();
+    assert_eq!(status.tiers[&Tier::Critical].dead_letters, 2);
+    assert_eq!(status.tiers[&Tier::Preferences].dead_letters, 1);
+
+    // Rejected means nothing was written for them: no dedup marker.
+    for (id, _) in &rejected {
+        let marker: bool = redis::cmd("EXISTS")
+            .arg(format!("tenant:{TENANT}:mobile_sync:seen:{id}"))
+            .query_async(&mut world.con)
+            .await
+            .unwrap();
+        assert!(!marker, "a rejected item left a dedup marker");
+    }
+
+    // The queue keeps flowing after dead letters: new items go through, the lane stays.
+    for (tier, ids) in enqueue(&agent, 20, &[Tier::Critical], "s9after") {
+        expected.entry(tier).or_default().extend(ids);
+    }
+    let report = agent.sync_now(TierSet::ALL).await.unwrap();
+    assert_eq!(report.remaining, 0);
+    world.assert_exactly_once(&expected).await;
+    assert_eq!(agent.dead_letters().unwrap().len(), 3);
+    agent.close().await.unwrap();
+}
