@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the toolchain scripts. Sourced, never run.
 # Everything downloaded or built lives under $KRYONIX_CACHE (outside the clone).
 KRYONIX_CACHE="${KRYONIX_CACHE:-$HOME/.cache/kryonix-ci}"

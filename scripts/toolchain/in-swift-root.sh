@@ -18,6 +18,7 @@ SRC="$(cd "${SWIFT_SRC:-$PWD}" && pwd -P)"
 [ "$(id -u)" = 0 ] || { echo "in-swift-root.sh must run as root (mount, chroot)" >&2; exit 1; }
 [ "$#" -gt 0 ] || { echo "usage: $0 'shell command'" >&2; exit 2; }
 
+# shellcheck disable=SC2016 # the inner script expands its own arguments
 exec unshare --mount --propagation private bash -euc '
   R=$1 W=$2 CMD=$3
   mount -t proc proc "$R/proc"

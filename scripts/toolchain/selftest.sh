@@ -36,7 +36,9 @@ step() {
 
 t_start=$(date +%s)
 echo "== toolchains"
+# shellcheck disable=SC2016
 step kotlin-toolchain bash -c '"$1" >"$2"' _ "$HERE/kotlin.sh" "$W/kotlin.env"
+# shellcheck source=/dev/null
 . "$W/kotlin.env"
 step swift-root "$HERE/swift-root.sh"
 

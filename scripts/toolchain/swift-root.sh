@@ -46,6 +46,7 @@ t1=$(date +%s)
 # /proc is needed by apt and by every Swift tool (they find libswiftCore.so via RPATH $ORIGIN,
 # which glibc resolves through /proc/self/exe). libc6-dev is only a Recommends of gcc, hence explicit.
 log "swift root: apt-get install swiftlang libc6-dev (log: $ROOT.apt.log)"
+# shellcheck disable=SC2016 # the inner script expands its own arguments
 if ! unshare --mount --propagation private bash -euc '
   R=$1
   mount -t proc proc "$R/proc"
@@ -58,6 +59,7 @@ if ! unshare --mount --propagation private bash -euc '
 fi
 t2=$(date +%s)
 
+# shellcheck disable=SC2016
 V=$(unshare --mount --propagation private bash -euc '
   mount -t proc proc "$1/proc"
   chroot "$1" /usr/bin/env -i PATH=/usr/bin:/bin swiftc --version 2>/dev/null | head -1
