@@ -316,8 +316,12 @@ async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
 async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
     let client =
         kryonix_server::store::redis::client_for_db(redis_url, 11).map_err(|e| e.to_string())?;
+    // 100 tasks queue their pipelines on one connection: the default 500 ms response timeout
+    // is too short for the last in line on a busy machine.
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
     let con = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(|e| e.to_string())?;
     let tenant = TenantId::new("loadgen-raw").map_err(|e| e.to_string())?;
