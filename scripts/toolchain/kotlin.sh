@@ -35,7 +35,9 @@ if [ ! -f "$KOTLIN_HOME/.ready" ]; then
   flock 9 # two jobs on one machine must not unpack it at once
   if [ ! -f "$KOTLIN_HOME/.ready" ]; then
     log "kotlinc $KOTLIN_VERSION: npm pack kotlin-compiler@$KOTLIN_VERSION"
-    rm -rf "$KOTLIN_HOME.partial" "$KOTLIN_HOME"
+    safe_rm "$KOTLIN_HOME.partial"
+    safe_rm "$KOTLIN_HOME"
+    command -v npm >/dev/null 2>&1 || apt_install npm
     mkdir -p "$KOTLIN_HOME.partial"
     (cd "$KOTLIN_HOME.partial" && npm pack --silent "kotlin-compiler@$KOTLIN_VERSION" >/dev/null)
     tar xzf "$KOTLIN_HOME.partial/kotlin-compiler-$KOTLIN_VERSION.tgz" \
