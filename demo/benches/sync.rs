@@ -51,7 +51,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx]
 }
 
-async fn agent(server: &DemoServer, dir: &std::path::Path, name: &str) -> Agent {
+fn agent(server: &DemoServer, dir: &std::path::Path, name: &str) -> Agent {
     let tenant = TenantId::new("bench").unwrap();
     let token = server.device_token(&tenant, name).unwrap();
     let mut config = AgentConfig::new(dir.join(format!("{name}.db")), server.url(), tenant);
@@ -66,7 +66,7 @@ async fn agent(server: &DemoServer, dir: &std::path::Path, name: &str) -> Agent 
 }
 
 async fn drain(server: &DemoServer, dir: &std::path::Path) {
-    let agent = agent(server, dir, "drain").await;
+    let agent = agent(server, dir, "drain");
     let payloads: Vec<Vec<u8>> = (0..10_000).map(payload).collect();
     let keys: Vec<String> = (0..10_000).map(|i| format!("note:{i}")).collect();
     let items: Vec<NewItem<'_>> = (0..10_000)
@@ -95,7 +95,7 @@ async fn drain(server: &DemoServer, dir: &std::path::Path) {
 }
 
 async fn tier1_latency(server: &DemoServer, dir: &std::path::Path) {
-    let agent = agent(server, dir, "latency").await;
+    let agent = agent(server, dir, "latency");
     agent.set_network(NetworkProfile::WIFI).unwrap();
     let mut samples = Vec::new();
     for i in 0..300 {
