@@ -29,6 +29,11 @@ use kryonix_server::keys;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+// The same allocator as the server (see its main.rs): the generator shares the CPU with the
+// server it measures, so it should spend as little as possible on allocation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Longest run accepted, per phase.
 const MAX_DURATION_SECS: u64 = 300;
 
