@@ -3,16 +3,17 @@
 # everysec) and a release kryonix-server, runs kryonix-loadgen against them, stops both.
 #
 #   cargo build --release -p kryonix-server
-#   server/bench/run.sh            # DURATION=20 DEVICES=100 PACE=2 IDLE=10000 QUIET_LOAD=1.0
+#   server/bench/run.sh   # DURATION=10 ROUNDS=3 DEVICES=100 PACE="1 2 3" IDLE=10000 QUIET_LOAD=1.0
 #
 # Prints the loadgen's figures; docs/benchmarks.md (section "Server") records them.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN="$ROOT/target/release"
-DURATION="${DURATION:-20}"
+DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
 DEVICES="${DEVICES:-100}"
-PACE="${PACE:-2}"
+PACE="${PACE:-1 2 3}"
 IDLE="${IDLE:-10000}"
 QUIET_LOAD="${QUIET_LOAD:-1.0}"
 REDIS_PORT="${REDIS_PORT:-6391}"
@@ -32,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" --save "" \
-  --appendonly yes --appendfsync everysec --maxmemory 4gb --maxmemory-policy noeviction \
+  --appendonly yes --appendfsync everysec --maxmemory 8gb --maxmemory-policy noeviction \
   --daemonize yes --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log"
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
@@ -53,12 +54,14 @@ echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; $
 LOADGEN=("$BIN/kryonix-loadgen" --url "http://127.0.0.1:$HTTP_PORT")
 
 echo "== saturation: $DEVICES devices pushing back to back, the raw XADD ceiling, the push script alone"
-"${LOADGEN[@]}" --redis-url "redis://127.0.0.1:$REDIS_PORT" --store-ceiling --devices "$DEVICES" \
-  --batch 100 --payload-bytes 512 --duration-secs "$DURATION"
+"${LOADGEN[@]}" --redis-url "redis://127.0.0.1:$REDIS_PORT" --store-ceiling --rounds "$ROUNDS" \
+  --devices "$DEVICES" --batch 100 --payload-bytes 512 --duration-secs "$DURATION"
 
-echo "== paced: $DEVICES devices, $PACE batches/s each"
-"${LOADGEN[@]}" --devices "$DEVICES" --batch 100 --payload-bytes 512 \
-  --batches-per-sec "$PACE" --duration-secs "$DURATION"
+for pace in $PACE; do
+  echo "== paced: $DEVICES devices, $pace batches/s each, spread over the period"
+  "${LOADGEN[@]}" --devices "$DEVICES" --batch 100 --payload-bytes 512 \
+    --batches-per-sec "$pace" --duration-secs "$DURATION"
+done
 
 echo "== idle: $IDLE keep-alive connections"
 "${LOADGEN[@]}" --devices 0 --idle-connections "$IDLE" --idle-hold-secs 10 \

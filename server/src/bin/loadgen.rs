@@ -71,6 +71,10 @@ struct Args {
     /// Redis holding mobile_sync: measure the raw XADD ceiling there too (loopback only).
     #[arg(long)]
     redis_url: Option<String>,
+    /// Repeat the push / raw / store phases this many times, interleaved, and print median
+    /// ratios.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// With --redis-url: also push through the server's store code directly (no HTTP), to
     /// separate the script's cost from the HTTP layer's. Its keys stay in Redis.
     #[arg(long)]
@@ -157,11 +161,16 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
         let encoded =
             base64::engine::general_purpose::STANDARD.encode(payload(args.payload_bytes, device));
         let pace = args.batches_per_sec;
+        let devices = args.devices;
         tasks.push(tokio::spawn(async move {
             // Paced devices push on a fixed schedule (open loop); unpaced ones as fast as the
             // server answers (closed loop, which measures saturation).
+            // Devices are spread evenly over the period, as real devices are: started in step,
+            // they would arrive as one burst per period and measure the burst, not the server.
             let mut ticker = (pace > 0.0).then(|| {
-                let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / pace));
+                let period = Duration::from_secs_f64(1.0 / pace);
+                let offset = period.mul_f64(device as f64 / devices as f64);
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t
             });
@@ -487,7 +496,15 @@ async fn futures_join<T: Send + 'static>(
     out
 }
 
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
 async fn run(args: Args) -> Result<(), String> {
+    if args.rounds == 0 || args.rounds > 20 {
+        return Err("--rounds must be 1 to 20".into());
+    }
     if !(0.0..=1000.0).contains(&args.batches_per_sec) {
         return Err("--batches-per-sec must be 0 to 1000".into());
     }
@@ -515,18 +532,40 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let tenant = TenantId::new(args.tenant.clone()).map_err(|e| e.to_string())?;
     let keys_ = TokenKeys::new(args.jwt_secret.as_bytes(), Duration::from_secs(30));
-    let mut push_rate = None;
-    if args.devices > 0 {
-        push_rate = Some(push_phase(&args, &keys_, &tenant).await?);
-    }
-    if let Some(redis_url) = &args.redis_url {
-        let raw = raw_phase(&args, redis_url).await?;
-        if let Some(push) = push_rate {
-            println!("ratio: push / raw = {:.2}", push / raw);
+    // Rounds interleave the phases, so a neighbour's load on a shared machine hits them alike;
+    // the medians of the per-round ratios are the figures to compare.
+    let mut push_ratios = Vec::new();
+    let mut store_ratios = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("-- round {round}/{}", args.rounds);
         }
-        if args.store_ceiling {
-            let store = store_phase(&args, redis_url).await?;
-            println!("ratio: store script / raw = {:.2}", store / raw);
+        let mut push_rate = None;
+        if args.devices > 0 {
+            push_rate = Some(push_phase(&args, &keys_, &tenant).await?);
+        }
+        if let Some(redis_url) = &args.redis_url {
+            let raw = raw_phase(&args, redis_url).await?;
+            if let Some(push) = push_rate {
+                println!("ratio: push / raw = {:.2}", push / raw);
+                push_ratios.push(push / raw);
+            }
+            if args.store_ceiling {
+                let store = store_phase(&args, redis_url).await?;
+                println!("ratio: store script / raw = {:.2}", store / raw);
+                store_ratios.push(store / raw);
+            }
+        }
+    }
+    if args.rounds > 1 {
+        if let Some(m) = median(&mut push_ratios) {
+            println!("median over {} rounds: push / raw = {m:.2}", args.rounds);
+        }
+        if let Some(m) = median(&mut store_ratios) {
+            println!(
+                "median over {} rounds: store script / raw = {m:.2}",
+                args.rounds
+            );
         }
     }
     if args.idle_connections > 0 {
