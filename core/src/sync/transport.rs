@@ -9,7 +9,7 @@
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kryonix_protocol::wire::{
@@ -104,16 +104,6 @@ pub struct HttpTransport {
     tokens: Arc<dyn TokenProvider>,
 }
 
-/// rustls needs one process-wide crypto provider; ring is the one that cross-compiles to
-/// Android and iOS without extra tooling. Installing fails only if the app installed one first,
-/// which is just as good.
-fn install_crypto_provider() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl HttpTransport {
     /// `base_url` like `https://sync.example.com` (no trailing path).
     pub fn new(
@@ -121,7 +111,6 @@ impl HttpTransport {
         tokens: Arc<dyn TokenProvider>,
         timeout: Duration,
     ) -> Result<Self, TransportError> {
-        install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
