@@ -4,8 +4,9 @@
 //! The transport turns every HTTP outcome into what the engine needs to know: the parsed answer,
 //! or a [`FailureKind`] that says whether and when to try again. A 401 refreshes the token once
 //! through the app's [`TokenProvider`] and retries; only a second 401 reaches the engine.
-//! Bodies above the compression threshold are gzip-encoded (the server accepts gzip), so a phone
-//! on a slow link sends fewer bytes; answers are asked for gzip-encoded too.
+//! Bodies above the compression threshold are compressed per the device profile — gzip on phones
+//! and tablets (fewest bytes on the radio), lz4 on desktops (cheapest CPU) — with the matching
+//! `Content-Encoding`; answers are asked for gzip-encoded.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -132,7 +133,7 @@ impl HttpTransport {
         &self,
         method: Method,
         path: &str,
-        body: Option<(Vec<u8>, bool)>,
+        body: Option<(Vec<u8>, Encoding)>,
         profile: Option<DeviceProfile>,
     ) -> Result<Vec<u8>, TransportError> {
         let mut refresh = false;
@@ -155,13 +156,16 @@ impl HttpTransport {
             let mut request = self
                 .client
                 .request(method.clone(), format!("{}{path}", self.base));
-            if let Some((bytes, gzipped)) = &body {
+            if let Some((bytes, encoding)) = &body {
                 headers.insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
-                if *gzipped {
-                    headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                if *encoding != Encoding::Identity {
+                    headers.insert(
+                        header::CONTENT_ENCODING,
+                        HeaderValue::from_static(encoding.as_str()),
+                    );
                 }
                 request = request.body(bytes.clone());
             }
@@ -226,18 +230,18 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// JSON body, gzip-encoded when it is over the threshold and the device compresses.
-fn encode_body(json: Vec<u8>, profile: DeviceProfile) -> (Vec<u8>, bool) {
+/// The JSON body, compressed per the device class when it is over the threshold and
+/// compression actually shrinks it.
+fn encode_body(json: Vec<u8>, profile: DeviceProfile) -> (Vec<u8>, Encoding) {
     if json.len() > COMPRESSION_THRESHOLD {
-        // The server speaks gzip only; desktops (lz4 locally) still send gzip on the wire.
-        if let Ok(compressed) = codec::encode(Encoding::Gzip, &json) {
+        let encoding = profile.device.compression();
+        if let Ok(compressed) = codec::encode(encoding, &json) {
             if compressed.len() < json.len() {
-                return (compressed, true);
+                return (compressed, encoding);
             }
         }
     }
-    let _ = profile;
-    (json, false)
+    (json, Encoding::Identity)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, TransportError> {
@@ -257,13 +261,13 @@ impl Transport for HttpTransport {
         let json = serde_json::to_vec(&request)
             .map_err(|e| TransportError::transient(format!("encoding the push: {e}"), None))?;
         let bytes_raw = json.len() as u64;
-        let (body, gzipped) = encode_body(json, profile);
+        let (body, encoding) = encode_body(json, profile);
         let bytes_sent = body.len() as u64;
         let answer = self
             .send(
                 Method::POST,
                 "/v1/sync/push",
-                Some((body, gzipped)),
+                Some((body, encoding)),
                 Some(profile),
             )
             .await?;
@@ -300,7 +304,12 @@ impl Transport for HttpTransport {
         .map_err(|e| TransportError::transient(format!("encoding the request: {e}"), None))?;
         let path = format!("/v1/cache/{}/_mget", namespace.name());
         let answer = self
-            .send(Method::POST, &path, Some((json, false)), Some(profile))
+            .send(
+                Method::POST,
+                &path,
+                Some((json, Encoding::Identity)),
+                Some(profile),
+            )
             .await?;
         Ok(parse::<MultiGetResponse>(&answer)?.entries)
     }
@@ -352,14 +361,24 @@ mod tests {
     }
 
     #[test]
-    fn large_bodies_are_gzipped_small_ones_not() {
-        let profile = DeviceProfile::default();
-        let (small, gz) = encode_body(b"{}".to_vec(), profile);
-        assert!(!gz);
-        assert_eq!(small, b"{}");
+    fn large_bodies_are_compressed_per_device_small_ones_not() {
+        let phone = DeviceProfile::default();
+        let (small, encoding) = encode_body(b"{}".to_vec(), phone);
+        assert_eq!(
+            (small.as_slice(), encoding),
+            (&b"{}"[..], Encoding::Identity)
+        );
         let big = serde_json::to_vec(&vec!["same text again"; 200]).unwrap();
-        let (body, gz) = encode_body(big.clone(), profile);
-        assert!(gz && body.len() < big.len());
-        assert_eq!(codec::decode(Encoding::Gzip, &body, 1 << 20).unwrap(), big);
+        for (device, expected) in [
+            (kryonix_protocol::DeviceClass::Phone, Encoding::Gzip),
+            (kryonix_protocol::DeviceClass::Tablet, Encoding::Gzip),
+            (kryonix_protocol::DeviceClass::Desktop, Encoding::Lz4),
+        ] {
+            let profile = DeviceProfile { device, ..phone };
+            let (body, encoding) = encode_body(big.clone(), profile);
+            assert_eq!(encoding, expected);
+            assert!(body.len() < big.len());
+            assert_eq!(codec::decode(encoding, &body, 1 << 20).unwrap(), big);
+        }
     }
 }
