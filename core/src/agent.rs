@@ -349,7 +349,12 @@ mod tests {
                 .iter()
                 .map(|i| PushResult {
                     id: i.id.to_string(),
-                    outcome: if stored.insert(i.id.to_string()) {
+                    outcome: if i.key == "poison" {
+                        ItemOutcome::Rejected {
+                            code: "invalid_key".into(),
+                            reason: "refused".into(),
+                        }
+                    } else if stored.insert(i.id.to_string()) {
                         ItemOutcome::Accepted
                     } else {
                         ItemOutcome::Duplicate
@@ -457,6 +462,81 @@ mod tests {
             agent.cache().get_entry(&key).unwrap().unwrap().ttl.unwrap() <= Duration::from_secs(60)
         );
         agent.close().await.unwrap();
+    }
+
+    #[derive(Debug, Default)]
+    struct Recorder {
+        statuses: Mutex<Vec<SyncStatus>>,
+        dead: Mutex<Vec<(ItemId, String)>>,
+    }
+
+    impl SyncObserver for Recorder {
+        fn on_status(&self, status: &SyncStatus) {
+            self.statuses.lock().unwrap().push(status.clone());
+        }
+
+        fn on_dead_letter(&self, id: ItemId, code: &str, _reason: &str) {
+            self.dead.lock().unwrap().push((id, code.to_owned()));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_observer_sees_progress_and_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AgentConfig::new(
+            dir.path().join("a.db"),
+            "http://unused",
+            TenantId::new("acme").unwrap(),
+        );
+        config.profile.network = NetworkProfile::WIFI;
+        let recorder = Arc::new(Recorder::default());
+        let agent = Agent::with_transport(
+            config,
+            FakeServer::default(),
+            Arc::new(SystemClock),
+            Some(recorder.clone()),
+            &tokio::runtime::Handle::current(),
+        )
+        .unwrap();
+        let bad = agent
+            .enqueue(
+                Namespace::UserCache,
+                "poison",
+                Op::Put,
+                b"x",
+                Tier::Critical,
+            )
+            .unwrap();
+        for i in 0..5 {
+            agent
+                .enqueue(
+                    Namespace::UserCache,
+                    &format!("ok{i}"),
+                    Op::Put,
+                    b"v",
+                    Tier::Preferences,
+                )
+                .unwrap();
+        }
+        let report = agent.sync_now(TierSet::ALL).await.unwrap();
+        assert_eq!((report.items_sent, report.remaining), (5, 0));
+        assert_eq!(
+            *recorder.dead.lock().unwrap(),
+            [(bad, "invalid_key".to_owned())]
+        );
+        let last = recorder.statuses.lock().unwrap().last().cloned().unwrap();
+        assert!(last.online);
+        assert_eq!(last.items_sent, 5);
+        assert_eq!(last.tiers[&Tier::Critical].dead_letters, 1);
+        assert!(last.tiers[&Tier::Preferences].last_success_at.is_some());
+        assert_eq!(agent.dead_letters().unwrap().len(), 1);
+        agent.discard_dead_letter(bad).unwrap();
+        assert!(agent.dead_letters().unwrap().is_empty());
+        agent.close().await.unwrap();
+        assert!(matches!(
+            agent.sync_now(TierSet::ALL).await,
+            Err(Error::Closed)
+        ));
     }
 
     #[tokio::test]

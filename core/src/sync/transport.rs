@@ -343,7 +343,133 @@ fn percent_encode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    /// Hands out `old` until asked to refresh, then `new`; records every call.
+    #[derive(Debug)]
+    struct RotatingToken {
+        calls: Mutex<Vec<bool>>,
+    }
+
+    impl TokenProvider for RotatingToken {
+        fn token(&self, refresh: bool) -> Result<String, String> {
+            self.calls.lock().unwrap().push(refresh);
+            Ok(if refresh { "new" } else { "old" }.to_owned())
+        }
+    }
+
+    /// A one-route HTTP/1.1 responder at the transport edge: `401` unless the bearer token is
+    /// `new`, then an empty push answer. Returns the `Authorization` headers it saw.
+    async fn auth_server(answers: usize) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..answers {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut len = 0;
+                // Read until the end of the headers plus the announced body.
+                loop {
+                    let n = socket.read(&mut buf[len..]).await.unwrap();
+                    len += n;
+                    let text = String::from_utf8_lossy(&buf[..len]).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let body_len = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if len >= end + 4 + body_len || n == 0 {
+                            break;
+                        }
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf[..len]).to_string();
+                let auth = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("authorization: "))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                let response = if auth == "Bearer new" {
+                    let body = r#"{"results":[]}"#;
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    let body = r#"{"error":{"code":"unauthorized","message":"expired"}}"#;
+                    format!(
+                        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                seen.push(auth);
+                socket.write_all(response.as_bytes()).await.unwrap();
+                socket.shutdown().await.ok();
+            }
+            seen
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn a_401_refreshes_the_token_once_and_retries() {
+        let (url, server) = auth_server(2).await;
+        let tokens = Arc::new(RotatingToken {
+            calls: Mutex::new(Vec::new()),
+        });
+        let transport = HttpTransport::new(&url, tokens.clone(), Duration::from_secs(5)).unwrap();
+        let reply = transport.push(&[], DeviceProfile::default()).await.unwrap();
+        assert!(reply.response.results.is_empty());
+        assert_eq!(server.await.unwrap(), ["Bearer old", "Bearer new"]);
+        assert_eq!(*tokens.calls.lock().unwrap(), [false, true]);
+    }
+
+    #[derive(Debug)]
+    struct AlwaysOld;
+
+    impl TokenProvider for AlwaysOld {
+        fn token(&self, _refresh: bool) -> Result<String, String> {
+            Ok("old".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_401_is_unauthorized_not_a_loop() {
+        let (url, server) = auth_server(2).await;
+        let transport =
+            HttpTransport::new(&url, Arc::new(AlwaysOld), Duration::from_secs(5)).unwrap();
+        let err = transport
+            .push(&[], DeviceProfile::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, FailureKind::Unauthorized);
+        assert!(err.message.contains("401"), "{}", err.message);
+        assert_eq!(server.await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_transient() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let transport =
+            HttpTransport::new(&url, Arc::new(AlwaysOld), Duration::from_secs(2)).unwrap();
+        let err = transport
+            .push(&[], DeviceProfile::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.kind, FailureKind::Transient { retry_after: None }),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn retry_after_seconds() {
