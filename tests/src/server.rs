@@ -196,9 +196,6 @@ impl TestServer {
         let tokens = TokenKeys::new(config.jwt_secret.as_bytes(), config.token_leeway);
         let (addr, running) = launch(config.clone()).await?;
         config.listen = addr;
-        // reqwest (built with rustls by the core crate) needs the process-wide crypto provider
-        // before any client exists; the agent installs the same one, whoever comes first wins.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()

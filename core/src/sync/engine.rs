@@ -420,8 +420,18 @@ impl SyncEngine {
                 }
             }
             if let Some(wake) = self.wake {
-                let sendable = self.sendable(wake);
-                let batch = self.outbox.next_batch(self.batch_size, sendable)?;
+                // One tier per batch, highest first: the server decides back-pressure by the
+                // least important tier of a batch, so a tier-1 item sharing a batch with tier-2
+                // items would be refused with them.
+                let mut batch = Vec::new();
+                for tier in self.sendable(wake).iter() {
+                    batch = self
+                        .outbox
+                        .next_batch(self.batch_size, TierSet::of(&[tier]))?;
+                    if !batch.is_empty() {
+                        break;
+                    }
+                }
                 if !batch.is_empty() {
                     let ids: Vec<ItemId> = batch.iter().map(|i| i.id).collect();
                     let tiers = TierSet::of(&batch.iter().map(|i| i.tier).collect::<Vec<_>>());
@@ -439,8 +449,13 @@ impl SyncEngine {
         }
         if self.in_flight.is_none() {
             let at = match self.wake {
-                // Inside a wake-up, the next event is a retry coming due.
-                Some(wake) => self.earliest_head(self.sendable(wake))?,
+                // Inside a wake-up, the next event is a retry coming due — or, with nothing
+                // left to retry, the end of a server's Retry-After, when the wake-up can end.
+                // Without that timer a wake-up whose last request (a pull) was refused would
+                // stay open with no timer, and `sync_now` would never return.
+                Some(wake) => self
+                    .earliest_head(self.sendable(wake))?
+                    .or((self.not_before > now).then_some(self.not_before)),
                 None => self.next_wake()?,
             };
             actions.push(Action::SleepUntil(at.map(|at| at.max(self.not_before))));

@@ -11,6 +11,10 @@ mod support;
 
 mod s1_offline_drain;
 mod s2_server_killed;
+mod s3_device_killed;
+mod s4_connection_faults;
 mod s5_redis_restart;
+mod s6_retry_after;
+mod s7_conflicts;
 mod s8_pull_once;
 mod s9_dead_letters;

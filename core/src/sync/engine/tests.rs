@@ -29,6 +29,8 @@ struct Sim {
     dead: Vec<ItemId>,
     queue: VecDeque<Event>,
     sleep: Option<Millis>,
+    /// How the next pull fails, if it should (taken once).
+    pull_failure: Option<FailureKind>,
 }
 
 fn accept_all() -> Server {
@@ -67,6 +69,7 @@ impl Sim {
             dead: Vec::new(),
             queue: VecDeque::new(),
             sleep: None,
+            pull_failure: None,
         }
     }
 
@@ -106,9 +109,16 @@ impl Sim {
                         };
                         self.queue.push_back(event);
                     }
-                    Action::Pull { .. } => self
-                        .queue
-                        .push_back(Event::PullAnswered { has_more: false }),
+                    Action::Pull { .. } => {
+                        let event = match self.pull_failure.take() {
+                            Some(kind) => Event::RequestFailed {
+                                kind,
+                                error: "pull refused".into(),
+                            },
+                            None => Event::PullAnswered { has_more: false },
+                        };
+                        self.queue.push_back(event);
+                    }
                     Action::SleepUntil(at) => self.sleep = at,
                     Action::Status(_) => {}
                     Action::DeadLettered { id, .. } => self.dead.push(id),
@@ -365,4 +375,52 @@ fn watchdog_reports_a_stalled_tier() {
     assert!(!sim.engine.status().unwrap().tiers[&Tier::Critical].stalled);
     sim.run_until(t0 + 5 * 60_000);
     assert!(sim.engine.status().unwrap().tiers[&Tier::Critical].stalled);
+}
+
+#[test]
+fn a_pull_refused_with_retry_after_still_ends_the_wake_up() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.engine.config.pull = true;
+    sim.pull_failure = Some(FailureKind::Transient {
+        retry_after: Some(Duration::from_secs(5)),
+    });
+    sim.enqueue(Tier::Critical, 3);
+    sim.send(Event::NetworkChanged(WIFI));
+    assert_eq!(sim.depth(), 0);
+    assert!(
+        sim.sleep.is_some() || sim.engine.is_idle(),
+        "a wake-up left open with no timer: sync_now would never return"
+    );
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 10_000);
+    assert!(sim.engine.is_idle(), "the wake-up never ended");
+}
+
+#[test]
+fn a_batch_never_mixes_tiers() {
+    let mut sim = Sim::new(EngineConfig::default());
+    // A server under back-pressure: a batch with anything below tier 1 is refused whole.
+    sim.server = Box::new(|items, now| {
+        if items.iter().any(|i| i.tier != Tier::Critical) {
+            return Err(FailureKind::Transient {
+                retry_after: Some(Duration::from_secs(5)),
+            });
+        }
+        accept_all()(items, now)
+    });
+    sim.enqueue(Tier::Critical, 150);
+    sim.enqueue(Tier::Preferences, 50);
+    sim.send(Event::NetworkChanged(WIFI));
+    assert!(
+        sim.pushes
+            .iter()
+            .all(|(_, tiers)| tiers.windows(2).all(|w| w[0] == w[1])),
+        "a batch mixed tiers"
+    );
+    assert_eq!(
+        sim.outbox.stats().unwrap().tier(Tier::Critical).depth,
+        0,
+        "tier 1 was held back by tier 2"
+    );
+    assert_eq!(sim.depth(), 50);
 }
