@@ -400,23 +400,24 @@ mod tests {
         }
     }
 
+    /// An agent on a temp file, talking to a fresh [`FakeServer`].
+    fn open_agent(
+        network: NetworkProfile,
+        observer: Option<Arc<dyn SyncObserver>>,
+    ) -> (tempfile::TempDir, Agent<FakeServer>) {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let mut config = AgentConfig::new(dir.path().join("a.db"), "http://unused", tenant);
+        config.profile.network = network;
+        let runtime = tokio::runtime::Handle::current();
+        let clock = Arc::new(SystemClock);
+        let agent = Agent::with_transport(config, FakeServer::default(), clock, observer, &runtime);
+        (dir, agent.unwrap())
+    }
+
     #[tokio::test]
     async fn offline_enqueue_then_sync_now_delivers_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = AgentConfig::new(
-            dir.path().join("a.db"),
-            "http://unused",
-            TenantId::new("acme").unwrap(),
-        );
-        config.profile.network = NetworkProfile::OFFLINE;
-        let agent = Agent::with_transport(
-            config,
-            FakeServer::default(),
-            Arc::new(SystemClock),
-            None,
-            &tokio::runtime::Handle::current(),
-        )
-        .unwrap();
+        let (_dir, agent) = open_agent(NetworkProfile::OFFLINE, None);
         for i in 0..250 {
             agent
                 .enqueue(
@@ -482,22 +483,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_observer_sees_progress_and_dead_letters() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = AgentConfig::new(
-            dir.path().join("a.db"),
-            "http://unused",
-            TenantId::new("acme").unwrap(),
-        );
-        config.profile.network = NetworkProfile::WIFI;
         let recorder = Arc::new(Recorder::default());
-        let agent = Agent::with_transport(
-            config,
-            FakeServer::default(),
-            Arc::new(SystemClock),
-            Some(recorder.clone()),
-            &tokio::runtime::Handle::current(),
-        )
-        .unwrap();
+        let (_dir, agent) = open_agent(NetworkProfile::WIFI, Some(recorder.clone()));
         let bad = agent
             .enqueue(
                 Namespace::UserCache,
@@ -541,21 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn flush_with_no_time_sends_nothing_and_loses_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = AgentConfig::new(
-            dir.path().join("a.db"),
-            "http://unused",
-            TenantId::new("acme").unwrap(),
-        );
-        config.profile.network = NetworkProfile::OFFLINE;
-        let agent = Agent::with_transport(
-            config,
-            FakeServer::default(),
-            Arc::new(SystemClock),
-            None,
-            &tokio::runtime::Handle::current(),
-        )
-        .unwrap();
+        let (_dir, agent) = open_agent(NetworkProfile::OFFLINE, None);
         agent
             .enqueue(Namespace::UserCache, "k", Op::Put, b"v", Tier::Critical)
             .unwrap();
