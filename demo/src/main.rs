@@ -74,13 +74,7 @@ struct Device {
 }
 
 fn profile(device: DeviceClass, class: NetworkClass) -> DeviceProfile {
-    DeviceProfile {
-        device,
-        network: NetworkProfile {
-            class,
-            metered: false,
-        },
-    }
+    DeviceProfile::new(device, class)
 }
 
 fn main() -> ExitCode {

@@ -168,6 +168,19 @@ pub struct DeviceProfile {
     pub network: NetworkProfile,
 }
 
+impl DeviceProfile {
+    /// A device on an unmetered network of the given class.
+    pub const fn new(device: DeviceClass, class: NetworkClass) -> Self {
+        Self {
+            device,
+            network: NetworkProfile {
+                class,
+                metered: false,
+            },
+        }
+    }
+}
+
 impl Default for DeviceProfile {
     fn default() -> Self {
         Self {
@@ -323,13 +336,7 @@ mod tests {
     use super::*;
 
     fn profile(device: DeviceClass, class: NetworkClass) -> DeviceProfile {
-        DeviceProfile {
-            device,
-            network: NetworkProfile {
-                class,
-                metered: false,
-            },
-        }
+        DeviceProfile::new(device, class)
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kryonix_protocol::{DeviceClass, NetworkClass, NetworkProfile, TenantId};
+use kryonix_protocol::{DeviceClass, NetworkClass, TenantId};
 use proptest::prelude::*;
 use tempfile::TempDir;
 
@@ -134,13 +134,7 @@ fn budget_for(ns: Namespace, bytes: u64) -> CacheConfig {
 }
 
 fn profile(device: DeviceClass, class: NetworkClass) -> DeviceProfile {
-    DeviceProfile {
-        device,
-        network: NetworkProfile {
-            class,
-            metered: false,
-        },
-    }
+    DeviceProfile::new(device, class)
 }
 
 /// 600 bytes that stay uncompressed: three fit a 2048-byte budget with their keys, four do not.
