@@ -373,7 +373,107 @@ impl Drop for Proxy {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::time::Duration;
+
     use super::*;
+
+    /// An upstream that answers every request (one read) with a fixed 200, and counts them.
+    async fn upstream() -> (SocketAddr, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(AtomicU64::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        // Only a complete request (headers ended) is handled.
+                        if !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            continue;
+                        }
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// Sends one request through the proxy; returns what reading the answer gave.
+    async fn exchange(proxy: &Proxy) -> std::io::Result<Vec<u8>> {
+        let mut stream = TcpStream::connect(proxy.addr()).await?;
+        stream
+            .write_all(b"POST /v1/sync/push HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        Ok(buf[..n].to_vec())
+    }
+
+    #[tokio::test]
+    async fn each_fault_does_what_it_says() {
+        let (addr, seen) = upstream().await;
+        let proxy = Proxy::start(addr).await.unwrap();
+
+        assert!(exchange(&proxy).await.unwrap().ends_with(b"ok"));
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+        proxy.set_rule(Rule::new(Fault::CutRequest).times(1));
+        assert_eq!(exchange(&proxy).await.unwrap(), b"", "closed, unanswered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            1,
+            "a cut request reached the server whole"
+        );
+
+        proxy.set_rule(Rule::new(Fault::DropAnswer).times(1));
+        assert_eq!(
+            exchange(&proxy).await.unwrap(),
+            b"",
+            "closed after the server answered"
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+        proxy.set_rule(Rule::new(Fault::ResetAnswer).times(1));
+        let error = exchange(&proxy).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+
+        proxy.set_rule(Rule::new(Fault::StallAnswer).only("POST").times(1));
+        let error = exchange(&proxy).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(seen.load(Ordering::SeqCst), 4);
+
+        // Rules spent: back to passing.
+        assert!(exchange(&proxy).await.unwrap().ends_with(b"ok"));
+        assert_eq!(proxy.fired(), 4);
+        let faults: Vec<_> = proxy.exchanges().iter().map(|e| e.fault).collect();
+        assert_eq!(
+            faults,
+            [
+                None,
+                Some(Fault::CutRequest),
+                Some(Fault::DropAnswer),
+                Some(Fault::ResetAnswer),
+                Some(Fault::StallAnswer),
+                None
+            ]
+        );
+    }
 
     #[test]
     fn reads_status_and_retry_after() {
