@@ -506,7 +506,10 @@ mod tests {
                 .unwrap();
         }
         let report = agent.sync_now(TierSet::ALL).await.unwrap();
-        assert_eq!((report.items_sent, report.remaining), (5, 0));
+        assert_eq!(report.remaining, 0);
+        // The wake-up the agent starts when it opens online may send some of the items before
+        // this `sync_now` is handled (its report counts only what it sent): count them all.
+        assert_eq!(agent.status().items_sent, 5);
         assert_eq!(
             *recorder.dead.lock().unwrap(),
             [(bad, "invalid_key".to_owned())]
