@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kryonix_core::TierSet;
-use kryonix_e2e::{RedisOptions, wait_for};
+use kryonix_e2e::{Proxy, RedisOptions, wait_for};
 use kryonix_protocol::{NetworkProfile, Tier};
 
 use crate::support::{World, enqueue, total};
@@ -15,11 +15,9 @@ use crate::support::{World, enqueue, total};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_mid_drain_loses_and_duplicates_nothing() {
     let mut world = World::new(RedisOptions::durable(), |_| {}).await;
-    let agent = Arc::new(world.agent(
-        "phone-5",
-        world.config("phone-5", &world.server.url()),
-        None,
-    ));
+    // Through the proxy only to see the server's answers while Redis is down.
+    let proxy = Proxy::start(world.server.addr()).await.unwrap();
+    let agent = Arc::new(world.agent("phone-5", world.config("phone-5", &proxy.url()), None));
     let expected = enqueue(&agent, 3000, &Tier::ALL, "s5");
 
     agent.set_network(NetworkProfile::WIFI).unwrap();
@@ -64,5 +62,12 @@ async fn redis_restarted_mid_drain_loses_and_duplicates_nothing() {
     }
     assert_eq!(report.remaining, 0, "{report:?}");
     world.assert_exactly_once(&expected).await;
+    // The restart hit the drain: some push was answered 503 (Redis unavailable) and retried.
+    let refused = proxy
+        .exchanges()
+        .iter()
+        .filter(|e| e.request_line.starts_with("POST /v1/sync/push") && e.status == Some(503))
+        .count();
+    assert!(refused >= 1, "no push met the restart");
     eprintln!("scenario 5: Redis restarted with {before} of 3000 items stored");
 }
