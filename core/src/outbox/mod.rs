@@ -446,6 +446,24 @@ impl Outbox {
             .write(|tx| set_pending(tx, ids, now, None, false))
     }
 
+    /// Makes the pending items of `tiers` due now, cutting short a backoff or a wait for the
+    /// tier's next slot (the app asked to sync them). Order, attempts and states are unchanged.
+    /// Returns how many items were waiting.
+    pub fn make_due(&self, tiers: TierSet) -> Result<usize> {
+        let now = self.clock.now_ms();
+        self.store.write(|tx| {
+            let mut update = tx.prepare_cached(
+                "UPDATE outbox SET next_attempt_at = ?2
+                 WHERE state = 'pending' AND tier = ?1 AND next_attempt_at > ?2",
+            )?;
+            let mut changed = 0;
+            for tier in tiers.iter() {
+                changed += update.execute(params![tier.number(), now])?;
+            }
+            Ok(changed)
+        })
+    }
+
     /// A permanent rejection: the item moves to the dead-letter lane with the server's reason.
     pub fn reject(&self, id: ItemId, code: &str, reason: &str) -> Result<()> {
         let now = self.clock.now_ms();

@@ -314,6 +314,10 @@ impl SyncEngine {
             Event::SyncRequested(tiers) => {
                 self.requested = tiers_union(self.requested, tiers);
                 if self.online() {
+                    // The app asked for these tiers now: items waiting out a backoff or their
+                    // tier's next slot go in this wake-up. A server's Retry-After still holds
+                    // (`not_before`).
+                    self.outbox.make_due(tiers)?;
                     self.start_wake(now, tiers)?;
                 }
             }

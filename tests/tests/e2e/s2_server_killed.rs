@@ -69,3 +69,27 @@ async fn server_killed_mid_drain_and_restarted_loses_and_duplicates_nothing() {
         "only {pushes} pushes: the withheld batch was not resent"
     );
 }
+
+/// The server stays down through all of a wake-up's in-call retries, so the items wait for the
+/// tier's next slot (a minute away); when it is back, the app's `sync_now` sends them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_through_the_retries_then_sync_now_delivers_at_once() {
+    let mut world = World::plain().await;
+    let agent = world.agent(
+        "phone-2b",
+        world.config("phone-2b", &world.server.url()),
+        None,
+    );
+    let expected = enqueue(&agent, 250, &Tier::ALL, "s2b");
+    world.server.kill().await;
+
+    agent.set_network(NetworkProfile::WIFI).unwrap();
+    let report = agent.sync_now(TierSet::ALL).await.unwrap();
+    assert_eq!(report.remaining, 250, "retries spent with the server down");
+    assert!(agent.status().last_error.is_some());
+
+    world.server.restart().await.unwrap();
+    let report = agent.sync_now(TierSet::ALL).await.unwrap();
+    assert_eq!(report.remaining, 0, "{report:?}");
+    world.assert_exactly_once(&expected).await;
+}

@@ -424,3 +424,55 @@ fn a_batch_never_mixes_tiers() {
     );
     assert_eq!(sim.depth(), 50);
 }
+
+#[test]
+fn an_app_request_sends_what_waits_for_the_next_slot() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let t0 = sim.clock.now_ms();
+    sim.server = Box::new(move |items, now| {
+        if now < t0 + 10_000 {
+            return Err(FailureKind::Transient { retry_after: None });
+        }
+        accept_all()(items, now)
+    });
+    sim.enqueue(Tier::Critical, 1);
+    sim.send(Event::NetworkChanged(WIFI));
+    sim.run_until(t0 + 20_000);
+    assert_eq!(
+        sim.pushes.len(),
+        4,
+        "retries spent, waiting for the slot at 60 s"
+    );
+    assert_eq!(sim.depth(), 1);
+
+    sim.send(Event::SyncRequested(TierSet::of(&[Tier::Critical])));
+    assert_eq!(
+        sim.depth(),
+        0,
+        "the app's request went at once, not at the next slot"
+    );
+    assert_eq!(sim.pushes[4].0 - t0, 20_000);
+}
+
+#[test]
+fn an_app_request_does_not_jump_a_retry_after() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let mut first = true;
+    sim.server = Box::new(move |items, now| {
+        if std::mem::take(&mut first) {
+            return Err(FailureKind::Transient {
+                retry_after: Some(Duration::from_secs(30)),
+            });
+        }
+        accept_all()(items, now)
+    });
+    sim.enqueue(Tier::Critical, 1);
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 5_000);
+    sim.send(Event::SyncRequested(TierSet::ALL));
+    assert_eq!(sim.pushes.len(), 1, "sent before the server's Retry-After");
+    sim.run_until(t0 + 40_000);
+    assert_eq!(sim.depth(), 0);
+    assert!(sim.pushes[1].0 - t0 >= 30_000);
+}
