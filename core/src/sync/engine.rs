@@ -21,9 +21,10 @@
 //! # Failures
 //!
 //! A transient failure is retried within the wake-up after 1 s, 2 s, 4 s (with jitter, or later
-//! if the server said `Retry-After`), then the batch waits for its tier's next slot. The outbox
-//! keeps the schedule, so a timer is always armed: a failure never leaves the queue waiting for
-//! the next local write. No attempt count ever drops an item; only a per-item rejection by the
+//! if the server said `Retry-After`), then the batch waits for its tier's next slot — unless the
+//! app asks for the tier (`sync_now`, `flush`), which sends it at once (never before a server's
+//! `Retry-After`). The outbox keeps the schedule, so a timer is always armed: a failure never
+//! leaves the queue waiting for the next local write. No attempt count ever drops an item; only a per-item rejection by the
 //! server moves one to the dead-letter lane, and the rest keeps flowing.
 
 use std::collections::BTreeMap;
