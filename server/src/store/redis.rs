@@ -719,6 +719,29 @@ mod tests {
         assert_eq!(facts.cluster_enabled, Some(false));
     }
 
+    /// The `item` field is a storage format backends parse: pin it byte for byte.
+    #[test]
+    fn item_metadata_format_is_stable() {
+        let item = NewItem {
+            id: "0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d".into(),
+            tier: kryonix_protocol::Tier::Application,
+            namespace: Namespace::FileMetadata,
+            key: "doc:7".into(),
+            op: Op::Delete,
+            payload: b"ignored".to_vec(),
+            encoding: Encoding::Gzip,
+            created_at_ms: 1_764_000_000_000,
+        };
+        assert_eq!(
+            item_metadata(&item, "phone-1").unwrap(),
+            r#"{"id":"0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d","device_id":"phone-1","tier":3,"namespace":"file_metadata","key":"doc:7","op":"delete","encoding":"gzip","created_at_ms":1764000000000}"#
+        );
+        let back: ItemMetadata =
+            serde_json::from_str(&item_metadata(&item, "phone-1").unwrap()).unwrap();
+        assert_eq!(back.tier, 3);
+        assert_eq!(back.op, Op::Delete);
+    }
+
     #[test]
     fn entry_ids_order_numerically() {
         assert!(parse_entry_id("9-1") < parse_entry_id("10-0"));
