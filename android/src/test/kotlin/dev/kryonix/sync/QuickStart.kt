@@ -1,0 +1,37 @@
+package dev.kryonix.sync
+
+import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.withTimeout
+
+// Quick start: open an agent, use the cache, queue an upload, sync, watch the status.
+suspend fun quickStart(dbPath: String, serverUrl: String, token: String): SyncReport {
+    val observer = SyncStatusFlow()
+    val agent = KryonixAgent.open(
+        AgentConfig(
+            dbPath = dbPath,
+            serverUrl = serverUrl,
+            tenant = "acme",
+            device = DeviceClass.PHONE,
+            network = NetworkProfile(NetworkClass.WIFI, metered = false),
+        ),
+        StaticTokenProvider(token),
+        observer,
+    )
+    try {
+        agent.put(Namespace.USER_CACHE, "profile-42", "Ada".encodeToByteArray(), ttlMs = null)
+        check(agent.get(Namespace.USER_CACHE, "profile-42")?.decodeToString() == "Ada")
+
+        agent.enqueue(Namespace.USER_CACHE, "profile-42", Op.PUT, "Ada".encodeToByteArray(), Tier.CRITICAL)
+        val report = agent.syncNow(listOf(Tier.CRITICAL)) // suspends; runs on the bindings' runtime
+
+        // The status flow reports the emptied queue.
+        withTimeout(10_000) {
+            observer.statuses.first { s -> s.online && s.tiers.all { it.depth == 0UL } }
+        }
+        return report
+    } catch (e: KryonixException.Unauthorized) {
+        error("sign in again: $e")
+    } finally {
+        agent.shutdown()
+    }
+}

@@ -1,0 +1,86 @@
+//! The traits the app implements (foreign traits) and their adapters to core's traits.
+//!
+//! Both are called from the bindings' runtime threads, never the app's main thread: keep them
+//! quick and thread-safe. Implementations must not hold a strong reference to the
+//! `KryonixAgent` they are given to (the agent owns them; a reference back is a cycle that
+//! keeps both alive).
+
+use std::fmt;
+use std::sync::Arc;
+
+use kryonix_core::ItemId;
+
+use crate::types::SyncStatus;
+
+/// What a callback may throw. Anything else it throws arrives as `Unexpected`.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum CallbackError {
+    #[error("{reason}")]
+    Failed { reason: String },
+    #[error("unexpected callback error: {reason}")]
+    Unexpected { reason: String },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for CallbackError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        Self::Unexpected { reason: e.reason }
+    }
+}
+
+/// Told about sync progress. Errors it throws are logged and otherwise ignored.
+#[uniffi::export(with_foreign)]
+pub trait SyncObserver: Send + Sync {
+    /// A new status snapshot (queue depths, online, last error, unauthorized).
+    fn on_status(&self, status: SyncStatus) -> Result<(), CallbackError>;
+    /// The server refused an item for good; it is now in `dead_letters()`.
+    fn on_dead_letter(&self, id: String, code: String, reason: String)
+    -> Result<(), CallbackError>;
+}
+
+/// Supplies bearer tokens; the app owns sign-in.
+#[uniffi::export(with_foreign)]
+pub trait TokenProvider: Send + Sync {
+    /// A token for the server; `refresh` is true after the server refused the previous one.
+    fn token(&self, refresh: bool) -> Result<String, CallbackError>;
+}
+
+/// Core's observer, forwarding to the app's.
+pub(crate) struct ObserverAdapter(pub Arc<dyn SyncObserver>);
+
+impl fmt::Debug for ObserverAdapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ObserverAdapter")
+    }
+}
+
+impl kryonix_core::sync::SyncObserver for ObserverAdapter {
+    fn on_status(&self, status: &kryonix_core::sync::SyncStatus) {
+        if let Err(e) = self.0.on_status(status.clone().into()) {
+            tracing::warn!(error = %e, "the app's SyncObserver.on_status failed");
+        }
+    }
+
+    fn on_dead_letter(&self, id: ItemId, code: &str, reason: &str) {
+        if let Err(e) = self
+            .0
+            .on_dead_letter(id.to_string(), code.to_owned(), reason.to_owned())
+        {
+            tracing::warn!(error = %e, "the app's SyncObserver.on_dead_letter failed");
+        }
+    }
+}
+
+/// Core's token provider, asking the app's.
+pub(crate) struct TokenAdapter(pub Arc<dyn TokenProvider>);
+
+impl fmt::Debug for TokenAdapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenAdapter")
+    }
+}
+
+impl kryonix_core::sync::TokenProvider for TokenAdapter {
+    fn token(&self, refresh: bool) -> Result<String, String> {
+        self.0.token(refresh).map_err(|e| e.to_string())
+    }
+}

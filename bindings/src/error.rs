@@ -1,0 +1,177 @@
+//! The one error the bindings export, and the one place core errors are mapped to it.
+//!
+//! Variants are what an app acts on: wait for a network (`Offline`), sign in again
+//! (`Unauthorized`), fix the call (`InvalidInput`), free space or drop data (`NamespaceFull`),
+//! report a broken database (`Storage`), reopen (`Closed`). Everything else is `Other`.
+//! Named `KryonixError`, never `Error`, so it cannot clash with Swift's `Error` protocol;
+//! Kotlin sees it as `KryonixException`.
+
+use kryonix_core::sync::FailureKind;
+use kryonix_core::{CacheError, Error, OutboxError, StoreError};
+
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum KryonixError {
+    /// The server could not be reached, or answered "try later". Retry when the network changes.
+    #[error("offline: {reason}")]
+    Offline { reason: String },
+    /// The server refused the token even after a refresh: the user must sign in again.
+    #[error("the server refused the credentials")]
+    Unauthorized,
+    /// The call can never succeed as made: a bad key, tenant, id or TTL, a value too large.
+    #[error("invalid input: {reason}")]
+    InvalidInput { reason: String },
+    /// A `noeviction` namespace has no room left; nothing was written.
+    #[error("namespace {namespace} is full ({used} of {budget} bytes used, {needed} needed)")]
+    NamespaceFull {
+        namespace: String,
+        used: u64,
+        needed: u64,
+        budget: u64,
+    },
+    /// No dead letter (or queued item) with this id.
+    #[error("not found: {id}")]
+    NotFound { id: String },
+    /// The database failed. `transient` is true when the same call may succeed later (the file
+    /// was locked by another process); otherwise the file is unusable as it is.
+    #[error("storage: {reason}")]
+    Storage { reason: String, transient: bool },
+    /// The agent was closed; open a new one.
+    #[error("the agent is closed")]
+    Closed,
+    /// Anything else (a failed task, a callback that threw).
+    #[error("{reason}")]
+    Other { reason: String },
+}
+
+impl From<Error> for KryonixError {
+    fn from(error: Error) -> Self {
+        let transient = error.is_transient();
+        let mapped = match error {
+            Error::Transport(e) => match e.kind {
+                FailureKind::Unauthorized => Self::Unauthorized,
+                FailureKind::TooLarge => Self::InvalidInput { reason: e.message },
+                FailureKind::Transient { .. } => Self::Offline { reason: e.message },
+            },
+            Error::Cache(CacheError::NamespaceFull {
+                namespace,
+                used,
+                needed,
+                budget,
+                ..
+            }) => Self::NamespaceFull {
+                namespace: namespace.name().to_owned(),
+                used,
+                needed,
+                budget,
+            },
+            Error::Outbox(OutboxError::NotFound(id)) => Self::NotFound { id: id.to_string() },
+            Error::Cache(
+                e @ (CacheError::InvalidKey(_)
+                | CacheError::ValueTooLarge { .. }
+                | CacheError::InvalidTtl
+                | CacheError::ExceedsNamespaceBudget { .. }),
+            ) => Self::InvalidInput {
+                reason: e.to_string(),
+            },
+            Error::Outbox(
+                e @ (OutboxError::InvalidKey(_) | OutboxError::PayloadTooLarge { .. }),
+            ) => Self::InvalidInput {
+                reason: e.to_string(),
+            },
+            e @ (Error::Store(_)
+            | Error::Cache(CacheError::Store(_) | CacheError::Codec(_))
+            | Error::Outbox(OutboxError::Store(_) | OutboxError::BadRow(_))) => Self::Storage {
+                reason: e.to_string(),
+                transient,
+            },
+            Error::Closed => Self::Closed,
+            Error::Task(reason) => Self::Other { reason },
+        };
+        // What the app cannot fix by itself is logged here, once; the rest is its own business.
+        match &mapped {
+            Self::Storage {
+                transient: false, ..
+            }
+            | Self::Other { .. } => tracing::error!(error = %mapped, "kryonix call failed"),
+            Self::Storage { .. } | Self::NamespaceFull { .. } => {
+                tracing::warn!(error = %mapped, "kryonix call failed");
+            }
+            _ => tracing::debug!(error = %mapped, "kryonix call failed"),
+        }
+        mapped
+    }
+}
+
+impl From<StoreError> for KryonixError {
+    fn from(error: StoreError) -> Self {
+        Error::from(error).into()
+    }
+}
+
+impl From<CacheError> for KryonixError {
+    fn from(error: CacheError) -> Self {
+        Error::from(error).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kryonix_core::sync::TransportError;
+    use kryonix_protocol::key::KeyPart;
+    use kryonix_protocol::{EvictionPolicy, KeyError, Namespace};
+
+    use super::*;
+
+    #[test]
+    fn each_core_error_maps_to_the_variant_an_app_acts_on() {
+        let unauthorized = Error::Transport(TransportError {
+            kind: FailureKind::Unauthorized,
+            message: "401".into(),
+        });
+        assert!(matches!(
+            KryonixError::from(unauthorized),
+            KryonixError::Unauthorized
+        ));
+        let offline = Error::Transport(TransportError {
+            kind: FailureKind::Transient { retry_after: None },
+            message: "connection refused".into(),
+        });
+        assert!(matches!(
+            KryonixError::from(offline),
+            KryonixError::Offline { .. }
+        ));
+        let key = Error::from(CacheError::InvalidKey(KeyError::Empty(KeyPart::Key)));
+        assert!(matches!(
+            KryonixError::from(key),
+            KryonixError::InvalidInput { .. }
+        ));
+        let full = Error::from(CacheError::NamespaceFull {
+            namespace: Namespace::MobileSync,
+            policy: EvictionPolicy::Noeviction,
+            used: 10,
+            needed: 5,
+            budget: 12,
+        });
+        assert!(matches!(
+            KryonixError::from(full),
+            KryonixError::NamespaceFull {
+                used: 10,
+                needed: 5,
+                budget: 12,
+                ..
+            }
+        ));
+        let corrupt = Error::from(StoreError::Corrupt("bad page".into()));
+        assert!(matches!(
+            KryonixError::from(corrupt),
+            KryonixError::Storage {
+                transient: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            KryonixError::from(Error::Closed),
+            KryonixError::Closed
+        ));
+    }
+}

@@ -1,0 +1,317 @@
+// XCTest glue tests of the Swift bindings, the same surface as the Kotlin suite
+// (android/src/test/kotlin/dev/kryonix/sync/BindingsTest.kt). Run by scripts/test-bindings in the
+// Swift root, against a kryonix-server it starts (KRYONIX_TEST_SERVER_URL, KRYONIX_TEST_TOKEN).
+import Foundation
+import XCTest
+@testable import KryonixSync
+
+private let env = ProcessInfo.processInfo.environment
+private let serverUrl = env["KRYONIX_TEST_SERVER_URL"] ?? "http://127.0.0.1:9"
+private let token = env["KRYONIX_TEST_TOKEN"] ?? "unset"
+private let wifi = NetworkProfile(kind: .wifi, metered: false)
+private let offline = NetworkProfile(kind: .offline, metered: false)
+
+/// The OS name of the current thread (Linux; the Rust runtime names its threads "kryonix-sync").
+private func threadName() -> String {
+    let name = try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)
+    return name?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+}
+
+/// Records what the observer is told and on which threads.
+private final class RecordingObserver: SyncObserver, @unchecked Sendable {
+    private let lock = NSLock()
+    private var _threads = Set<String>()
+    private var _statuses: [SyncStatus] = []
+    private var _dead: [String] = []
+    var threads: Set<String> { lock.withLock { _threads } }
+    var statuses: [SyncStatus] { lock.withLock { _statuses } }
+    var dead: [String] { lock.withLock { _dead } }
+    func onStatus(status: SyncStatus) {
+        let name = threadName()
+        lock.withLock { _threads.insert(name); _statuses.append(status) }
+    }
+    func onDeadLetter(id: String, code: String, reason: String) {
+        lock.withLock { _dead.append("\(id) \(code)") }
+    }
+}
+
+private final class CountingTokens: TokenProvider, @unchecked Sendable {
+    private let lock = NSLock()
+    private var _refreshes = 0
+    var refreshes: Int { lock.withLock { _refreshes } }
+    func token(refresh: Bool) -> String {
+        if refresh { lock.withLock { _refreshes += 1 } }
+        return "not-a-valid-token"
+    }
+}
+
+private func noise(_ count: Int, seed: UInt64) -> Data {
+    var state = seed &+ 0x9E37_79B9_7F4A_7C15
+    return Data((0..<count).map { _ in
+        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return UInt8(truncatingIfNeeded: state >> 33)
+    })
+}
+
+/// Polls `probe` until it returns a value, or fails after `timeout` seconds. No fixed sleeps.
+private func poll<T>(_ what: String, timeout: Double = 15, _ probe: () async throws -> T?) async throws -> T {
+    let deadline = Date().addingTimeInterval(timeout)
+    while true {
+        if let value = try await probe() { return value }
+        if Date() > deadline { throw PollTimeout(what: what) }
+        try await Task.sleep(nanoseconds: 20_000_000)
+    }
+}
+
+private struct PollTimeout: Error, CustomStringConvertible {
+    let what: String
+    var description: String { "timed out waiting for \(what)" }
+}
+
+/// Runs `body` and returns the KryonixError it throws (fails the test if it throws nothing else).
+private func kryonixError<T>(_ body: () async throws -> T, file: StaticString = #filePath, line: UInt = #line) async -> KryonixError? {
+    do {
+        _ = try await body()
+        XCTFail("expected a KryonixError, nothing thrown", file: file, line: line)
+    } catch let error as KryonixError {
+        return error
+    } catch {
+        XCTFail("expected a KryonixError, got \(error)", file: file, line: line)
+    }
+    return nil
+}
+
+final class KryonixSyncTests: XCTestCase {
+    private var dir: URL!
+
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("kryonix-swift-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    private func config(
+        url: String = serverUrl, network: NetworkProfile = offline, tenant: String = "acme",
+        budget: UInt64? = nil, maxValue: UInt64? = nil, path: String? = nil
+    ) -> AgentConfig {
+        AgentConfig(
+            dbPath: path ?? dir.appendingPathComponent("\(UUID().uuidString).db").path,
+            serverUrl: url, tenant: tenant, device: .phone, network: network,
+            cacheBudgetBytes: budget, maxValueBytes: maxValue, requestTimeoutMs: nil
+        )
+    }
+
+    private func open(_ config: AgentConfig? = nil, tokens: TokenProvider = StaticTokenProvider(token),
+                      observer: SyncObserver? = nil) throws -> KryonixAgent {
+        try KryonixAgent.open(config: config ?? self.config(), tokens: tokens, observer: observer)
+    }
+
+    func testOpenStatusNetworkDeviceClose() async throws {
+        let agent = try open()
+        XCTAssertFalse(try agent.status().online)
+        try agent.setDevice(device: .tablet)
+        try agent.setNetwork(network: NetworkProfile(kind: .cellularSlow, metered: true))
+        _ = try await poll("online") { try agent.status().online ? true : nil }
+        try agent.setNetwork(network: offline)
+        _ = try await poll("offline") { try agent.status().online ? nil : true }
+        try await agent.shutdown()
+        try await agent.shutdown()
+    }
+
+    func testCache() async throws {
+        let agent = try open()
+        try agent.put(namespace: .userCache, key: "a", value: Data("1".utf8), ttlMs: nil)
+        try agent.put(namespace: .userCache, key: "b", value: Data(repeating: 7, count: 4096), ttlMs: 60_000)
+        XCTAssertEqual(try agent.get(namespace: .userCache, key: "a"), Data("1".utf8))
+        XCTAssertNil(try agent.get(namespace: .userCache, key: "missing"))
+        XCTAssertTrue(try agent.contains(namespace: .userCache, key: "b"))
+        let many = try agent.getMany(namespace: .userCache, keys: ["b", "missing", "a"])
+        XCTAssertEqual(many.map { $0?.count }, [4096, nil, 1])
+        XCTAssertTrue(try agent.delete(namespace: .userCache, key: "a"))
+        XCTAssertFalse(try agent.delete(namespace: .userCache, key: "a"))
+        let stats = try agent.cacheStats()
+        XCTAssertEqual(stats.entries, 1)
+        XCTAssertLessThan(stats.storedBytes, stats.rawBytes)
+        try await agent.shutdown()
+    }
+
+    func testInvalidInput() async throws {
+        let agent = try open()
+        for call in [
+            { try agent.put(namespace: .userCache, key: "", value: Data([1]), ttlMs: nil) },
+            { _ = try agent.get(namespace: .userCache, key: "bad\u{1}key") },
+            { _ = try agent.enqueue(namespace: .userCache, key: "", op: .put, payload: Data(), tier: .critical) },
+            { try agent.put(namespace: .userCache, key: "k", value: Data([1]), ttlMs: 0) },
+            { try agent.retryDeadLetter(id: "not-a-uuid") },
+            { _ = try self.open(self.config(tenant: "bad:tenant")) },
+        ] as [() throws -> Void] {
+            let error = await kryonixError { try call() }
+            guard case .InvalidInput = error else { return XCTFail("\(String(describing: error))") }
+        }
+        try await agent.shutdown()
+    }
+
+    func testOversizedValue() async throws {
+        let agent = try open(config(maxValue: 1024))
+        try agent.put(namespace: .apiCache, key: "fits", value: Data(count: 1024), ttlMs: nil)
+        let error = await kryonixError { try agent.put(namespace: .apiCache, key: "big", value: Data(count: 1025), ttlMs: nil) }
+        guard case .InvalidInput(let reason) = error else { return XCTFail("\(String(describing: error))") }
+        XCTAssertTrue(reason.contains("1025"), reason)
+        try await agent.shutdown()
+    }
+
+    func testNamespaceFull() async throws {
+        let agent = try open(config(budget: 65_536))
+        let error = await kryonixError {
+            for i in 0..<64 {
+                try agent.put(namespace: .mobileSync, key: "k\(i)", value: noise(2048, seed: UInt64(i)), ttlMs: nil)
+            }
+        }
+        guard case .NamespaceFull(let namespace, let used, let needed, let budget) = error else {
+            return XCTFail("\(String(describing: error))")
+        }
+        XCTAssertEqual(namespace, "mobile_sync")
+        XCTAssertGreaterThan(used + needed, budget)
+        XCTAssertNotNil(try agent.get(namespace: .mobileSync, key: "k0"))
+        try await agent.shutdown()
+    }
+
+    func testCorruptDatabase() async throws {
+        let path = dir.appendingPathComponent("corrupt.db").path
+        try noise(8192, seed: 1).write(to: URL(fileURLWithPath: path))
+        let error = await kryonixError { try self.open(self.config(path: path)) }
+        guard case .Storage(_, let transient) = error else { return XCTFail("\(String(describing: error))") }
+        XCTAssertFalse(transient)
+    }
+
+    func testClosed() async throws {
+        let agent = try open()
+        try await agent.shutdown()
+        for call in [
+            { _ = try agent.get(namespace: .userCache, key: "a") },
+            { _ = try agent.enqueue(namespace: .userCache, key: "a", op: .put, payload: Data(), tier: .critical) },
+            { _ = try agent.status() },
+            { try agent.setNetwork(network: wifi) },
+        ] as [() throws -> Void] {
+            let error = await kryonixError { try call() }
+            XCTAssertEqual(error, .Closed)
+        }
+        let sync = await kryonixError { try await agent.syncNow(tiers: []) }
+        XCTAssertEqual(sync, .Closed)
+        let flush = await kryonixError { try await agent.flush(windowMs: 1000) }
+        XCTAssertEqual(flush, .Closed)
+    }
+
+    func testOffline() async throws {
+        // Port 9 (discard) has no listener here: connection refused.
+        let agent = try open(config(url: "http://127.0.0.1:9", network: wifi))
+        let error = await kryonixError { try await agent.getOrFetch(namespace: .apiCache, key: "k") }
+        guard case .Offline = error else { return XCTFail("\(String(describing: error))") }
+        try await agent.shutdown()
+    }
+
+    func testEnqueueOfflineAndCancelledTask() async throws {
+        let agent = try open()
+        for i in 0..<6 {
+            _ = try agent.enqueue(namespace: .userCache, key: "k\(i)", op: .put, payload: Data([UInt8(i)]),
+                                  tier: [Tier.critical, .preferences, .application, .background][i % 4])
+        }
+        _ = try agent.write(namespace: .userCache, key: "w", value: Data("x".utf8), tier: .background)
+        XCTAssertEqual(try agent.get(namespace: .userCache, key: "w"), Data("x".utf8))
+        let report = try await agent.syncNow(tiers: [])
+        XCTAssertEqual(report.online, false)
+        XCTAssertEqual(report.remaining, 7)
+        // uniffi does not pass Swift Task cancellation to Rust: the call runs to completion.
+        let task = Task { try await agent.flush(windowMs: 500) }
+        task.cancel()
+        let flushed = try await task.value
+        XCTAssertEqual(flushed.remaining, 7)
+        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, 7)
+        try await agent.shutdown()
+    }
+
+    func testObserverOnRustThreadsAndAsyncStream() async throws {
+        let recorder = RecordingObserver()
+        let agent = try open(observer: recorder)
+        _ = try agent.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
+        _ = try await poll("a status callback") { recorder.statuses.last?.tiers.contains { $0.depth == 1 } == true ? true : nil }
+        let mine = threadName()
+        XCTAssertFalse(recorder.threads.contains(mine), "\(recorder.threads)")
+        XCTAssertTrue(recorder.threads.allSatisfy { $0.hasPrefix("kryonix-sync") }, "\(recorder.threads)")
+        try await agent.shutdown()
+
+        let stream = SyncStatusStream()
+        let agent2 = try open(observer: stream)
+        try agent2.setNetwork(network: wifi)
+        var sawOnline = false
+        for await status in stream.statuses where status.online {
+            sawOnline = true
+            break
+        }
+        XCTAssertTrue(sawOnline)
+        try await agent2.shutdown()
+    }
+
+    func testRealSync() async throws {
+        let stream = SyncStatusStream()
+        let agent = try open(config(network: wifi), observer: stream)
+        for i in 0..<4 {
+            _ = try agent.enqueue(namespace: .userCache, key: "swift-\(i)", op: .put, payload: Data("v\(i)".utf8), tier: .preferences)
+        }
+        // The driver may send before syncNow is called, so the report's count is not asserted;
+        // scripts/test-bindings checks the up stream in Redis after this suite.
+        let report = try await poll("everything sent") { () async throws -> SyncReport? in
+            let r = try await agent.syncNow(tiers: [.preferences])
+            return r.remaining == 0 ? r : nil
+        }
+        XCTAssertTrue(report.online)
+        for await status in stream.statuses where status.itemsSent >= 4 && status.tiers.allSatisfy({ $0.depth == 0 }) {
+            break
+        }
+        let missing = try await agent.getOrFetch(namespace: .apiCache, key: "never-written")
+        XCTAssertNil(missing)
+        try await agent.shutdown()
+    }
+
+    func testDeadLetters() async throws {
+        let recorder = RecordingObserver()
+        let agent = try open(config(network: wifi), observer: recorder)
+        let id = try agent.enqueue(namespace: .userCache, key: "huge", op: .put, payload: noise(300 * 1024, seed: 3), tier: .critical)
+        _ = try await agent.syncNow(tiers: [])
+        let dead = try await poll("a dead letter") { try agent.deadLetters().first }
+        XCTAssertEqual(dead.id, id)
+        XCTAssertEqual(dead.key, "huge")
+        XCTAssertEqual(dead.payload.count, 300 * 1024)
+        _ = try await poll("on_dead_letter") { recorder.dead.first }
+        try agent.retryDeadLetter(id: id)
+        _ = try await agent.syncNow(tiers: [])
+        _ = try await poll("dead again") { try agent.deadLetters().first }
+        try agent.discardDeadLetter(id: id)
+        XCTAssertEqual(try agent.deadLetters().count, 0)
+        let error = await kryonixError { try agent.discardDeadLetter(id: id) }
+        guard case .NotFound = error else { return XCTFail("\(String(describing: error))") }
+        try await agent.shutdown()
+    }
+
+    func testUnauthorized() async throws {
+        let tokens = CountingTokens()
+        let agent = try open(config(network: wifi), tokens: tokens)
+        _ = try agent.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
+        let report = try await agent.syncNow(tiers: [])
+        XCTAssertEqual(report.remaining, 1)
+        _ = try await poll("status.unauthorized") { try agent.status().unauthorized ? true : nil }
+        XCTAssertGreaterThanOrEqual(tokens.refreshes, 1)
+        let error = await kryonixError { try await agent.getOrFetch(namespace: .apiCache, key: "k") }
+        XCTAssertEqual(error, .Unauthorized)
+        try await agent.shutdown()
+    }
+
+    func testQuickStart() async throws {
+        let report = try await quickStart(dbPath: dir.appendingPathComponent("quick.db").path, serverUrl: serverUrl, token: token)
+        XCTAssertTrue(report.online)
+        XCTAssertEqual(report.remaining, 0)
+    }
+}

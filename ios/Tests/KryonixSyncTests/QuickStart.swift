@@ -1,0 +1,39 @@
+import Foundation
+import KryonixSync
+
+// Quick start: open an agent, use the cache, queue an upload, sync, watch the status.
+func quickStart(dbPath: String, serverUrl: String, token: String) async throws -> SyncReport {
+    let observer = SyncStatusStream()
+    let agent = try KryonixAgent.open(
+        config: AgentConfig(
+            dbPath: dbPath,
+            serverUrl: serverUrl,
+            tenant: "acme",
+            device: .phone,
+            network: NetworkProfile(kind: .wifi, metered: false)
+        ),
+        tokens: StaticTokenProvider(token),
+        observer: observer
+    )
+    do {
+        try agent.put(namespace: .userCache, key: "profile-42", value: Data("Ada".utf8), ttlMs: nil)
+        let cached = try agent.get(namespace: .userCache, key: "profile-42")
+        precondition(cached == Data("Ada".utf8))
+
+        _ = try agent.enqueue(namespace: .userCache, key: "profile-42", op: .put, payload: Data("Ada".utf8), tier: .critical)
+        let report = try await agent.syncNow(tiers: [.critical]) // runs on the bindings' runtime
+
+        // The status stream reports the emptied queue.
+        for await status in observer.statuses where status.online && status.tiers.allSatisfy({ $0.depth == 0 }) {
+            break
+        }
+        try await agent.shutdown()
+        return report
+    } catch KryonixError.Unauthorized {
+        try await agent.shutdown()
+        fatalError("sign in again")
+    } catch {
+        try await agent.shutdown()
+        throw error
+    }
+}
