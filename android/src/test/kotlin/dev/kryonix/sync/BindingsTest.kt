@@ -25,10 +25,11 @@ private var passed = 0
 private var failed = 0
 
 private fun check(name: String, body: suspend () -> Unit) {
+    val t0 = System.nanoTime()
     try {
         runBlocking { withTimeout(60_000) { body() } }
         passed += 1
-        println("ok   $name")
+        println("ok   $name (${(System.nanoTime() - t0) / 1_000_000} ms)")
     } catch (e: Throwable) {
         failed += 1
         println("FAIL $name: $e")
@@ -259,7 +260,7 @@ fun main() {
             val acceptor = Thread { try { while (true) held += silent.accept() } catch (_: Exception) {} }
             acceptor.isDaemon = true
             acceptor.start()
-            val agent = open(config(url = "http://127.0.0.1:${silent.localPort}", timeoutMs = 2_000UL))
+            val agent = open(config(url = "http://127.0.0.1:${silent.localPort}", timeoutMs = 500UL))
             agent.enqueue(Namespace.USER_CACHE, "k", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
             agent.setNetwork(WIFI)
             coroutineScope {
