@@ -85,7 +85,7 @@ impl From<Error> for KryonixError {
                 transient,
             },
             Error::Closed => Self::Closed,
-            Error::Task(reason) => Self::Other { reason },
+            Error::Task(reason) | Error::Setup(reason) => Self::Other { reason },
         };
         // What the app cannot fix by itself is logged here, once; the rest is its own business.
         match &mapped {

@@ -85,7 +85,7 @@ impl Agent<HttpTransport> {
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self> {
         let transport = HttpTransport::new(&config.server_url, tokens, config.request_timeout)
-            .map_err(Error::Transport)?;
+            .map_err(|e| Error::Setup(e.message))?;
         Self::with_transport(config, transport, Arc::new(SystemClock), observer, runtime)
     }
 }

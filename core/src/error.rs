@@ -18,6 +18,10 @@ pub enum Error {
     Transport(crate::sync::TransportError),
     #[error("the agent is closed")]
     Closed,
+    /// The agent could not be set up (e.g. no TLS roots for the HTTP client): retrying the same
+    /// call will not help.
+    #[error("cannot start the agent: {0}")]
+    Setup(String),
     #[error("the sync task failed: {0}")]
     Task(String),
 }
