@@ -47,6 +47,19 @@ fn accept_all() -> Server {
     })
 }
 
+/// Answers the first push with a transient failure carrying `Retry-After`, then accepts all.
+fn refuse_once_with_retry_after(after: Duration) -> Server {
+    let mut first = true;
+    Box::new(move |items, now| {
+        if std::mem::take(&mut first) {
+            return Err(FailureKind::Transient {
+                retry_after: Some(after),
+            });
+        }
+        accept_all()(items, now)
+    })
+}
+
 impl Sim {
     fn new(config: EngineConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -294,15 +307,7 @@ fn items_are_never_dropped_and_go_once_the_server_recovers() {
 #[test]
 fn retry_after_is_honoured() {
     let mut sim = Sim::new(EngineConfig::default());
-    let mut first = true;
-    sim.server = Box::new(move |items, now| {
-        if std::mem::take(&mut first) {
-            return Err(FailureKind::Transient {
-                retry_after: Some(Duration::from_secs(30)),
-            });
-        }
-        accept_all()(items, now)
-    });
+    sim.server = refuse_once_with_retry_after(Duration::from_secs(30));
     sim.enqueue(Tier::Critical, 1);
     sim.enqueue(Tier::Background, 1);
     sim.send(Event::NetworkChanged(WIFI));
@@ -457,15 +462,7 @@ fn an_app_request_sends_what_waits_for_the_next_slot() {
 #[test]
 fn an_app_request_does_not_jump_a_retry_after() {
     let mut sim = Sim::new(EngineConfig::default());
-    let mut first = true;
-    sim.server = Box::new(move |items, now| {
-        if std::mem::take(&mut first) {
-            return Err(FailureKind::Transient {
-                retry_after: Some(Duration::from_secs(30)),
-            });
-        }
-        accept_all()(items, now)
-    });
+    sim.server = refuse_once_with_retry_after(Duration::from_secs(30));
     sim.enqueue(Tier::Critical, 1);
     sim.send(Event::NetworkChanged(WIFI));
     let t0 = sim.clock.now_ms();
