@@ -31,10 +31,10 @@ pub enum KryonixError {
     /// No dead letter (or queued item) with this id.
     #[error("not found: {id}")]
     NotFound { id: String },
-    /// The database failed. `transient` is true when the same call may succeed later (the file
+    /// The database failed. `retryable` is true when the same call may succeed later (the file
     /// was locked by another process); otherwise the file is unusable as it is.
     #[error("storage: {reason}")]
-    Storage { reason: String, transient: bool },
+    Storage { reason: String, retryable: bool },
     /// The agent was closed; open a new one.
     #[error("the agent is closed")]
     Closed,
@@ -45,12 +45,12 @@ pub enum KryonixError {
 
 impl From<Error> for KryonixError {
     fn from(error: Error) -> Self {
-        let transient = error.is_transient();
+        let retryable = error.is_retryable();
         let mapped = match error {
             Error::Transport(e) => match e.kind {
                 FailureKind::Unauthorized => Self::Unauthorized,
                 FailureKind::TooLarge => Self::InvalidInput { reason: e.message },
-                FailureKind::Transient { .. } => Self::Offline { reason: e.message },
+                FailureKind::Retryable { .. } => Self::Offline { reason: e.message },
             },
             Error::Cache(CacheError::NamespaceFull {
                 namespace,
@@ -82,7 +82,7 @@ impl From<Error> for KryonixError {
             | Error::Cache(CacheError::Store(_) | CacheError::Codec(_))
             | Error::Outbox(OutboxError::Store(_) | OutboxError::BadRow(_))) => Self::Storage {
                 reason: e.to_string(),
-                transient,
+                retryable,
             },
             Error::Closed => Self::Closed,
             Error::Task(reason) | Error::Setup(reason) => Self::Other { reason },
@@ -90,7 +90,7 @@ impl From<Error> for KryonixError {
         // What the app cannot fix by itself is logged here, once; the rest is its own business.
         match &mapped {
             Self::Storage {
-                transient: false, ..
+                retryable: false, ..
             }
             | Self::Other { .. } => tracing::error!(error = %mapped, "kryonix call failed"),
             Self::Storage { .. } | Self::NamespaceFull { .. } => {
@@ -133,7 +133,7 @@ mod tests {
             KryonixError::Unauthorized
         ));
         let offline = Error::Transport(TransportError {
-            kind: FailureKind::Transient { retry_after: None },
+            kind: FailureKind::Retryable { retry_after: None },
             message: "connection refused".into(),
         });
         assert!(matches!(
@@ -165,7 +165,7 @@ mod tests {
         assert!(matches!(
             KryonixError::from(corrupt),
             KryonixError::Storage {
-                transient: false,
+                retryable: false,
                 ..
             }
         ));

@@ -114,7 +114,7 @@ impl<T: Transport> Agent<T> {
             clock.clone(),
             OutboxConfig::new(config.tenant.clone()),
         )?;
-        let engine = SyncEngine::new(outbox.clone(), clock.clone(), config.engine.clone());
+        let engine = SyncEngine::new(config.engine.clone(), clock.now_ms());
         let transport = Arc::new(transport);
         let status = Arc::new(Mutex::new(SyncStatus::default()));
         let (commands, receiver) = mpsc::unbounded_channel();

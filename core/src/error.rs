@@ -31,10 +31,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Whether the same call may succeed later without the caller changing anything: a database
-    /// locked by another process is transient; an invalid key or a corrupt file is not.
-    pub fn is_transient(&self) -> bool {
+    /// locked by another process is retryable; an invalid key or a corrupt file is not.
+    pub fn is_retryable(&self) -> bool {
         if let Self::Transport(e) = self {
-            return matches!(e.kind, crate::sync::FailureKind::Transient { .. });
+            return matches!(e.kind, crate::sync::FailureKind::Retryable { .. });
         }
         let store = match self {
             Self::Store(e) => Some(e),
@@ -58,16 +58,16 @@ mod tests {
     use kryonix_protocol::KeyError;
 
     #[test]
-    fn permanent_errors_are_not_transient() {
+    fn permanent_errors_are_not_retryable() {
         let e: Error = OutboxError::PayloadTooLarge { size: 2, max: 1 }.into();
-        assert!(!e.is_transient());
+        assert!(!e.is_retryable());
         let e: Error = CacheError::InvalidKey(KeyError::Malformed).into();
-        assert!(!e.is_transient());
+        assert!(!e.is_retryable());
         let busy = rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
             None,
         );
         let e: Error = OutboxError::from(busy).into();
-        assert!(e.is_transient());
+        assert!(e.is_retryable());
     }
 }

@@ -1,4 +1,5 @@
-//! Kryonix on the device: a local SQLite cache, a durable outbox and (soon) the sync engine.
+//! Kryonix on the device: a local SQLite cache, a durable outbox, and the sync engine and agent
+//! that upload the one and refresh the other.
 //!
 //! The README's example runs as a doc-test of this crate.
 //!
@@ -13,7 +14,8 @@
 //! - [`outbox`]: the durable upload queue — four priority tiers, batches of 100, backoff, dead
 //!   letters; nothing accepted is ever dropped.
 //! - [`sync`]: the sans-I/O sync engine — tier cadences, network gating, ride-along wake-ups,
-//!   retries and backoff, as a state machine from events to actions.
+//!   retries and backoff, as a state machine from events to actions — and the driver that runs
+//!   it against the outbox, HTTP and a timer.
 //! - [`clock`]: wall-clock time behind a trait, so TTLs and backoff are tested without sleeping.
 //! - [`error`]: the crate-wide [`Error`] over each module's own error enum.
 
@@ -30,10 +32,11 @@ pub use cache::{Cache, CacheConfig, CacheEntry, CacheError, CacheStats, Expiry};
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use error::{Error, Result};
 pub use outbox::{
-    DeadLetter, ItemId, ItemState, NewItem, Outbox, OutboxConfig, OutboxError, OutboxItem,
-    OutboxStats, RetrySchedule, TierSet, TierStats,
+    Applied, DeadLetter, ItemId, ItemState, NewItem, Outbox, OutboxConfig, OutboxError, OutboxItem,
+    OutboxStats, Rejection, TierSet, TierStats, Write,
 };
 pub use store::{Durability, Store, StoreError, StoreOptions};
+pub use sync::RetrySchedule;
 
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use kryonix_core::cache::codec;
 use kryonix_core::clock::ManualClock;
 use kryonix_core::outbox::{NewItem, OutboxConfig, TierSet};
-use kryonix_core::sync::{EngineConfig, Event, StaticToken, SyncEngine};
+use kryonix_core::sync::{Action, EngineConfig, Event, StaticToken, SyncEngine, step};
 use kryonix_core::{Agent, AgentConfig, Outbox, Store, StoreOptions};
 use kryonix_demo::DemoServer;
 use kryonix_protocol::wire::{ItemOutcome, Op, PushItem, PushRequest, PushResponse, PushResult};
@@ -139,11 +139,15 @@ fn wakeups_per_hour(dir: &std::path::Path) {
         pull: false,
         ..EngineConfig::default()
     };
-    let mut engine = SyncEngine::new(outbox.clone(), Arc::new(clock.clone()), config);
     let start = kryonix_core::Clock::now_ms(&clock);
-    engine
-        .handle(Event::NetworkChanged(NetworkProfile::WIFI))
-        .unwrap();
+    let mut engine = SyncEngine::new(config, start);
+    step(
+        &mut engine,
+        &outbox,
+        start,
+        Event::NetworkChanged(NetworkProfile::WIFI),
+    )
+    .unwrap();
     // Every tier stays busy: one new item per tier every 10 s of simulated time.
     let mut next_enqueue = start;
     let mut sleep_until: Option<i64> = None;
@@ -165,23 +169,27 @@ fn wakeups_per_hour(dir: &std::path::Path) {
         }
         events.push(Event::Tick);
         while let Some(event) = events.pop() {
-            for action in engine.handle(event).unwrap() {
+            for action in step(&mut engine, &outbox, now, event).unwrap().actions {
                 match action {
-                    kryonix_core::sync::Action::Push(items) => events.push(Event::PushAnswered {
-                        response: PushResponse {
-                            results: items
-                                .iter()
-                                .map(|i| PushResult {
-                                    id: i.id.to_string(),
-                                    outcome: ItemOutcome::Accepted,
-                                })
-                                .collect(),
-                        },
-                        elapsed: Duration::from_millis(40),
-                        bytes: 1_000,
-                        raw_bytes: 3_000,
-                    }),
-                    kryonix_core::sync::Action::SleepUntil(at) => sleep_until = at,
+                    Action::Push { tier, limit } => {
+                        let items = outbox.next_batch(limit, TierSet::of(&[tier])).unwrap();
+                        events.push(Event::PushAnswered {
+                            sent: items.iter().map(|i| i.id).collect(),
+                            response: PushResponse {
+                                results: items
+                                    .iter()
+                                    .map(|i| PushResult {
+                                        id: i.id.to_string(),
+                                        outcome: ItemOutcome::Accepted,
+                                    })
+                                    .collect(),
+                            },
+                            elapsed: Duration::from_millis(40),
+                            bytes: 1_000,
+                            raw_bytes: 3_000,
+                        });
+                    }
+                    Action::SleepUntil(at) => sleep_until = at,
                     _ => {}
                 }
             }
@@ -189,7 +197,7 @@ fn wakeups_per_hour(dir: &std::path::Path) {
         let next = sleep_until.unwrap_or(end).min(next_enqueue).max(now + 1);
         clock.set(next);
     }
-    let wakeups = engine.status().unwrap().wakeups;
+    let wakeups = engine.status().wakeups;
     let per_tier_timers: u64 = Tier::ALL.iter().map(|t| 3600 / t.cadence().as_secs()).sum();
     println!(
         "wake-ups per simulated hour, all tiers busy: {wakeups} (one timer per tier: {per_tier_timers}; ratio {:.2}); target <= 60",

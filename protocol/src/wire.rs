@@ -11,8 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::profile::Encoding;
 
-/// Most items in one push batch, by default.
+/// Most items in one push batch: the device never sends more, and the server refuses more by
+/// default.
 pub const MAX_PUSH_ITEMS: usize = 100;
+/// Largest item payload or cached value, in bytes, that the server accepts by default; the
+/// device refuses a larger payload at `enqueue`, where the app can still act on it, rather than
+/// let the server dead-letter it later.
+pub const MAX_VALUE_BYTES: usize = 256 * 1024;
 /// Most changes in one pull page.
 pub const MAX_PULL_LIMIT: usize = 1000;
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kryonix_protocol::Namespace;
-use kryonix_protocol::wire::MAX_PUSH_ITEMS;
+use kryonix_protocol::wire::{MAX_PUSH_ITEMS, MAX_VALUE_BYTES};
 use serde::Deserialize;
 
 /// Why a configuration could not be settled.
@@ -151,7 +151,7 @@ impl ServerConfig {
             token_leeway: Duration::from_secs(30),
             max_push_items: MAX_PUSH_ITEMS,
             max_body_bytes: 8 * 1024 * 1024,
-            max_value_bytes: 256 * 1024,
+            max_value_bytes: MAX_VALUE_BYTES,
             request_timeout: Duration::from_secs(30),
             dedup_ttl: Namespace::MobileSync.default_ttl(),
             down_retention: Namespace::MobileSync.default_ttl(),

@@ -5,8 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use kryonix_core::outbox::RetrySchedule;
-use kryonix_core::sync::{StaticToken, SyncObserver, SyncStatus};
+use kryonix_core::sync::{RetrySchedule, StaticToken, SyncObserver, SyncStatus};
 use kryonix_core::{Agent, AgentConfig, ItemId};
 use kryonix_protocol::TenantId;
 

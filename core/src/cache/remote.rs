@@ -22,6 +22,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Cache, CacheError, DELETE_SQL, Expiry, Removal, RowSize, codec, upsert};
 use crate::clock::{Millis, duration_ms};
+use crate::outbox::ItemState;
 use crate::store::Store;
 
 /// How long the server keeps downstream changes; older applied ids can be forgotten.
@@ -102,9 +103,12 @@ impl Cache {
                 let shadowed: bool = tx
                     .prepare_cached(
                         "SELECT EXISTS (SELECT 1 FROM outbox WHERE namespace = ?1 AND key = ?2
-                                        AND state != 'dead')",
+                                        AND state != ?3)",
                     )?
-                    .query_row(params![key.namespace().id(), key.key()], |r| r.get(0))?;
+                    .query_row(
+                        params![key.namespace().id(), key.key(), ItemState::Dead],
+                        |r| r.get(0),
+                    )?;
                 if shadowed {
                     report.shadowed += 1;
                     continue;

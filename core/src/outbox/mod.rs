@@ -5,13 +5,13 @@
 //!
 //! - `enqueue` returns the item's id only after the row is committed (WAL), so an id the app
 //!   has seen survives an app kill or crash.
-//! - Every item is in one of three states. `pending` items wait for their tier's turn;
-//!   [`Outbox::next_batch`] moves up to 100 of them to `in_flight`. An acknowledgement
-//!   ([`Outbox::ack`]) deletes them; a transient failure ([`Outbox::fail`]) puts them back to
-//!   `pending` with a later `next_attempt_at`, on an exponential schedule (1 s, ×2, jitter,
-//!   capped) — there is no attempt limit, so **no item is ever dropped because retries ran out**.
-//!   A permanent rejection by the server ([`Outbox::reject`]) moves the item to `dead`, the
-//!   dead-letter lane, where it stays until the app retries or discards it explicitly.
+//! - Every item is in one of three states ([`ItemState`]). `pending` items wait for their tier's
+//!   turn; [`Outbox::next_batch`] moves up to 100 of them to `in_flight`. What happens next is
+//!   the sync engine's decision, which it hands over as a [`Write`] for [`Outbox::apply`]: items
+//!   the server stored are deleted, items it rejected for good move to `dead` (the dead-letter
+//!   lane, where they stay until the app retries or discards them), and after a retryable
+//!   failure the batch goes back to `pending` with the `next_attempt_at` the engine chose. There
+//!   is no attempt limit: **no item is ever dropped because retries ran out**.
 //! - Items found `in_flight` when the outbox opens were interrupted by a crash; they go back to
 //!   `pending`, keeping their place. The server deduplicates by id, so sending them again is safe.
 //!
@@ -21,19 +21,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-use kryonix_protocol::wire::Op;
+use kryonix_protocol::wire::{MAX_PUSH_ITEMS, MAX_VALUE_BYTES, Op};
 use kryonix_protocol::{KeyError, Namespace, TenantId, TenantKey, Tier};
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{OptionalExtension, Row, ToSql, params};
 use uuid::Uuid;
 
-use crate::clock::{Clock, Millis, duration_ms};
+use crate::clock::{Clock, Millis};
 use crate::store::{Store, StoreError};
-
-/// Most items handed out by one [`Outbox::next_batch`].
-pub const MAX_BATCH: usize = 100;
 
 /// Errors of the outbox.
 #[derive(Debug, thiserror::Error)]
@@ -87,58 +83,21 @@ impl std::str::FromStr for ItemId {
     }
 }
 
-/// The exponential schedule for transient failures.
-#[derive(Debug, Clone, Copy)]
-pub struct RetrySchedule {
-    pub min_delay: Duration,
-    pub factor: f32,
-    pub max_delay: Duration,
-    pub jitter: bool,
-}
-
-impl Default for RetrySchedule {
-    fn default() -> Self {
-        Self {
-            min_delay: Duration::from_secs(1),
-            factor: 2.0,
-            max_delay: Duration::from_secs(15 * 60),
-            jitter: true,
-        }
-    }
-}
-
-impl RetrySchedule {
-    /// The wait before attempt number `attempt + 1`, after `attempt` failures (1-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let mut builder = ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_factor(self.factor)
-            .with_max_delay(self.max_delay)
-            .without_max_times();
-        if self.jitter {
-            builder = builder.with_jitter();
-        }
-        let steps = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
-        // With no maximum number of times the iterator never ends; the cap is the fallback anyway.
-        builder.build().nth(steps).unwrap_or(self.max_delay)
-    }
-}
-
 /// Outbox settings.
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
     /// The tenant the device syncs as: keys are validated as `tenant:{tenant}:{ns}:{key}`.
     pub tenant: TenantId,
+    /// Largest payload `enqueue` accepts: by default the server's limit, so an item the server
+    /// would refuse is refused here, where the app can still act on it.
     pub max_payload_bytes: usize,
-    pub retry: RetrySchedule,
 }
 
 impl OutboxConfig {
     pub fn new(tenant: TenantId) -> Self {
         Self {
             tenant,
-            max_payload_bytes: 1024 * 1024,
-            retry: RetrySchedule::default(),
+            max_payload_bytes: MAX_VALUE_BYTES,
         }
     }
 }
@@ -247,9 +206,99 @@ pub struct Outbox {
     config: OutboxConfig,
 }
 
-const STATE_PENDING: &str = "pending";
-const STATE_IN_FLIGHT: &str = "in_flight";
-const STATE_DEAD: &str = "dead";
+/// Where an item is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemState {
+    /// Waiting for its tier's turn (or for its backoff to pass).
+    Pending,
+    /// Handed out in a batch that is not settled yet.
+    InFlight,
+    /// Refused for good by the server: in the dead-letter lane.
+    Dead,
+}
+
+impl ItemState {
+    /// The word stored in the `state` column (the schema's CHECK lists the same three).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InFlight => "in_flight",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl ToSql for ItemState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for ItemState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value.as_str()? {
+            "pending" => Ok(Self::Pending),
+            "in_flight" => Ok(Self::InFlight),
+            "dead" => Ok(Self::Dead),
+            other => Err(FromSqlError::Other(
+                format!("unknown outbox state {other:?}").into(),
+            )),
+        }
+    }
+}
+
+/// An item the server refused for good, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub id: ItemId,
+    pub code: String,
+    pub reason: String,
+}
+
+/// A change to the queue that the sync engine decided on, as plain data: the engine never
+/// touches SQLite, its driver hands these to [`Outbox::apply`].
+///
+/// Every write names a tier rather than listing the in-flight ids: a tier has at most one batch
+/// in flight, so "the in-flight items of tier 2" is exactly the batch the engine asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// The server answered the tier's batch: delete `stored`, dead-letter `rejected`, and put
+    /// whatever the answer did not mention back to `pending`, due at `retry_at`, one attempt
+    /// counted. Only items of the tier that are in flight are touched, so an answer naming
+    /// other ids changes nothing.
+    Settle {
+        tier: Tier,
+        stored: Vec<ItemId>,
+        rejected: Vec<Rejection>,
+        retry_at: Millis,
+    },
+    /// The tier's batch failed: back to `pending`, due at `at`, one attempt counted.
+    Reschedule {
+        tier: Tier,
+        at: Millis,
+        error: String,
+    },
+    /// The tier's batch goes back to `pending`, due now, no attempt counted (it was never
+    /// refused: too large as a whole, or left in flight by a write that failed).
+    Release { tier: Tier },
+    /// The pending items of these tiers are due now (the app asked): backoffs and waits for a
+    /// tier's next slot are cut short. Order, attempts and states are unchanged.
+    MakeDue(TierSet),
+}
+
+/// What [`Outbox::apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Items deleted because the server has them.
+    pub stored: usize,
+    /// Items moved to the dead-letter lane (the observer is told about each).
+    pub dead_lettered: Vec<Rejection>,
+    /// Items put back to `pending` without an attempt counted.
+    pub released: usize,
+    /// Items put back to `pending` with an attempt counted (a failure, or left out of an
+    /// answer), or made due.
+    pub rescheduled: usize,
+}
 
 const ITEM_COLUMNS: &str = "id, tier, namespace, key, op, payload, created_at, attempts";
 
@@ -258,8 +307,8 @@ impl Outbox {
     pub fn open(store: Arc<Store>, clock: Arc<dyn Clock>, config: OutboxConfig) -> Result<Self> {
         let resumed = store.write(|tx| {
             tx.execute(
-                "UPDATE outbox SET state = 'pending' WHERE state = 'in_flight'",
-                [],
+                "UPDATE outbox SET state = ?1 WHERE state = ?2",
+                params![ItemState::Pending, ItemState::InFlight],
             )
             .map_err(OutboxError::from)
         })?;
@@ -341,12 +390,12 @@ impl Outbox {
         })
     }
 
-    /// Hands out up to `max` (≤ 100) due items of the allowed tiers, highest tier first, FIFO
-    /// within a tier, and marks them in flight. The caller must settle every returned item with
-    /// [`ack`](Self::ack), [`fail`](Self::fail), [`reject`](Self::reject) or
-    /// [`release`](Self::release).
+    /// Hands out up to `max` (at most the protocol's [`MAX_PUSH_ITEMS`]) due items of the
+    /// allowed tiers, highest tier first, FIFO within a tier, and marks them in flight. The
+    /// caller must settle every returned item ([`Outbox::apply`], or [`ack`](Self::ack) and
+    /// [`reject`](Self::reject)).
     pub fn next_batch(&self, max: usize, tiers: TierSet) -> Result<Vec<OutboxItem>> {
-        let max = max.min(MAX_BATCH);
+        let max = max.min(MAX_PUSH_ITEMS);
         let now = self.clock.now_ms();
         self.store.write(|tx| {
             let mut batch = Vec::new();
@@ -355,131 +404,89 @@ impl Outbox {
                 if room == 0 {
                     break;
                 }
-                let busy: bool = tx
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM outbox WHERE state = 'in_flight' AND tier = ?1)",
-                    )?
-                    .query_row([tier.number()], |r| r.get(0))?;
-                if busy {
-                    continue;
-                }
-                let head_due: Option<Millis> = tx
-                    .prepare_cached(
-                        "SELECT next_attempt_at FROM outbox WHERE state = 'pending' AND tier = ?1
-                         ORDER BY seq LIMIT 1",
-                    )?
-                    .query_row([tier.number()], |r| r.get(0))
-                    .optional()?;
-                match head_due {
-                    Some(at) if at <= now => {}
-                    _ => continue,
-                }
-                let mut select = tx.prepare_cached(&format!(
-                    "SELECT seq, {ITEM_COLUMNS} FROM outbox WHERE state = 'pending' AND tier = ?1
-                     ORDER BY seq LIMIT ?2"
-                ))?;
-                let mut rows = select.query(params![tier.number(), room as i64])?;
-                let mut last_seq = None;
-                while let Some(row) = rows.next()? {
-                    last_seq = Some(row.get::<_, i64>(0)?);
-                    batch.push(item_from_row(row, 1)?);
-                }
-                if let Some(last) = last_seq {
-                    tx.prepare_cached(
-                        "UPDATE outbox SET state = 'in_flight'
-                         WHERE state = 'pending' AND tier = ?1 AND seq <= ?2",
-                    )?
-                    .execute(params![tier.number(), last])?;
-                }
+                take_tier(tx, tier, room, now, &mut batch)?;
             }
             Ok(batch)
         })
     }
 
-    /// The items were stored by the server (`accepted` or `duplicate`): forget them.
+    /// Carries out one decision of the sync engine, in one transaction.
+    pub fn apply(&self, write: &Write) -> Result<Applied> {
+        let now = self.clock.now_ms();
+        self.store.write(|tx| {
+            let mut applied = Applied::default();
+            match write {
+                Write::Settle {
+                    tier,
+                    stored,
+                    rejected,
+                    retry_at,
+                } => {
+                    applied.stored = delete_in_flight(tx, *tier, stored)?;
+                    for rejection in rejected {
+                        if dead_letter(tx, Some(*tier), rejection, now)? {
+                            applied.dead_lettered.push(rejection.clone());
+                        }
+                    }
+                    applied.rescheduled = back_to_pending(
+                        tx,
+                        *tier,
+                        *retry_at,
+                        Some("omitted from the server's answer"),
+                        true,
+                    )?;
+                }
+                Write::Reschedule { tier, at, error } => {
+                    applied.rescheduled = back_to_pending(tx, *tier, *at, Some(error), true)?;
+                }
+                Write::Release { tier } => {
+                    applied.released = back_to_pending(tx, *tier, now, None, false)?;
+                }
+                Write::MakeDue(tiers) => {
+                    let mut update = tx.prepare_cached(
+                        "UPDATE outbox SET next_attempt_at = ?3
+                         WHERE state = ?1 AND tier = ?2 AND next_attempt_at > ?3",
+                    )?;
+                    for tier in tiers.iter() {
+                        applied.rescheduled +=
+                            update.execute(params![ItemState::Pending, tier.number(), now])?;
+                    }
+                }
+            }
+            Ok(applied)
+        })
+    }
+
+    /// The items were stored by the server (`accepted` or `duplicate`): forget them. Dead
+    /// letters are never removed this way. Returns how many were removed.
     pub fn ack(&self, ids: &[ItemId]) -> Result<usize> {
         self.store.write(|tx| {
             let mut delete =
-                tx.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND state != 'dead'")?;
+                tx.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND state != ?2")?;
             let mut removed = 0;
             for id in ids {
-                removed += delete.execute([id.to_string()])?;
+                removed += delete.execute(params![id.to_string(), ItemState::Dead])?;
             }
             Ok(removed)
-        })
-    }
-
-    /// A transient failure: the items go back to `pending`, due after the retry schedule's delay
-    /// for their attempt count, or after `retry_after` (a server hint) if that is later.
-    pub fn fail(&self, ids: &[ItemId], error: &str, retry_after: Option<Duration>) -> Result<()> {
-        let now = self.clock.now_ms();
-        self.store.write(|tx| {
-            // One delay for the whole batch keeps the batch together (and FIFO) on its next try.
-            let attempts: u32 = match ids.first() {
-                Some(id) => tx
-                    .prepare_cached("SELECT attempts FROM outbox WHERE id = ?1")?
-                    .query_row([id.to_string()], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0),
-                None => return Ok(()),
-            };
-            let mut delay = self.config.retry.delay(attempts + 1);
-            if let Some(hint) = retry_after {
-                delay = delay.max(hint);
-            }
-            set_pending(tx, ids, now + duration_ms(delay), Some(error), true)
-        })
-    }
-
-    /// Puts items back to `pending`, due at `at`, counting a failed attempt (the sync engine's
-    /// "wait for the tier's next slot" after its in-call retries are spent).
-    pub fn reschedule(&self, ids: &[ItemId], at: Millis, error: &str) -> Result<()> {
-        self.store
-            .write(|tx| set_pending(tx, ids, at, Some(error), true))
-    }
-
-    /// Puts in-flight items back to `pending`, due now, without counting an attempt (the upload
-    /// was never tried, e.g. the network went away first).
-    pub fn release(&self, ids: &[ItemId]) -> Result<()> {
-        let now = self.clock.now_ms();
-        self.store
-            .write(|tx| set_pending(tx, ids, now, None, false))
-    }
-
-    /// Makes the pending items of `tiers` due now, cutting short a backoff or a wait for the
-    /// tier's next slot (the app asked to sync them). Order, attempts and states are unchanged.
-    /// Returns how many items were waiting.
-    pub fn make_due(&self, tiers: TierSet) -> Result<usize> {
-        let now = self.clock.now_ms();
-        self.store.write(|tx| {
-            let mut update = tx.prepare_cached(
-                "UPDATE outbox SET next_attempt_at = ?2
-                 WHERE state = 'pending' AND tier = ?1 AND next_attempt_at > ?2",
-            )?;
-            let mut changed = 0;
-            for tier in tiers.iter() {
-                changed += update.execute(params![tier.number(), now])?;
-            }
-            Ok(changed)
         })
     }
 
     /// A permanent rejection: the item moves to the dead-letter lane with the server's reason.
     pub fn reject(&self, id: ItemId, code: &str, reason: &str) -> Result<()> {
         let now = self.clock.now_ms();
-        let changed = self.store.write(|tx| {
-            tx.prepare_cached(
-                "UPDATE outbox SET state = 'dead', dead_code = ?2, dead_reason = ?3, dead_at = ?4
-                 WHERE id = ?1",
-            )?
-            .execute(params![id.to_string(), code, reason, now])
-            .map_err(OutboxError::from)
-        })?;
-        if changed == 0 {
-            return Err(OutboxError::NotFound(id));
+        let rejection = Rejection {
+            id,
+            code: code.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let moved = self
+            .store
+            .write(|tx| dead_letter(tx, None, &rejection, now))?;
+        if moved {
+            Ok(())
+        } else {
+            Err(OutboxError::NotFound(id))
         }
-        tracing::warn!(%id, code, reason, "outbox: item rejected by the server, moved to dead letters");
-        Ok(())
     }
 
     /// Removes a still-pending item (the app changed its mind before it was sent). Returns
@@ -487,8 +494,8 @@ impl Outbox {
     pub fn cancel(&self, id: ItemId) -> Result<bool> {
         self.store.write(|tx| {
             let n = tx.execute(
-                "DELETE FROM outbox WHERE id = ?1 AND state = 'pending'",
-                [id.to_string()],
+                "DELETE FROM outbox WHERE id = ?1 AND state = ?2",
+                params![id.to_string(), ItemState::Pending],
             )?;
             Ok(n == 1)
         })
@@ -499,9 +506,9 @@ impl Outbox {
         self.store.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {ITEM_COLUMNS}, dead_code, dead_reason, dead_at FROM outbox
-                 WHERE state = 'dead' ORDER BY seq"
+                 WHERE state = ?1 ORDER BY seq"
             ))?;
-            let mut rows = stmt.query([])?;
+            let mut rows = stmt.query([ItemState::Dead])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 out.push(DeadLetter {
@@ -515,16 +522,16 @@ impl Outbox {
         })
     }
 
-    /// Sends a dead letter again: back to `pending` at the end of its tier's queue position it
-    /// already had, due now, attempts reset.
+    /// Sends a dead letter again: back to `pending` in the queue position it already had, due
+    /// now, attempts reset.
     pub fn retry_dead(&self, id: ItemId) -> Result<()> {
         let now = self.clock.now_ms();
         let n = self.store.write(|tx| {
             tx.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2,
+                "UPDATE outbox SET state = ?3, attempts = 0, next_attempt_at = ?2,
                         dead_code = NULL, dead_reason = NULL, dead_at = NULL
-                 WHERE id = ?1 AND state = 'dead'",
-                params![id.to_string(), now],
+                 WHERE id = ?1 AND state = ?4",
+                params![id.to_string(), now, ItemState::Pending, ItemState::Dead],
             )
             .map_err(OutboxError::from)
         })?;
@@ -539,8 +546,8 @@ impl Outbox {
     pub fn discard_dead(&self, id: ItemId) -> Result<()> {
         let n = self.store.write(|tx| {
             tx.execute(
-                "DELETE FROM outbox WHERE id = ?1 AND state = 'dead'",
-                [id.to_string()],
+                "DELETE FROM outbox WHERE id = ?1 AND state = ?2",
+                params![id.to_string(), ItemState::Dead],
             )
             .map_err(OutboxError::from)
         })?;
@@ -551,42 +558,48 @@ impl Outbox {
         }
     }
 
-    /// Per-tier depth, in-flight and dead counts, oldest age and next due time.
+    /// Per-tier depth, in-flight and dead counts, oldest age and next due time: the snapshot
+    /// the sync engine decides on, read in one transaction.
     pub fn stats(&self) -> Result<OutboxStats> {
         let now = self.clock.now_ms();
         self.store.read(|conn| {
+            // One deferred read transaction: the counts and the heads are of the same moment.
+            let tx = conn.unchecked_transaction()?;
             let mut stats = OutboxStats::default();
             for tier in Tier::ALL {
                 stats.tiers.insert(tier, TierStats::default());
             }
-            let mut stmt = conn.prepare_cached(
+            let mut stmt = tx.prepare_cached(
                 "SELECT tier, state, count(*), min(created_at) FROM outbox GROUP BY tier, state",
             )?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let tier = tier_from(row.get(0)?)?;
-                let state: String = row.get(1)?;
+                let state: ItemState = row.get(1)?;
                 let count: u64 = row.get(2)?;
                 let oldest: Millis = row.get(3)?;
                 let entry = stats.tiers.entry(tier).or_default();
-                match state.as_str() {
-                    STATE_DEAD => entry.dead = count,
-                    STATE_PENDING | STATE_IN_FLIGHT => {
+                match state {
+                    ItemState::Dead => entry.dead = count,
+                    ItemState::Pending | ItemState::InFlight => {
                         entry.depth += count;
-                        if state == STATE_IN_FLIGHT {
+                        if state == ItemState::InFlight {
                             entry.in_flight = count;
                         }
                         entry.oldest_age_ms = entry.oldest_age_ms.max(now - oldest);
                     }
-                    other => return Err(OutboxError::BadRow(format!("unknown state {other}"))),
                 }
             }
-            let mut head = conn.prepare_cached(
-                "SELECT next_attempt_at FROM outbox WHERE state = 'pending' AND tier = ?1
+            drop(rows);
+            drop(stmt);
+            let mut head = tx.prepare_cached(
+                "SELECT next_attempt_at FROM outbox WHERE state = ?1 AND tier = ?2
                  ORDER BY seq LIMIT 1",
             )?;
             for (tier, entry) in stats.tiers.iter_mut() {
-                entry.next_attempt_at = head.query_row([tier.number()], |r| r.get(0)).optional()?;
+                entry.next_attempt_at = head
+                    .query_row(params![ItemState::Pending, tier.number()], |r| r.get(0))
+                    .optional()?;
             }
             Ok(stats)
         })
@@ -601,44 +614,142 @@ impl Outbox {
             let mut rows = stmt.query([id.to_string()])?;
             match rows.next()? {
                 None => Ok(None),
-                Some(row) => {
-                    let state = match row.get::<_, String>(8)?.as_str() {
-                        STATE_PENDING => ItemState::Pending,
-                        STATE_IN_FLIGHT => ItemState::InFlight,
-                        STATE_DEAD => ItemState::Dead,
-                        other => return Err(OutboxError::BadRow(format!("unknown state {other}"))),
-                    };
-                    Ok(Some((item_from_row(row, 0)?, state)))
-                }
+                Some(row) => Ok(Some((item_from_row(row, 0)?, row.get(8)?))),
             }
         })
     }
 }
 
-/// Where an item is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ItemState {
-    Pending,
-    InFlight,
-    Dead,
+/// Moves the tier's oldest due items (at most `room`) to `in_flight` and appends them to
+/// `batch` — unless the tier already has a batch in flight or its head is backing off, in which
+/// case nothing behind the head may go either.
+fn take_tier(
+    tx: &rusqlite::Transaction<'_>,
+    tier: Tier,
+    room: usize,
+    now: Millis,
+    batch: &mut Vec<OutboxItem>,
+) -> Result<()> {
+    let busy: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE state = ?1 AND tier = ?2)")?
+        .query_row(params![ItemState::InFlight, tier.number()], |r| r.get(0))?;
+    if busy {
+        return Ok(());
+    }
+    let head_due: Option<Millis> = tx
+        .prepare_cached(
+            "SELECT next_attempt_at FROM outbox WHERE state = ?1 AND tier = ?2
+             ORDER BY seq LIMIT 1",
+        )?
+        .query_row(params![ItemState::Pending, tier.number()], |r| r.get(0))
+        .optional()?;
+    if head_due.is_none_or(|at| at > now) {
+        return Ok(());
+    }
+    let mut select = tx.prepare_cached(&format!(
+        "SELECT seq, {ITEM_COLUMNS} FROM outbox WHERE state = ?1 AND tier = ?2
+         ORDER BY seq LIMIT ?3"
+    ))?;
+    let mut rows = select.query(params![
+        ItemState::Pending,
+        tier.number(),
+        i64::try_from(room).unwrap_or(i64::MAX)
+    ])?;
+    let mut last_seq = None;
+    while let Some(row) = rows.next()? {
+        last_seq = Some(row.get::<_, i64>(0)?);
+        batch.push(item_from_row(row, 1)?);
+    }
+    if let Some(last) = last_seq {
+        tx.prepare_cached(
+            "UPDATE outbox SET state = ?1 WHERE state = ?2 AND tier = ?3 AND seq <= ?4",
+        )?
+        .execute(params![
+            ItemState::InFlight,
+            ItemState::Pending,
+            tier.number(),
+            last
+        ])?;
+    }
+    Ok(())
 }
 
-fn set_pending(
+/// Deletes the listed items that are in flight in `tier`; returns how many.
+fn delete_in_flight(tx: &rusqlite::Transaction<'_>, tier: Tier, ids: &[ItemId]) -> Result<usize> {
+    let mut delete =
+        tx.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND state = ?2 AND tier = ?3")?;
+    let mut removed = 0;
+    for id in ids {
+        removed += delete.execute(params![id.to_string(), ItemState::InFlight, tier.number()])?;
+    }
+    Ok(removed)
+}
+
+/// Moves one item to the dead-letter lane: only an in-flight item of `tier` when a tier is
+/// given (an answer to a batch), any live item otherwise. Returns whether it moved.
+fn dead_letter(
     tx: &rusqlite::Transaction<'_>,
-    ids: &[ItemId],
+    tier: Option<Tier>,
+    rejection: &Rejection,
+    now: Millis,
+) -> Result<bool> {
+    let id = rejection.id.to_string();
+    let n = match tier {
+        Some(tier) => tx
+            .prepare_cached(
+                "UPDATE outbox SET state = ?1, dead_code = ?2, dead_reason = ?3, dead_at = ?4
+                 WHERE id = ?5 AND state = ?6 AND tier = ?7",
+            )?
+            .execute(params![
+                ItemState::Dead,
+                rejection.code,
+                rejection.reason,
+                now,
+                id,
+                ItemState::InFlight,
+                tier.number()
+            ])?,
+        None => tx
+            .prepare_cached(
+                "UPDATE outbox SET state = ?1, dead_code = ?2, dead_reason = ?3, dead_at = ?4
+                 WHERE id = ?5 AND state != ?1",
+            )?
+            .execute(params![
+                ItemState::Dead,
+                rejection.code,
+                rejection.reason,
+                now,
+                id
+            ])?,
+    };
+    if n > 0 {
+        tracing::warn!(%id, code = rejection.code, reason = rejection.reason, "outbox: item rejected by the server, moved to dead letters");
+    }
+    Ok(n > 0)
+}
+
+/// Puts the tier's in-flight items back to `pending`, due at `at`; returns how many.
+fn back_to_pending(
+    tx: &rusqlite::Transaction<'_>,
+    tier: Tier,
     at: Millis,
     error: Option<&str>,
     count_attempt: bool,
-) -> Result<()> {
-    let mut update = tx.prepare_cached(
-        "UPDATE outbox SET state = 'pending', next_attempt_at = ?2,
-                last_error = coalesce(?3, last_error), attempts = attempts + ?4
-         WHERE id = ?1 AND state != 'dead'",
-    )?;
-    for id in ids {
-        update.execute(params![id.to_string(), at, error, i64::from(count_attempt)])?;
-    }
-    Ok(())
+) -> Result<usize> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE outbox SET state = ?1, next_attempt_at = ?2,
+                    last_error = coalesce(?3, last_error), attempts = attempts + ?4
+             WHERE state = ?5 AND tier = ?6",
+        )?
+        .execute(params![
+            ItemState::Pending,
+            at,
+            error,
+            i64::from(count_attempt),
+            ItemState::InFlight,
+            tier.number()
+        ])?)
 }
 
 fn tier_from(n: u8) -> Result<Tier> {

@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -14,9 +15,7 @@ struct Fixture {
 }
 
 fn config() -> OutboxConfig {
-    let mut config = OutboxConfig::new(TenantId::new("acme").unwrap());
-    config.retry.jitter = false;
-    config
+    OutboxConfig::new(TenantId::new("acme").unwrap())
 }
 
 fn fixture() -> Fixture {
@@ -95,7 +94,7 @@ fn batches_hold_at_most_one_hundred() {
         .collect();
     f.outbox.enqueue_many(&new).unwrap();
     let first = f.outbox.next_batch(1000, TierSet::ALL).unwrap();
-    assert_eq!(first.len(), MAX_BATCH);
+    assert_eq!(first.len(), MAX_PUSH_ITEMS);
     assert_eq!(first[0].key, "k000");
     assert_eq!(first[99].key, "k099");
     // The tier is busy until the batch is settled: nothing may overtake it.
@@ -119,11 +118,10 @@ fn only_allowed_tiers_are_handed_out() {
 }
 
 #[test]
-fn ack_removes_and_fail_backs_off_exponentially_without_dropping() {
+fn a_rescheduled_batch_waits_until_its_time_and_counts_attempts() {
     let f = fixture();
     let id = put(&f.outbox, "k", Tier::Critical);
-    let mut expected_delay = 1_000;
-    for attempt in 1..=30u32 {
+    for attempt in 1..=5u32 {
         let batch = f.outbox.next_batch(100, TierSet::ALL).unwrap();
         assert_eq!(
             ids(&batch),
@@ -131,22 +129,28 @@ fn ack_removes_and_fail_backs_off_exponentially_without_dropping() {
             "attempt {attempt}: the item is still there"
         );
         assert_eq!(batch[0].attempts, attempt - 1);
-        f.outbox.fail(&[id], "connection reset", None).unwrap();
-        let due = f
+        let at = f.clock.now_ms() + 1_000 * i64::from(attempt);
+        let applied = f
             .outbox
-            .stats()
-            .unwrap()
-            .tier(Tier::Critical)
-            .next_attempt_at
+            .apply(&Write::Reschedule {
+                tier: Tier::Critical,
+                at,
+                error: "connection reset".into(),
+            })
             .unwrap();
-        assert_eq!(due - f.clock.now_ms(), expected_delay, "attempt {attempt}");
+        assert_eq!(applied.rescheduled, 1);
+        assert_eq!(
+            f.outbox
+                .stats()
+                .unwrap()
+                .tier(Tier::Critical)
+                .next_attempt_at,
+            Some(at)
+        );
         // Not due a millisecond early.
-        f.clock.advance(Duration::from_millis(
-            u64::try_from(expected_delay).unwrap() - 1,
-        ));
+        f.clock.set(at - 1);
         assert!(f.outbox.next_batch(100, TierSet::ALL).unwrap().is_empty());
-        f.clock.advance(Duration::from_millis(1));
-        expected_delay = (expected_delay * 2).min(15 * 60 * 1000);
+        f.clock.set(at);
     }
     let batch = f.outbox.next_batch(100, TierSet::ALL).unwrap();
     f.outbox.ack(&ids(&batch)).unwrap();
@@ -154,41 +158,81 @@ fn ack_removes_and_fail_backs_off_exponentially_without_dropping() {
 }
 
 #[test]
-fn retry_after_hint_is_honoured_when_longer() {
+fn settle_touches_only_the_tiers_batch_in_flight() {
     let f = fixture();
-    let id = put(&f.outbox, "k", Tier::Preferences);
-    f.outbox.next_batch(100, TierSet::ALL).unwrap();
+    let a = put(&f.outbox, "a", Tier::Critical);
+    let b = put(&f.outbox, "b", Tier::Critical);
+    let c = put(&f.outbox, "c", Tier::Critical);
+    let waiting = put(&f.outbox, "other", Tier::Preferences);
     f.outbox
-        .fail(&[id], "429", Some(Duration::from_secs(30)))
+        .next_batch(100, TierSet::of(&[Tier::Critical]))
         .unwrap();
-    f.clock.advance(Duration::from_millis(29_999));
-    assert!(f.outbox.next_batch(100, TierSet::ALL).unwrap().is_empty());
-    f.clock.advance(Duration::from_millis(1));
-    assert_eq!(f.outbox.next_batch(100, TierSet::ALL).unwrap().len(), 1);
+    let applied = f
+        .outbox
+        .apply(&Write::Settle {
+            tier: Tier::Critical,
+            // `waiting` is pending in another tier: naming it must not delete it.
+            stored: vec![a, waiting],
+            rejected: vec![Rejection {
+                id: b,
+                code: "invalid_key".into(),
+                reason: "bad".into(),
+            }],
+            retry_at: f.clock.now_ms() + 1_000,
+        })
+        .unwrap();
+    assert_eq!(applied.stored, 1);
+    assert_eq!(applied.dead_lettered.len(), 1);
+    assert_eq!(
+        applied.rescheduled, 1,
+        "c was not answered: back to pending"
+    );
+    assert_eq!(f.outbox.get(c).unwrap().unwrap().0.attempts, 1);
+    assert_eq!(f.outbox.get(c).unwrap().unwrap().1, ItemState::Pending);
+    assert_eq!(
+        f.outbox.get(waiting).unwrap().unwrap().1,
+        ItemState::Pending
+    );
+    assert_eq!(f.outbox.get(b).unwrap().unwrap().1, ItemState::Dead);
+    assert!(f.outbox.get(a).unwrap().is_none());
 }
 
 #[test]
-fn jittered_delays_stay_within_bounds() {
-    let schedule = RetrySchedule::default();
-    for attempt in 1..=12u32 {
-        let base = Duration::from_secs(1) * 2u32.pow(attempt - 1);
-        let base = base.min(schedule.max_delay);
-        let d = schedule.delay(attempt);
-        assert!(
-            d >= base && d <= base * 2,
-            "attempt {attempt}: {d:?} vs {base:?}"
-        );
-    }
+fn make_due_cuts_a_wait_short_without_reordering() {
+    let f = fixture();
+    put(&f.outbox, "first", Tier::Critical);
+    f.outbox.next_batch(100, TierSet::ALL).unwrap();
+    put(&f.outbox, "second", Tier::Critical);
+    f.outbox
+        .apply(&Write::Reschedule {
+            tier: Tier::Critical,
+            at: f.clock.now_ms() + 60_000,
+            error: "timeout".into(),
+        })
+        .unwrap();
+    assert!(f.outbox.next_batch(100, TierSet::ALL).unwrap().is_empty());
+    f.outbox
+        .apply(&Write::MakeDue(TierSet::of(&[Tier::Critical])))
+        .unwrap();
+    let batch = f.outbox.next_batch(100, TierSet::ALL).unwrap();
+    assert_eq!(keys(&batch), ["first", "second"]);
+    assert_eq!(batch[0].attempts, 1, "making due is not an attempt");
 }
 
 #[test]
 fn a_backing_off_head_holds_its_whole_tier() {
     let f = fixture();
-    let first = put(&f.outbox, "first", Tier::Critical);
+    put(&f.outbox, "first", Tier::Critical);
     f.outbox.next_batch(100, TierSet::ALL).unwrap();
     put(&f.outbox, "second", Tier::Critical);
     put(&f.outbox, "other-tier", Tier::Application);
-    f.outbox.fail(&[first], "timeout", None).unwrap();
+    f.outbox
+        .apply(&Write::Reschedule {
+            tier: Tier::Critical,
+            at: f.clock.now_ms() + 1_000,
+            error: "timeout".into(),
+        })
+        .unwrap();
     // "second" is due but must not overtake "first"; the other tier flows.
     let batch = f.outbox.next_batch(100, TierSet::ALL).unwrap();
     assert_eq!(keys(&batch), ["other-tier"]);
@@ -309,7 +353,7 @@ fn stats_report_depth_and_age() {
 #[test]
 fn invalid_input_is_refused_and_nothing_written() {
     let f = fixture();
-    let too_big = vec![0u8; 1024 * 1024 + 1];
+    let too_big = vec![0u8; MAX_VALUE_BYTES + 1];
     let long_key = "k".repeat(250);
     type Case<'a> = (&'a str, &'a [u8], fn(&OutboxError) -> bool);
     let cases: Vec<Case<'_>> = vec![
@@ -372,9 +416,15 @@ fn cancel_only_while_still_local() {
 #[test]
 fn release_does_not_count_an_attempt() {
     let f = fixture();
-    let a = put(&f.outbox, "a", Tier::Critical);
+    put(&f.outbox, "a", Tier::Critical);
     f.outbox.next_batch(100, TierSet::ALL).unwrap();
-    f.outbox.release(&[a]).unwrap();
+    let applied = f
+        .outbox
+        .apply(&Write::Release {
+            tier: Tier::Critical,
+        })
+        .unwrap();
+    assert_eq!(applied.released, 1);
     let batch = f.outbox.next_batch(100, TierSet::ALL).unwrap();
     assert_eq!(batch[0].attempts, 0);
 }
@@ -427,7 +477,7 @@ proptest! {
                 }
                 Action::Batch(max) => {
                     let batch = outbox.next_batch(max, TierSet::ALL).unwrap();
-                    prop_assert!(batch.len() <= max.min(MAX_BATCH));
+                    prop_assert!(batch.len() <= max.min(MAX_PUSH_ITEMS));
                     for item in &batch {
                         prop_assert!(!in_flight.contains(&item.id), "handed out twice");
                         prop_assert!(!acked.contains(&item.id) && !dead.contains(&item.id));
@@ -452,7 +502,12 @@ proptest! {
                     acked.extend(in_flight.drain(..));
                 }
                 Action::FailAll => {
-                    outbox.fail(&in_flight, "boom", None).unwrap();
+                    let at = f.clock.now_ms() + 1_000;
+                    for tier in Tier::ALL {
+                        outbox
+                            .apply(&Write::Reschedule { tier, at, error: "boom".into() })
+                            .unwrap();
+                    }
                     in_flight.clear();
                 }
                 Action::RejectFirst => {
@@ -474,7 +529,9 @@ proptest! {
             }
         }
         // Drain: far in the future every backoff has expired.
-        outbox.fail(&in_flight, "end", None).unwrap();
+        for tier in Tier::ALL {
+            outbox.apply(&Write::Release { tier }).unwrap();
+        }
         f.clock.advance(Duration::from_secs(24 * 3600));
         loop {
             let batch = outbox.next_batch(100, TierSet::ALL).unwrap();

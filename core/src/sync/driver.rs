@@ -1,24 +1,33 @@
-//! The async driver: runs the [`SyncEngine`]'s actions against a [`Transport`] and a tokio
-//! timer, and feeds the outcomes back as events.
+//! The driver: runs the [`SyncEngine`] against the outbox, a [`Transport`] and a tokio timer.
+//!
+//! The engine does no I/O; this module does all of it. [`step`] is one turn of the loop, and is
+//! synchronous (SQLite calls are): feed the engine one event, apply the outbox writes it asks
+//! for, read one snapshot of the queue, and let the engine decide what comes next. The async
+//! [`Driver`] wraps it with the network and the timer; the engine tests and the sync benchmark
+//! call [`step`] directly with a simulated server and a manual clock.
 //!
 //! One task owns the engine; everything else talks to it through a command channel, so the
 //! engine needs no lock and sees events in one order. Requests go out one at a time (the engine
 //! asks for no more), which keeps per-tier FIFO trivially true.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kryonix_protocol::{DeviceProfile, TenantId};
+use kryonix_protocol::{DeviceProfile, TenantId, Tier};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Action, Event, FailureKind, SyncEngine, SyncStatus};
 use super::transport::Transport;
 use crate::cache::Cache;
-use crate::clock::{Clock, Millis};
-use crate::outbox::{ItemId, Outbox, TierSet};
+use crate::clock::{Clock, Millis, duration_ms};
+use crate::outbox::{ItemId, Outbox, OutboxError, Rejection, TierSet};
 
 /// Meta key of the downstream cursor.
 pub const PULL_CURSOR_KEY: &str = "pull_cursor";
+
+/// How long the driver waits before trying again after a local storage error.
+const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
 /// Told about sync progress. Called from the driver task: keep it quick, don't block.
 pub trait SyncObserver: Send + Sync + std::fmt::Debug {
@@ -38,6 +47,45 @@ pub struct SyncReport {
     pub deadline_reached: bool,
 }
 
+/// What one [`step`] leaves for its caller: the engine's requests, timer and status (the outbox
+/// writes are done), and the items that just moved to the dead-letter lane.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub actions: Vec<Action>,
+    pub dead_lettered: Vec<Rejection>,
+}
+
+/// One turn of the engine: `handle(event)`, apply its writes, snapshot, `poll`, apply the
+/// writes the poll asked for. On a storage error the engine has moved on but the database has
+/// not; the next successful step reconciles them (see the engine's module docs).
+pub fn step(
+    engine: &mut SyncEngine,
+    outbox: &Outbox,
+    now: Millis,
+    event: Event,
+) -> Result<Step, OutboxError> {
+    let mut step = Step::default();
+    let writes = engine.handle(now, event);
+    apply(outbox, writes, &mut step)?;
+    let snapshot = outbox.stats()?;
+    let decided = engine.poll(now, &snapshot);
+    apply(outbox, decided, &mut step)?;
+    Ok(step)
+}
+
+fn apply(outbox: &Outbox, actions: Vec<Action>, step: &mut Step) -> Result<(), OutboxError> {
+    for action in actions {
+        match action {
+            Action::Outbox(write) => {
+                let applied = outbox.apply(&write)?;
+                step.dead_lettered.extend(applied.dead_lettered);
+            }
+            other => step.actions.push(other),
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub(crate) enum Command {
     Event(Event),
@@ -52,10 +100,20 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// A `sync_now` or `flush` caller waiting for the wake-up to end.
 struct Waiter {
     reply: oneshot::Sender<SyncReport>,
     sent_before: u64,
     deadline: Option<Instant>,
+}
+
+/// The loop's own bookkeeping between engine steps.
+struct LoopState {
+    waiters: Vec<Waiter>,
+    sleep_until: Option<Millis>,
+    queue: VecDeque<Event>,
+    /// How long the last push took: a flush does not start one it cannot finish.
+    last_push: Duration,
 }
 
 pub(crate) struct Driver<T> {
@@ -72,147 +130,196 @@ pub(crate) struct Driver<T> {
 
 impl<T: Transport> Driver<T> {
     pub(crate) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut waiters: Vec<Waiter> = Vec::new();
-        let mut sleep_until: Option<Millis> = None;
-        let mut queue: Vec<Event> = vec![Event::Tick];
-        let mut last_push = Duration::from_millis(500);
+        let mut state = LoopState {
+            waiters: Vec::new(),
+            sleep_until: None,
+            queue: VecDeque::from([Event::Tick]),
+            last_push: Duration::from_millis(500),
+        };
         loop {
-            // Handle every event produced so far, performing requests as the engine asks.
-            while let Some(event) = pop_front(&mut queue) {
-                let actions = match self.engine.handle(event) {
-                    Ok(actions) => actions,
-                    Err(error) => {
-                        // A local database error: nothing was lost (the outbox is unchanged);
-                        // try again on the next tick.
-                        tracing::error!(%error, "sync: engine step failed");
-                        sleep_until = Some(self.clock.now_ms() + 1_000);
-                        continue;
-                    }
-                };
-                for action in actions {
-                    match action {
-                        Action::Push(items) => {
-                            if waiters.iter().any(|w| {
-                                w.deadline.is_some_and(|d| Instant::now() + last_push >= d)
-                            }) {
-                                // A flush window is closing: don't start what can't finish.
-                                if let Err(error) = self.engine.abandon() {
-                                    tracing::error!(%error, "sync: could not release a batch");
-                                }
-                                self.finish_flushes(&mut waiters, true);
-                                queue.push(Event::Tick);
-                                continue;
-                            }
-                            let started = Instant::now();
-                            let result = self.transport.push(&items, self.profile).await;
-                            last_push = started.elapsed();
-                            queue.push(match result {
-                                Ok(reply) => Event::PushAnswered {
-                                    response: reply.response,
-                                    elapsed: last_push,
-                                    bytes: reply.bytes_sent,
-                                    raw_bytes: reply.bytes_raw,
-                                },
-                                Err(e) => Event::RequestFailed {
-                                    kind: e.kind,
-                                    error: e.message,
-                                },
-                            });
-                        }
-                        Action::Pull { limit } => queue.push(self.pull(limit).await),
-                        Action::SleepUntil(at) => sleep_until = at,
-                        Action::Status(mut status) => {
-                            status.cache_hit_ratio = self.cache.stats().hit_ratio;
-                            if let Ok(mut shared) = self.status.lock() {
-                                *shared = status.clone();
-                            }
-                            if let Some(observer) = &self.observer {
-                                observer.on_status(&status);
-                            }
-                        }
-                        Action::DeadLettered { id, code, reason } => {
-                            if let Some(observer) = &self.observer {
-                                observer.on_dead_letter(id, &code, &reason);
-                            }
-                        }
-                    }
-                }
+            while let Some(event) = state.queue.pop_front() {
+                self.turn(event, &mut state).await;
             }
             if self.engine.is_idle() {
-                self.finish_all(&mut waiters);
+                self.finish_all(&mut state.waiters);
             }
-            let flush_deadline = waiters.iter().filter_map(|w| w.deadline).min();
-            let timer = sleep_until.map(|at| {
-                let wait = u64::try_from(at - self.clock.now_ms()).unwrap_or(0);
-                Duration::from_millis(wait)
-            });
-            let timer = match (timer, flush_deadline) {
-                (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(Instant::now()))),
-                (t, None) => t,
-                (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
+            let Some(batch) = self.wait(&mut commands, &mut state).await else {
+                continue;
             };
-            let command = match timer {
-                Some(wait) => tokio::select! {
-                    command = commands.recv() => command,
-                    () = tokio::time::sleep(wait) => {
-                        queue.push(Event::Tick);
-                        if flush_deadline.is_some_and(|d| Instant::now() >= d) {
-                            self.finish_flushes(&mut waiters, true);
-                        }
-                        continue;
-                    }
-                },
-                None => commands.recv().await,
-            };
-            // Take everything already queued, so a burst of enqueues costs one engine step
-            // rather than one per item.
-            let mut batch = vec![command];
-            while let Ok(more) = commands.try_recv() {
-                batch.push(Some(more));
-            }
-            let mut enqueued = false;
-            let mut stop = false;
-            for command in batch {
-                match command {
-                    None | Some(Command::Shutdown) => stop = true,
-                    Some(Command::Event(Event::Enqueued(tier))) => {
-                        if !enqueued {
-                            enqueued = true;
-                            queue.push(Event::Enqueued(tier));
-                        }
-                    }
-                    Some(Command::Event(event)) => {
-                        match &event {
-                            Event::NetworkChanged(network) => self.profile.network = *network,
-                            Event::DeviceChanged(device) => self.profile.device = *device,
-                            _ => {}
-                        }
-                        queue.push(event);
-                    }
-                    Some(Command::SyncNow { tiers, reply }) => {
-                        waiters.push(Waiter {
-                            reply,
-                            sent_before: self.sent(),
-                            deadline: None,
-                        });
-                        queue.push(Event::SyncRequested(tiers));
-                    }
-                    Some(Command::Flush { deadline, reply }) => {
-                        waiters.push(Waiter {
-                            reply,
-                            sent_before: self.sent(),
-                            deadline: Some(deadline),
-                        });
-                        queue.push(Event::SyncRequested(TierSet::ALL));
-                    }
-                }
-            }
-            if stop {
+            if self.take_commands(batch, &mut state) {
                 break;
             }
         }
-        self.finish_all(&mut waiters);
+        self.finish_all(&mut state.waiters);
         tracing::debug!("sync: driver stopped");
+    }
+
+    /// One engine step for `event`, then the requests it asked for (whose outcomes are queued
+    /// as the next events).
+    async fn turn(&mut self, event: Event, state: &mut LoopState) {
+        let now = self.clock.now_ms();
+        let step = match step(&mut self.engine, &self.outbox, now, event) {
+            Ok(step) => step,
+            Err(error) => {
+                // A local database error: nothing accepted is lost (a write either committed
+                // or not); the engine reconciles with the database at the next step.
+                tracing::error!(%error, "sync: local storage failed; trying again shortly");
+                state.sleep_until = Some(now + duration_ms(STORAGE_RETRY));
+                return;
+            }
+        };
+        for rejection in &step.dead_lettered {
+            if let Some(observer) = &self.observer {
+                observer.on_dead_letter(rejection.id, &rejection.code, &rejection.reason);
+            }
+        }
+        for action in step.actions {
+            match action {
+                Action::Push { tier, limit } => {
+                    let event = self.push(tier, limit, state).await;
+                    state.queue.push_back(event);
+                }
+                Action::Pull { limit } => {
+                    let event = self.pull(limit).await;
+                    state.queue.push_back(event);
+                }
+                Action::SleepUntil(at) => state.sleep_until = at,
+                Action::Status(status) => self.publish_status(status),
+                // `step` applied every outbox write already.
+                Action::Outbox(_) => {}
+            }
+        }
+    }
+
+    /// Takes the tier's batch and uploads it; returns the outcome as the engine's next event.
+    async fn push(&mut self, tier: Tier, limit: usize, state: &mut LoopState) -> Event {
+        let closing = state.waiters.iter().any(|w| {
+            w.deadline
+                .is_some_and(|d| Instant::now() + state.last_push >= d)
+        });
+        if closing {
+            // A flush window is closing: don't start what can't finish.
+            self.finish_flushes(&mut state.waiters, true);
+            return Event::PushAbandoned;
+        }
+        let items = match self.outbox.next_batch(limit, TierSet::of(&[tier])) {
+            Ok(items) if items.is_empty() => return Event::NothingToPush,
+            Ok(items) => items,
+            Err(error) => {
+                return Event::RequestFailed {
+                    kind: FailureKind::Retryable {
+                        retry_after: Some(STORAGE_RETRY),
+                    },
+                    error: format!("local storage: {error}"),
+                };
+            }
+        };
+        let started = Instant::now();
+        let result = self.transport.push(&items, self.profile).await;
+        state.last_push = started.elapsed();
+        match result {
+            Ok(reply) => Event::PushAnswered {
+                sent: items.iter().map(|i| i.id).collect(),
+                response: reply.response,
+                elapsed: state.last_push,
+                bytes: reply.bytes_sent,
+                raw_bytes: reply.bytes_raw,
+            },
+            Err(e) => Event::RequestFailed {
+                kind: e.kind,
+                error: e.message,
+            },
+        }
+    }
+
+    fn publish_status(&self, mut status: SyncStatus) {
+        status.cache_hit_ratio = self.cache.stats().hit_ratio;
+        if let Ok(mut shared) = self.status.lock() {
+            *shared = status.clone();
+        }
+        if let Some(observer) = &self.observer {
+            observer.on_status(&status);
+        }
+    }
+
+    /// Waits for the engine's timer, a flush deadline or a command. Returns the commands that
+    /// arrived (at least one), or `None` when a timer fired (a tick is queued).
+    async fn wait(
+        &self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        state: &mut LoopState,
+    ) -> Option<Vec<Option<Command>>> {
+        let flush_deadline = state.waiters.iter().filter_map(|w| w.deadline).min();
+        let timer = state.sleep_until.map(|at| {
+            let wait = u64::try_from(at - self.clock.now_ms()).unwrap_or(0);
+            Duration::from_millis(wait)
+        });
+        let until_deadline = flush_deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let timer = match (timer, until_deadline) {
+            (Some(t), Some(d)) => Some(t.min(d)),
+            (t, d) => t.or(d),
+        };
+        let command = match timer {
+            Some(wait) => tokio::select! {
+                command = commands.recv() => command,
+                () = tokio::time::sleep(wait) => {
+                    state.queue.push_back(Event::Tick);
+                    if flush_deadline.is_some_and(|d| Instant::now() >= d) {
+                        self.finish_flushes(&mut state.waiters, true);
+                    }
+                    return None;
+                }
+            },
+            None => commands.recv().await,
+        };
+        // Take everything already queued, so a burst of enqueues costs one engine step rather
+        // than one per item.
+        let mut batch = vec![command];
+        while let Ok(more) = commands.try_recv() {
+            batch.push(Some(more));
+        }
+        Some(batch)
+    }
+
+    /// Turns commands into events and waiters. Returns whether the driver must stop.
+    fn take_commands(&mut self, batch: Vec<Option<Command>>, state: &mut LoopState) -> bool {
+        let mut enqueued = false;
+        let mut stop = false;
+        for command in batch {
+            match command {
+                None | Some(Command::Shutdown) => stop = true,
+                Some(Command::Event(Event::Enqueued(tier))) => {
+                    if !std::mem::replace(&mut enqueued, true) {
+                        state.queue.push_back(Event::Enqueued(tier));
+                    }
+                }
+                Some(Command::Event(event)) => {
+                    match &event {
+                        Event::NetworkChanged(network) => self.profile.network = *network,
+                        Event::DeviceChanged(device) => self.profile.device = *device,
+                        _ => {}
+                    }
+                    state.queue.push_back(event);
+                }
+                Some(Command::SyncNow { tiers, reply }) => {
+                    state.waiters.push(self.waiter(reply, None));
+                    state.queue.push_back(Event::SyncRequested(tiers));
+                }
+                Some(Command::Flush { deadline, reply }) => {
+                    state.waiters.push(self.waiter(reply, Some(deadline)));
+                    state.queue.push_back(Event::SyncRequested(TierSet::ALL));
+                }
+            }
+        }
+        stop
+    }
+
+    fn waiter(&self, reply: oneshot::Sender<SyncReport>, deadline: Option<Instant>) -> Waiter {
+        Waiter {
+            reply,
+            sent_before: self.sent(),
+            deadline,
+        }
     }
 
     fn sent(&self) -> u64 {
@@ -254,48 +361,37 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// Fetches one page after the stored cursor and applies it with its new cursor in one
+    /// transaction; returns the outcome as the engine's next event.
     async fn pull(&mut self, limit: usize) -> Event {
+        let storage_failed = |error: String| Event::RequestFailed {
+            kind: FailureKind::Retryable { retry_after: None },
+            error,
+        };
         let cursor = match self.cache.meta_text(PULL_CURSOR_KEY) {
             Ok(cursor) => cursor,
+            Err(e) => return storage_failed(e.to_string()),
+        };
+        let page = match self.transport.pull(cursor.as_deref(), limit).await {
+            Ok(page) => page,
             Err(e) => {
                 return Event::RequestFailed {
-                    kind: FailureKind::Transient { retry_after: None },
-                    error: e.to_string(),
+                    kind: e.kind,
+                    error: e.message,
                 };
             }
         };
-        match self.transport.pull(cursor.as_deref(), limit).await {
-            Ok(page) => {
-                match self.cache.apply_remote(
-                    &self.tenant,
-                    &page.changes,
-                    PULL_CURSOR_KEY,
-                    &page.cursor,
-                ) {
-                    Ok(report) => {
-                        tracing::debug!(?report, "sync: pulled a page");
-                        Event::PullAnswered {
-                            has_more: page.has_more && !page.changes.is_empty(),
-                        }
-                    }
-                    Err(e) => Event::RequestFailed {
-                        kind: FailureKind::Transient { retry_after: None },
-                        error: format!("applying pulled changes: {e}"),
-                    },
+        match self
+            .cache
+            .apply_remote(&self.tenant, &page.changes, PULL_CURSOR_KEY, &page.cursor)
+        {
+            Ok(report) => {
+                tracing::debug!(?report, "sync: pulled a page");
+                Event::PullAnswered {
+                    has_more: page.has_more && !page.changes.is_empty(),
                 }
             }
-            Err(e) => Event::RequestFailed {
-                kind: e.kind,
-                error: e.message,
-            },
+            Err(e) => storage_failed(format!("applying pulled changes: {e}")),
         }
-    }
-}
-
-fn pop_front(queue: &mut Vec<Event>) -> Option<Event> {
-    if queue.is_empty() {
-        None
-    } else {
-        Some(queue.remove(0))
     }
 }

@@ -1,10 +1,18 @@
-//! The sync engine: a state machine from events to actions.
+//! The sync engine: a state machine from events to actions, with no I/O at all.
 //!
-//! Events come in ([`Event`]: the timer fired, the network or device changed, the app enqueued
-//! or asked to sync, a push or pull was answered, a request failed); actions go out
-//! ([`Action`]: send this push batch, send this pull, sleep until, the status changed). A driver
-//! performs the actions against HTTP and a timer and feeds the outcomes back. The engine itself
-//! does no I/O beyond the local outbox, so every decision is tested with a manual clock.
+//! Events come in ([`Event`]: time passed, the network or device changed, the app enqueued or
+//! asked to sync, a push or pull was answered, a request failed); actions go out ([`Action`]:
+//! send a push of this tier, send a pull, change the outbox like this, sleep until, the status
+//! changed). The engine holds only plain data. It never reads the outbox: a driver hands it a
+//! snapshot of the queue ([`OutboxStats`], read once per step) and carries out the outbox
+//! [`Write`]s it asks for. Time is an argument too. So every decision is a pure function of
+//! what came in, and the tests are recorded transcripts — events in, actions out — that read
+//! as a story (`engine/transcripts/`).
+//!
+//! One step is two calls: [`SyncEngine::handle`] takes the event and returns what it changes in
+//! the outbox; the driver applies those writes, reads a fresh snapshot, and
+//! [`SyncEngine::poll`] decides what comes next. `sync::driver::step` is that loop body, shared
+//! by the async driver, the tests and the benchmarks.
 //!
 //! # When things are sent
 //!
@@ -20,22 +28,28 @@
 //!
 //! # Failures
 //!
-//! A transient failure is retried within the wake-up after 1 s, 2 s, 4 s (with jitter, or later
-//! if the server said `Retry-After`), then the batch waits for its tier's next slot — unless the
-//! app asks for the tier (`sync_now`, `flush`), which sends it at once (never before a server's
-//! `Retry-After`). The outbox keeps the schedule, so a timer is always armed: a failure never
-//! leaves the queue waiting for the next local write. No attempt count ever drops an item; only a per-item rejection by the
-//! server moves one to the dead-letter lane, and the rest keeps flowing.
+//! A retryable failure is retried within the wake-up after 1 s, 2 s, 4 s (the one
+//! [`RetrySchedule`], with jitter, or later if the server said `Retry-After`), then the batch
+//! waits for its tier's next slot — unless the app asks for the tier (`sync_now`, `flush`),
+//! which sends it at once (never before a server's `Retry-After`). The outbox keeps the
+//! schedule, so a timer is always armed: a failure never leaves the queue waiting for the next
+//! local write. No attempt count ever drops an item; only a per-item rejection by the server
+//! moves one to the dead-letter lane, and the rest keeps flowing.
+//!
+//! The outbox is the truth: should a write the engine asked for fail (a full disk), the items
+//! stay in flight in the database while the engine has nothing in flight. The next poll sees
+//! that in the snapshot and releases them, so a failed write delays items but never strands
+//! them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use kryonix_protocol::wire::{ItemOutcome, PushResponse};
 use kryonix_protocol::{DeviceClass, NetworkClass, NetworkProfile, Tier};
 
-use crate::clock::{Clock, Millis, duration_ms};
-use crate::outbox::{ItemId, Outbox, OutboxError, OutboxItem, RetrySchedule, TierSet};
-use std::sync::Arc;
+use super::retry::RetrySchedule;
+use crate::clock::{Millis, duration_ms};
+use crate::outbox::{ItemId, OutboxStats, Rejection, TierSet, Write};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -59,13 +73,10 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            max_batch: 100,
+            max_batch: kryonix_protocol::wire::MAX_PUSH_ITEMS,
             pressure_threshold: 1_000,
             retries_per_attempt: 3,
-            retry: RetrySchedule {
-                max_delay: Duration::from_secs(60),
-                ..RetrySchedule::default()
-            },
+            retry: RetrySchedule::default(),
             watchdog_slots: 3,
             pull_limit: 500,
             pull: true,
@@ -77,7 +88,7 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureKind {
     /// Network error, timeout, 5xx, 429: try again (not before `retry_after`, if given).
-    Transient { retry_after: Option<Duration> },
+    Retryable { retry_after: Option<Duration> },
     /// The credentials were refused even after a refresh. Items wait; the app must sign in.
     Unauthorized,
     /// The batch as a whole is too large for the server: send smaller batches.
@@ -97,6 +108,8 @@ pub enum Event {
     SyncRequested(TierSet),
     /// The server answered the push in flight.
     PushAnswered {
+        /// The ids the driver sent: an answer about any other id is ignored.
+        sent: Vec<ItemId>,
         response: PushResponse,
         elapsed: Duration,
         /// Request body bytes on the wire.
@@ -104,6 +117,12 @@ pub enum Event {
         /// Request body bytes before compression.
         raw_bytes: u64,
     },
+    /// The batch asked for by [`Action::Push`] was empty when the driver took it (the app
+    /// cancelled its items meanwhile); nothing was sent.
+    NothingToPush,
+    /// The driver did not send the batch asked for: an OS background window is closing. The
+    /// wake-up ends; its tiers keep their place and go at the next one.
+    PushAbandoned,
     /// The pull in flight was answered and applied; `has_more` asks for the next page.
     PullAnswered {
         has_more: bool,
@@ -118,21 +137,20 @@ pub enum Event {
 /// What the driver should do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Upload these items in one push request.
-    Push(Vec<OutboxItem>),
-    /// Fetch downstream changes after the stored cursor.
+    /// Take the tier's next batch (at most `limit` items) from the outbox and upload it in one
+    /// push request; answer with [`Event::PushAnswered`], [`Event::RequestFailed`],
+    /// [`Event::NothingToPush`] or [`Event::PushAbandoned`].
+    Push { tier: Tier, limit: usize },
+    /// Fetch downstream changes after the stored cursor; answer with [`Event::PullAnswered`] or
+    /// [`Event::RequestFailed`].
     Pull { limit: usize },
-    /// Nothing to do before this time (an `Event::Tick` is expected then). `None`: no timer is
-    /// needed — nothing is waiting, or the device is offline.
+    /// Change the outbox; carried out in order, before the next [`SyncEngine::poll`].
+    Outbox(Write),
+    /// Nothing to do before this time (an [`Event::Tick`] is expected then). `None`: no timer
+    /// is needed — nothing is waiting, or the device is offline.
     SleepUntil(Option<Millis>),
     /// The status changed; tell the observer.
     Status(SyncStatus),
-    /// The server rejected an item for good; it is in the dead-letter lane.
-    DeadLettered {
-        id: ItemId,
-        code: String,
-        reason: String,
-    },
 }
 
 /// Per-tier figures for the observer.
@@ -178,17 +196,15 @@ struct TierState {
     last_watch: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InFlight {
-    Push { ids: Vec<ItemId>, tiers: TierSet },
+    Push(Tier),
     Pull,
 }
 
 /// The sans-I/O sync state machine. See the module docs.
 #[derive(Debug)]
 pub struct SyncEngine {
-    outbox: Outbox,
-    clock: Arc<dyn Clock>,
     config: EngineConfig,
     network: NetworkProfile,
     device: DeviceClass,
@@ -196,6 +212,8 @@ pub struct SyncEngine {
     in_flight: Option<InFlight>,
     /// Tiers being sent in the current wake-up; `None` between wake-ups.
     wake: Option<TierSet>,
+    /// A wake-up should start at the next poll (back online, or the app asked).
+    wake_requested: bool,
     pull_pending: bool,
     requested: TierSet,
     /// A server's `Retry-After` applies to every request until it passes.
@@ -212,11 +230,9 @@ pub struct SyncEngine {
     last_emitted: Option<SyncStatus>,
 }
 
-type Result<T> = std::result::Result<T, OutboxError>;
-
 impl SyncEngine {
-    pub fn new(outbox: Outbox, clock: Arc<dyn Clock>, config: EngineConfig) -> Self {
-        let now = clock.now_ms();
+    /// A new engine, offline, every tier's first slot at `now`.
+    pub fn new(config: EngineConfig, now: Millis) -> Self {
         let tiers = Tier::ALL
             .into_iter()
             .map(|t| {
@@ -232,14 +248,13 @@ impl SyncEngine {
             .collect();
         let batch_size = config.max_batch;
         Self {
-            outbox,
-            clock,
             config,
             network: NetworkProfile::OFFLINE,
             device: DeviceClass::Phone,
             tiers,
             in_flight: None,
             wake: None,
+            wake_requested: false,
             pull_pending: false,
             requested: TierSet::NONE,
             not_before: 0,
@@ -250,6 +265,10 @@ impl SyncEngine {
             status: SyncStatus::default(),
             last_emitted: None,
         }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     pub fn network(&self) -> NetworkProfile {
@@ -264,10 +283,9 @@ impl SyncEngine {
         self.batch_size
     }
 
-    /// The current status snapshot (also emitted as [`Action::Status`] when it changes).
-    pub fn status(&mut self) -> Result<SyncStatus> {
-        self.refresh_status()?;
-        Ok(self.status.clone())
+    /// The status as of the last poll (also emitted as [`Action::Status`] when it changes).
+    pub fn status(&self) -> &SyncStatus {
+        &self.status
     }
 
     /// Whether a request is out and not yet answered.
@@ -275,61 +293,56 @@ impl SyncEngine {
         self.in_flight.is_some()
     }
 
-    /// No wake-up in progress and nothing in flight: what `sync_now` waits for.
+    /// No wake-up in progress or about to start, and nothing in flight: what `sync_now` waits
+    /// for.
     pub fn is_idle(&self) -> bool {
-        self.wake.is_none() && self.in_flight.is_none()
+        self.wake.is_none() && self.in_flight.is_none() && !self.wake_requested
     }
 
-    /// Ends the current wake-up without sending what was handed out (an OS background window is
-    /// closing). The batch goes back to `pending` with no attempt counted; its tiers keep their
-    /// place and go at the next wake-up.
-    pub fn abandon(&mut self) -> Result<()> {
-        if let Some(InFlight::Push { ids, .. }) = self.in_flight.take() {
-            self.outbox.release(&ids)?;
-        }
-        self.in_flight = None;
-        if let Some(wake) = self.wake {
-            let now = self.clock.now_ms();
-            self.end_wake(now, wake);
-        }
-        Ok(())
-    }
-
-    /// Feeds one event; returns what to do next.
-    pub fn handle(&mut self, event: Event) -> Result<Vec<Action>> {
-        let now = self.clock.now_ms();
+    /// Takes one event. Returns the outbox writes it implies (to be applied, in order, before
+    /// the next [`poll`](Self::poll)); decisions about what to send wait for that poll.
+    pub fn handle(&mut self, now: Millis, event: Event) -> Vec<Action> {
         let mut actions = Vec::new();
         match event {
-            Event::Tick => {}
+            Event::Tick | Event::Enqueued(_) => {}
             Event::NetworkChanged(network) => {
                 let was_online = self.online();
                 self.network = network;
                 self.batch_size = self.initial_batch_size();
-                if !was_online && self.online() {
-                    // Back online: drain what piled up, starting now.
-                    self.start_wake(now, TierSet::NONE)?;
-                }
+                // Back online: drain what piled up, starting now.
+                self.wake_requested |= !was_online && self.online();
             }
             Event::DeviceChanged(device) => self.device = device,
-            Event::Enqueued(_) => {}
             Event::SyncRequested(tiers) => {
                 self.requested = tiers_union(self.requested, tiers);
                 if self.online() {
                     // The app asked for these tiers now: items waiting out a backoff or their
                     // tier's next slot go in this wake-up. A server's Retry-After still holds
                     // (`not_before`).
-                    self.outbox.make_due(tiers)?;
-                    self.start_wake(now, tiers)?;
+                    actions.push(Action::Outbox(Write::MakeDue(tiers)));
+                    self.wake_requested = true;
                 }
             }
             Event::PushAnswered {
+                sent,
                 response,
                 elapsed,
                 bytes,
                 raw_bytes,
             } => {
                 self.status.bytes_raw += raw_bytes;
-                self.on_push_answered(now, response, elapsed, bytes, &mut actions)?;
+                self.on_push_answered(now, &sent, response, elapsed, bytes, &mut actions);
+            }
+            Event::NothingToPush => {
+                if matches!(self.in_flight, Some(InFlight::Push(_))) {
+                    self.in_flight = None;
+                }
+            }
+            Event::PushAbandoned => {
+                self.in_flight = None;
+                if let Some(wake) = self.wake {
+                    self.end_wake(now, wake);
+                }
             }
             Event::PullAnswered { has_more } => {
                 if self.in_flight == Some(InFlight::Pull) {
@@ -337,10 +350,101 @@ impl SyncEngine {
                     self.pull_pending = has_more;
                 }
             }
-            Event::RequestFailed { kind, error } => self.on_failure(now, kind, error)?,
+            Event::RequestFailed { kind, error } => {
+                self.on_failure(now, kind, error, &mut actions);
+            }
         }
-        self.step(now, &mut actions)?;
-        Ok(actions)
+        actions
+    }
+
+    /// Decides what comes next from a fresh snapshot of the outbox: start a due wake-up, send
+    /// the next request, or say how long to sleep; and the status, when it changed.
+    pub fn poll(&mut self, now: Millis, outbox: &OutboxStats) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if std::mem::take(&mut self.wake_requested) {
+            self.start_wake(now, outbox);
+        }
+        self.watchdog(now, outbox);
+        // While orphans are being released the snapshot is stale: decide at the next step.
+        let recovering = self.recover_orphans(outbox, &mut actions);
+        if self.in_flight.is_none() && now >= self.not_before && !recovering {
+            if self.wake.is_none() && self.next_wake(outbox).is_some_and(|at| at <= now) {
+                self.start_wake(now, outbox);
+            }
+            if let Some(wake) = self.wake {
+                self.send_next(now, wake, outbox, &mut actions);
+            }
+        }
+        if self.in_flight.is_none() {
+            let at = match self.wake {
+                // Inside a wake-up, the next event is a retry coming due — or, with nothing
+                // left to retry, the end of a server's Retry-After, when the wake-up can end.
+                // Without that timer a wake-up whose last request (a pull) was refused would
+                // stay open with no timer, and `sync_now` would never return.
+                Some(wake) => earliest_head(outbox, self.sendable(wake))
+                    .or((self.not_before > now).then_some(self.not_before)),
+                None => self.next_wake(outbox),
+            };
+            // Released orphans are due at once; look again shortly rather than never.
+            let at = if recovering {
+                Some(at.map_or(now, |at| at.min(now)))
+            } else {
+                at
+            };
+            actions.push(Action::SleepUntil(at.map(|at| at.max(self.not_before))));
+        }
+        self.refresh_status(outbox);
+        if self.last_emitted.as_ref() != Some(&self.status) {
+            self.last_emitted = Some(self.status.clone());
+            actions.push(Action::Status(self.status.clone()));
+        }
+        actions
+    }
+
+    /// In a wake-up with nothing in flight: push the highest ready tier, else pull, else end
+    /// the wake-up unless a retry is coming due.
+    fn send_next(
+        &mut self,
+        now: Millis,
+        wake: TierSet,
+        outbox: &OutboxStats,
+        actions: &mut Vec<Action>,
+    ) {
+        // One tier per batch, highest first: the server decides back-pressure by the least
+        // important tier of a batch, so a tier-1 item sharing a batch with tier-2 items would be
+        // refused with them.
+        let ready = self.sendable(wake).iter().find(|tier| {
+            let t = outbox.tier(*tier);
+            t.in_flight == 0 && t.next_attempt_at.is_some_and(|at| at <= now)
+        });
+        if let Some(tier) = ready {
+            self.in_flight = Some(InFlight::Push(tier));
+            actions.push(Action::Push {
+                tier,
+                limit: self.batch_size,
+            });
+        } else if self.pull_pending {
+            self.in_flight = Some(InFlight::Pull);
+            actions.push(Action::Pull {
+                limit: self.config.pull_limit,
+            });
+        } else if !self.retry_pending(now, wake, outbox) {
+            self.end_wake(now, wake);
+        }
+    }
+
+    /// Releases items the snapshot shows in flight in a tier the engine has no batch out for:
+    /// a settle or reschedule that failed to write left them there. Returns whether any were.
+    fn recover_orphans(&mut self, outbox: &OutboxStats, actions: &mut Vec<Action>) -> bool {
+        let mut any = false;
+        for tier in Tier::ALL {
+            if outbox.tier(tier).in_flight > 0 && self.in_flight != Some(InFlight::Push(tier)) {
+                tracing::warn!(%tier, "sync: items left in flight by a failed write are released");
+                actions.push(Action::Outbox(Write::Release { tier }));
+                any = true;
+            }
+        }
+        any
     }
 
     fn online(&self) -> bool {
@@ -360,27 +464,27 @@ impl SyncEngine {
     }
 
     /// Tiers the network lets out now.
-    fn allowed(&self) -> Result<TierSet> {
+    fn allowed(&self, outbox: &OutboxStats) -> TierSet {
         if !self.online() {
-            return Ok(TierSet::NONE);
+            return TierSet::NONE;
         }
         if !self.slow() {
-            return Ok(TierSet::ALL);
+            return TierSet::ALL;
         }
         let mut set = TierSet::of(&[Tier::Critical, Tier::Preferences]);
-        let pressure = self.outbox.stats()?.depth() >= self.config.pressure_threshold;
+        let pressure = outbox.depth() >= self.config.pressure_threshold;
         for tier in [Tier::Application, Tier::Background] {
             if pressure || self.requested.contains(tier) {
                 set = set.with(tier);
             }
         }
-        Ok(set)
+        set
     }
 
-    fn start_wake(&mut self, now: Millis, _reason: TierSet) -> Result<()> {
-        let allowed = self.allowed()?;
+    fn start_wake(&mut self, now: Millis, outbox: &OutboxStats) {
+        let allowed = self.allowed(outbox);
         if allowed.is_empty() {
-            return Ok(());
+            return;
         }
         let wake = tiers_union(self.wake.unwrap_or(TierSet::NONE), allowed);
         if self.wake.is_none() {
@@ -393,117 +497,38 @@ impl SyncEngine {
             tracing::debug!(now, "sync: wake-up");
         }
         self.wake = Some(wake);
-        Ok(())
     }
 
     /// When the next wake-up is due: the earliest time an allowed tier has a due head and its
     /// slot has come. `None` when nothing waits.
-    fn next_wake(&self) -> Result<Option<Millis>> {
-        let allowed = self.allowed()?;
-        let stats = self.outbox.stats()?;
-        let mut next: Option<Millis> = None;
-        for tier in allowed.iter() {
-            let Some(head) = stats.tier(tier).next_attempt_at else {
-                continue;
-            };
-            let slot = self.tiers.get(&tier).map_or(0, |s| s.next_slot);
-            let at = head.max(slot).max(self.not_before);
-            next = Some(next.map_or(at, |n: Millis| n.min(at)));
-        }
-        Ok(next)
-    }
-
-    /// Advances: start a due wake-up, send the next request, or say how long to sleep.
-    fn step(&mut self, now: Millis, actions: &mut Vec<Action>) -> Result<()> {
-        self.watchdog(now)?;
-        if self.in_flight.is_none() && now >= self.not_before {
-            if self.wake.is_none() {
-                if let Some(at) = self.next_wake()? {
-                    if at <= now {
-                        self.start_wake(now, TierSet::NONE)?;
-                    }
-                }
-            }
-            if let Some(wake) = self.wake {
-                // One tier per batch, highest first: the server decides back-pressure by the
-                // least important tier of a batch, so a tier-1 item sharing a batch with tier-2
-                // items would be refused with them.
-                let mut batch = Vec::new();
-                for tier in self.sendable(wake).iter() {
-                    batch = self
-                        .outbox
-                        .next_batch(self.batch_size, TierSet::of(&[tier]))?;
-                    if !batch.is_empty() {
-                        break;
-                    }
-                }
-                if !batch.is_empty() {
-                    let ids: Vec<ItemId> = batch.iter().map(|i| i.id).collect();
-                    let tiers = TierSet::of(&batch.iter().map(|i| i.tier).collect::<Vec<_>>());
-                    self.in_flight = Some(InFlight::Push { ids, tiers });
-                    actions.push(Action::Push(batch));
-                } else if self.pull_pending {
-                    self.in_flight = Some(InFlight::Pull);
-                    actions.push(Action::Pull {
-                        limit: self.config.pull_limit,
-                    });
-                } else if !self.retry_pending(wake)? {
-                    self.end_wake(now, wake);
-                }
-            }
-        }
-        if self.in_flight.is_none() {
-            let at = match self.wake {
-                // Inside a wake-up, the next event is a retry coming due — or, with nothing
-                // left to retry, the end of a server's Retry-After, when the wake-up can end.
-                // Without that timer a wake-up whose last request (a pull) was refused would
-                // stay open with no timer, and `sync_now` would never return.
-                Some(wake) => self
-                    .earliest_head(self.sendable(wake))?
-                    .or((self.not_before > now).then_some(self.not_before)),
-                None => self.next_wake()?,
-            };
-            actions.push(Action::SleepUntil(at.map(|at| at.max(self.not_before))));
-        }
-        self.refresh_status()?;
-        if self.last_emitted.as_ref() != Some(&self.status) {
-            self.last_emitted = Some(self.status.clone());
-            actions.push(Action::Status(self.status.clone()));
-        }
-        Ok(())
+    fn next_wake(&self, outbox: &OutboxStats) -> Option<Millis> {
+        self.allowed(outbox)
+            .iter()
+            .filter_map(|tier| {
+                let head = outbox.tier(tier).next_attempt_at?;
+                let slot = self.tiers.get(&tier).map_or(0, |s| s.next_slot);
+                Some(head.max(slot).max(self.not_before))
+            })
+            .min()
     }
 
     /// Tiers of the wake-up that still have in-call retries left.
     fn sendable(&self, wake: TierSet) -> TierSet {
-        let mut set = TierSet::NONE;
-        for tier in wake.iter() {
-            if self
-                .tiers
-                .get(&tier)
-                .is_some_and(|s| s.call_retries <= self.config.retries_per_attempt)
-            {
-                set = set.with(tier);
-            }
-        }
-        set
-    }
-
-    fn earliest_head(&self, tiers: TierSet) -> Result<Option<Millis>> {
-        let stats = self.outbox.stats()?;
-        Ok(tiers
-            .iter()
-            .filter_map(|t| stats.tier(t).next_attempt_at)
-            .min())
+        wake.iter()
+            .filter(|tier| {
+                self.tiers
+                    .get(tier)
+                    .is_some_and(|s| s.call_retries <= self.config.retries_per_attempt)
+            })
+            .fold(TierSet::NONE, TierSet::with)
     }
 
     /// Whether a tier of the wake-up is waiting for an in-call retry.
-    fn retry_pending(&self, wake: TierSet) -> Result<bool> {
-        let now = self.clock.now_ms();
-        let stats = self.outbox.stats()?;
-        Ok(self.sendable(wake).iter().any(|t| {
+    fn retry_pending(&self, now: Millis, wake: TierSet, outbox: &OutboxStats) -> bool {
+        self.sendable(wake).iter().any(|t| {
             self.tiers.get(&t).is_some_and(|s| s.call_retries > 0)
-                && stats.tier(t).next_attempt_at.is_some_and(|at| at > now)
-        }))
+                && outbox.tier(t).next_attempt_at.is_some_and(|at| at > now)
+        })
     }
 
     fn end_wake(&mut self, now: Millis, wake: TierSet) {
@@ -522,60 +547,67 @@ impl SyncEngine {
     fn on_push_answered(
         &mut self,
         now: Millis,
+        sent: &[ItemId],
         response: PushResponse,
         elapsed: Duration,
         bytes: u64,
         actions: &mut Vec<Action>,
-    ) -> Result<()> {
-        let Some(InFlight::Push { ids, tiers }) = self.in_flight.take() else {
-            return Ok(());
+    ) {
+        let Some(InFlight::Push(tier)) = self.in_flight.take() else {
+            return;
         };
+        let sent: HashSet<&ItemId> = sent.iter().collect();
         let mut stored = Vec::new();
-        let mut answered = std::collections::HashSet::new();
+        let mut rejected = Vec::new();
+        let mut answered = 0;
         for result in response.results {
             let Ok(id) = result.id.parse::<ItemId>() else {
                 continue;
             };
-            if !ids.contains(&id) {
+            if !sent.contains(&id) {
                 continue;
             }
-            answered.insert(id);
+            answered += 1;
             match result.outcome {
                 ItemOutcome::Accepted | ItemOutcome::Duplicate => stored.push(id),
                 ItemOutcome::Rejected { code, reason } => {
-                    self.outbox.reject(id, &code, &reason)?;
-                    actions.push(Action::DeadLettered { id, code, reason });
+                    rejected.push(Rejection { id, code, reason });
                 }
             }
         }
-        self.outbox.ack(&stored)?;
-        // An item the server did not mention was not stored: it goes again, in order.
-        let unanswered: Vec<ItemId> = ids
-            .iter()
-            .filter(|id| !answered.contains(id))
-            .copied()
-            .collect();
-        if !unanswered.is_empty() {
-            tracing::warn!(
-                count = unanswered.len(),
-                "sync: push answer omitted items; they will be sent again"
-            );
-            self.outbox.release(&unanswered)?;
-        }
         self.status.items_sent += stored.len() as u64;
         self.status.bytes_sent += bytes;
-        self.status.last_error = None;
         self.status.unauthorized = false;
-        for tier in tiers.iter() {
+        let omitted = sent.len() - answered;
+        let retry_at = if omitted > 0 {
+            // The server did not take them: a retryable failure for those items, on the same
+            // schedule (resending at once would spin against a server that keeps omitting).
+            let error = format!("the server's answer omitted {omitted} items");
+            tracing::warn!(
+                omitted,
+                "sync: push answer omitted items; they will be sent again"
+            );
+            self.status.last_error = Some(error);
+            self.retry_time(now, tier)
+        } else {
+            self.status.last_error = None;
             if let Some(state) = self.tiers.get_mut(&tier) {
-                state.last_success_at = Some(now);
                 state.retries = 0;
                 state.call_retries = 0;
-                state.idle_slots = 0;
             }
+            now
+        };
+        actions.push(Action::Outbox(Write::Settle {
+            tier,
+            stored,
+            rejected,
+            retry_at,
+        }));
+        if let Some(state) = self.tiers.get_mut(&tier) {
+            state.last_success_at = Some(now);
+            state.idle_slots = 0;
         }
         self.adapt_batch_size(elapsed, bytes);
-        Ok(())
     }
 
     /// Sizes batches so one push takes about two seconds at the measured throughput.
@@ -592,57 +624,67 @@ impl SyncEngine {
         self.batch_size = fit.clamp(10.min(self.batch_cap), self.batch_cap);
     }
 
-    fn on_failure(&mut self, now: Millis, kind: FailureKind, error: String) -> Result<()> {
+    fn on_failure(
+        &mut self,
+        now: Millis,
+        kind: FailureKind,
+        error: String,
+        actions: &mut Vec<Action>,
+    ) {
         let Some(in_flight) = self.in_flight.take() else {
-            return Ok(());
+            return;
         };
         self.status.last_error = Some(error.clone());
-        let InFlight::Push { ids, tiers } = in_flight else {
+        let retry_after = match &kind {
+            FailureKind::Retryable { retry_after } => *retry_after,
+            _ => None,
+        };
+        if let Some(after) = retry_after {
+            self.not_before = self.not_before.max(now + duration_ms(after));
+        }
+        let InFlight::Push(tier) = in_flight else {
             // A failed pull is tried again at the next wake-up.
             self.pull_pending = false;
-            if let FailureKind::Transient {
-                retry_after: Some(after),
-            } = kind
-            {
-                self.not_before = self.not_before.max(now + duration_ms(after));
-            }
-            return Ok(());
+            return;
         };
-        match kind {
+        let write = match kind {
             FailureKind::TooLarge => {
                 self.batch_size = (self.batch_size / 2).max(1);
                 self.batch_cap = self.batch_size;
-                self.outbox.release(&ids)?;
+                Write::Release { tier }
             }
             FailureKind::Unauthorized => {
                 self.status.unauthorized = true;
-                let slot = self.slot_after(now, tiers);
-                self.outbox.reschedule(&ids, slot, &error)?;
                 self.wake = None;
-            }
-            FailureKind::Transient { retry_after } => {
-                if let Some(after) = retry_after {
-                    self.not_before = self.not_before.max(now + duration_ms(after));
+                Write::Reschedule {
+                    tier,
+                    at: self.slot_after(now, tier),
+                    error,
                 }
-                let mut call_retries = 0;
-                for tier in tiers.iter() {
-                    if let Some(state) = self.tiers.get_mut(&tier) {
-                        state.retries += 1;
-                        state.call_retries += 1;
-                        call_retries = call_retries.max(state.call_retries);
-                    }
-                }
-                let at = if call_retries <= self.config.retries_per_attempt {
-                    let delay = self.config.retry.delay(call_retries);
-                    (now + duration_ms(delay)).max(self.not_before)
-                } else {
-                    // Retries spent: wait for the tier's next slot, timer armed.
-                    self.slot_after(now, tiers).max(self.not_before)
-                };
-                self.outbox.reschedule(&ids, at, &error)?;
             }
-        }
-        Ok(())
+            FailureKind::Retryable { .. } => Write::Reschedule {
+                tier,
+                at: self.retry_time(now, tier),
+                error,
+            },
+        };
+        actions.push(Action::Outbox(write));
+    }
+
+    /// Counts a failed attempt of the tier and says when to try again: the retry schedule
+    /// within the wake-up, then the tier's next slot (never before a server's `Retry-After`).
+    fn retry_time(&mut self, now: Millis, tier: Tier) -> Millis {
+        let state = self.tiers.entry(tier).or_default();
+        state.retries += 1;
+        state.call_retries += 1;
+        let call_retries = state.call_retries;
+        let at = if call_retries <= self.config.retries_per_attempt {
+            now + duration_ms(self.config.retry.delay(call_retries))
+        } else {
+            // Retries spent: wait for the tier's next slot, timer armed.
+            self.slot_after(now, tier)
+        };
+        at.max(self.not_before)
     }
 
     /// The first slot of `tier` after `now`, in the rhythm of the current wake-up.
@@ -652,9 +694,8 @@ impl SyncEngine {
         start + ((now - start) / cadence + 1) * cadence
     }
 
-    /// The next slot of the highest of `tiers`; that tier waits until then.
-    fn slot_after(&mut self, now: Millis, tiers: TierSet) -> Millis {
-        let tier = tiers.iter().next().unwrap_or(Tier::Background);
+    /// The next slot of `tier`; the tier waits until then.
+    fn slot_after(&mut self, now: Millis, tier: Tier) -> Millis {
         let at = self.slot_from_wake(now, tier);
         if let Some(state) = self.tiers.get_mut(&tier) {
             state.next_slot = at;
@@ -663,12 +704,11 @@ impl SyncEngine {
     }
 
     /// Counts slots that pass without progress while online with items waiting.
-    fn watchdog(&mut self, now: Millis) -> Result<()> {
+    fn watchdog(&mut self, now: Millis, outbox: &OutboxStats) {
         let online = self.online();
-        let stats = self.outbox.stats()?;
         for (tier, state) in self.tiers.iter_mut() {
             let cadence = duration_ms(tier.cadence());
-            let waiting = stats.tier(*tier).depth > 0;
+            let waiting = outbox.tier(*tier).depth > 0;
             if !online || !waiting {
                 state.idle_slots = 0;
                 state.last_watch = now;
@@ -688,14 +728,12 @@ impl SyncEngine {
                 }
             }
         }
-        Ok(())
     }
 
-    fn refresh_status(&mut self) -> Result<()> {
-        let stats = self.outbox.stats()?;
+    fn refresh_status(&mut self, outbox: &OutboxStats) {
         self.status.online = self.online();
         for tier in Tier::ALL {
-            let s = stats.tier(tier);
+            let s = outbox.tier(tier);
             let state = self.tiers.get(&tier).cloned().unwrap_or_default();
             self.status.tiers.insert(
                 tier,
@@ -710,8 +748,15 @@ impl SyncEngine {
                 },
             );
         }
-        Ok(())
     }
+}
+
+/// The earliest time the head of one of `tiers` is due.
+fn earliest_head(outbox: &OutboxStats, tiers: TierSet) -> Option<Millis> {
+    tiers
+        .iter()
+        .filter_map(|t| outbox.tier(t).next_attempt_at)
+        .min()
 }
 
 fn tiers_union(a: TierSet, b: TierSet) -> TierSet {

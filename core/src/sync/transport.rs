@@ -56,9 +56,9 @@ pub struct TransportError {
 }
 
 impl TransportError {
-    fn transient(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+    fn retryable(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
         Self {
-            kind: FailureKind::Transient { retry_after },
+            kind: FailureKind::Retryable { retry_after },
             message: message.into(),
         }
     }
@@ -118,7 +118,7 @@ impl HttpTransport {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| TransportError {
-                kind: FailureKind::Transient { retry_after: None },
+                kind: FailureKind::Retryable { retry_after: None },
                 message: format!("cannot build the HTTP client: {e}"),
             })?;
         Ok(Self {
@@ -171,7 +171,7 @@ impl HttpTransport {
             }
             let response =
                 request.headers(headers).send().await.map_err(|e| {
-                    TransportError::transient(format!("{} {path}: {e}", method), None)
+                    TransportError::retryable(format!("{} {path}: {e}", method), None)
                 })?;
             let status = response.status();
             let retry_after = retry_after(response.headers());
@@ -182,10 +182,10 @@ impl HttpTransport {
             let bytes = response
                 .bytes()
                 .await
-                .map_err(|e| TransportError::transient(format!("reading the answer: {e}"), None))?;
+                .map_err(|e| TransportError::retryable(format!("reading the answer: {e}"), None))?;
             let bytes = if gzipped {
                 codec::decode(Encoding::Gzip, &bytes, MAX_RESPONSE_BYTES).map_err(|e| {
-                    TransportError::transient(format!("undecodable answer: {e}"), None)
+                    TransportError::retryable(format!("undecodable answer: {e}"), None)
                 })?
             } else {
                 bytes.to_vec()
@@ -212,7 +212,7 @@ impl HttpTransport {
                 StatusCode::PAYLOAD_TOO_LARGE => FailureKind::TooLarge,
                 // Everything else — 429, 5xx, and even a 4xx that should not happen — is retried
                 // later: an accepted item is never dropped because of one odd answer.
-                _ => FailureKind::Transient { retry_after },
+                _ => FailureKind::Retryable { retry_after },
             };
             return Err(TransportError { kind, message });
         }
@@ -246,7 +246,7 @@ fn encode_body(json: Vec<u8>, profile: DeviceProfile) -> (Vec<u8>, Encoding) {
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, TransportError> {
     serde_json::from_slice(bytes)
-        .map_err(|e| TransportError::transient(format!("unreadable answer: {e}"), None))
+        .map_err(|e| TransportError::retryable(format!("unreadable answer: {e}"), None))
 }
 
 impl Transport for HttpTransport {
@@ -259,7 +259,7 @@ impl Transport for HttpTransport {
             items: items.iter().map(push_item).collect(),
         };
         let json = serde_json::to_vec(&request)
-            .map_err(|e| TransportError::transient(format!("encoding the push: {e}"), None))?;
+            .map_err(|e| TransportError::retryable(format!("encoding the push: {e}"), None))?;
         let bytes_raw = json.len() as u64;
         let (body, encoding) = encode_body(json, profile);
         let bytes_sent = body.len() as u64;
@@ -301,7 +301,7 @@ impl Transport for HttpTransport {
         let json = serde_json::to_vec(&MultiGetRequest {
             keys: keys.to_vec(),
         })
-        .map_err(|e| TransportError::transient(format!("encoding the request: {e}"), None))?;
+        .map_err(|e| TransportError::retryable(format!("encoding the request: {e}"), None))?;
         let path = format!("/v1/cache/{}/_mget", namespace.name());
         let answer = self
             .send(
@@ -455,7 +455,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_server_is_transient() {
+    async fn an_unreachable_server_is_retryable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
@@ -466,7 +466,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(err.kind, FailureKind::Transient { retry_after: None }),
+            matches!(err.kind, FailureKind::Retryable { retry_after: None }),
             "{err:?}"
         );
     }

@@ -183,8 +183,8 @@ final class KryonixSyncTests: XCTestCase {
         let path = dir.appendingPathComponent("corrupt.db").path
         try noise(8192, seed: 1).write(to: URL(fileURLWithPath: path))
         let error = await kryonixError { try self.open(self.config(path: path)) }
-        guard case .Storage(_, let transient) = error else { return XCTFail("\(String(describing: error))") }
-        XCTAssertFalse(transient)
+        guard case .Storage(_, let retryable) = error else { return XCTFail("\(String(describing: error))") }
+        XCTAssertFalse(retryable)
     }
 
     func testClosed() async throws {

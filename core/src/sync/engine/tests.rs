@@ -1,12 +1,21 @@
-use std::collections::VecDeque;
+//! Engine tests. A small synchronous driver ([`Sim`]) runs the engine with [`step`] against a
+//! real outbox on a temp file, a scripted server and a manual clock, and records every event and
+//! the actions it produced. Behaviour tests assert on the outcome; transcript tests pin the
+//! whole conversation in `transcripts/` (insta), so a change in what the engine decides shows up
+//! as a readable diff.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 
 use kryonix_protocol::wire::{Op, PushResult};
 use kryonix_protocol::{Namespace, TenantId};
 
 use super::*;
-use crate::clock::ManualClock;
-use crate::outbox::OutboxConfig;
+use crate::clock::{Clock, ManualClock};
+use crate::outbox::{Outbox, OutboxConfig, OutboxItem};
 use crate::store::{Store, StoreOptions};
+use crate::sync::driver::step;
+use std::sync::Arc;
 
 const WIFI: NetworkProfile = NetworkProfile::WIFI;
 const SLOW: NetworkProfile = NetworkProfile {
@@ -21,6 +30,7 @@ type Server =
 struct Sim {
     _dir: tempfile::TempDir,
     clock: ManualClock,
+    start: Millis,
     outbox: Outbox,
     engine: SyncEngine,
     server: Server,
@@ -31,6 +41,10 @@ struct Sim {
     sleep: Option<Millis>,
     /// How the next pull fails, if it should (taken once).
     pull_failure: Option<FailureKind>,
+    /// Short names of items for the transcript ("t1.0" is the first item of tier 1).
+    labels: HashMap<ItemId, String>,
+    enqueued_per_tier: HashMap<Tier, usize>,
+    transcript: String,
 }
 
 fn accept_all() -> Server {
@@ -47,12 +61,12 @@ fn accept_all() -> Server {
     })
 }
 
-/// Answers the first push with a transient failure carrying `Retry-After`, then accepts all.
+/// Answers the first push with a retryable failure carrying `Retry-After`, then accepts all.
 fn refuse_once_with_retry_after(after: Duration) -> Server {
     let mut first = true;
     Box::new(move |items, now| {
         if std::mem::take(&mut first) {
-            return Err(FailureKind::Transient {
+            return Err(FailureKind::Retryable {
                 retry_after: Some(after),
             });
         }
@@ -65,16 +79,17 @@ impl Sim {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(1_000_000);
         let store = Arc::new(Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap());
-        let mut oc = OutboxConfig::new(TenantId::new("acme").unwrap());
-        oc.retry.jitter = false;
+        let oc = OutboxConfig::new(TenantId::new("acme").unwrap());
         let outbox = Outbox::open(store, Arc::new(clock.clone()), oc).unwrap();
         let mut config = config;
         config.retry.jitter = false;
         config.pull = false;
-        let engine = SyncEngine::new(outbox.clone(), Arc::new(clock.clone()), config);
+        let start = clock.now_ms();
+        let engine = SyncEngine::new(config, start);
         Self {
             _dir: dir,
             clock,
+            start,
             outbox,
             engine,
             server: accept_all(),
@@ -83,14 +98,22 @@ impl Sim {
             queue: VecDeque::new(),
             sleep: None,
             pull_failure: None,
+            labels: HashMap::new(),
+            enqueued_per_tier: HashMap::new(),
+            transcript: String::new(),
         }
     }
 
     fn enqueue(&mut self, tier: Tier, n: usize) {
-        for i in 0..n {
-            self.outbox
-                .enqueue(Namespace::UserCache, &format!("k{i}"), Op::Put, b"v", tier)
+        for _ in 0..n {
+            let count = self.enqueued_per_tier.entry(tier).or_default();
+            let label = format!("t{}.{count}", tier.number());
+            *count += 1;
+            let id = self
+                .outbox
+                .enqueue(Namespace::UserCache, &label, Op::Put, b"v", tier)
                 .unwrap();
+            self.labels.insert(id, label);
         }
         self.queue.push_back(Event::Enqueued(tier));
     }
@@ -102,24 +125,16 @@ impl Sim {
 
     fn drain_events(&mut self) {
         while let Some(event) = self.queue.pop_front() {
-            for action in self.engine.handle(event).unwrap() {
+            let now = self.clock.now_ms();
+            let line = self.describe_event(&event);
+            let step = step(&mut self.engine, &self.outbox, now, event).unwrap();
+            self.record(now, &line, &step);
+            self.dead.extend(step.dead_lettered.iter().map(|r| r.id));
+            for action in step.actions {
                 match action {
-                    Action::Push(items) => {
-                        let now = self.clock.now_ms();
-                        self.pushes
-                            .push((now, items.iter().map(|i| i.tier).collect()));
-                        let event = match (self.server)(&items, now) {
-                            Ok(response) => Event::PushAnswered {
-                                response,
-                                elapsed: Duration::from_millis(50),
-                                bytes: 100 * items.len() as u64,
-                                raw_bytes: 300 * items.len() as u64,
-                            },
-                            Err(kind) => Event::RequestFailed {
-                                kind,
-                                error: "fault".into(),
-                            },
-                        };
+                    Action::Push { tier, limit } => {
+                        let items = self.outbox.next_batch(limit, TierSet::of(&[tier])).unwrap();
+                        let event = self.answer(&items, now);
                         self.queue.push_back(event);
                     }
                     Action::Pull { .. } => {
@@ -133,10 +148,31 @@ impl Sim {
                         self.queue.push_back(event);
                     }
                     Action::SleepUntil(at) => self.sleep = at,
-                    Action::Status(_) => {}
-                    Action::DeadLettered { id, .. } => self.dead.push(id),
+                    Action::Status(_) | Action::Outbox(_) => {}
                 }
             }
+        }
+    }
+
+    /// What the scripted server makes of one batch.
+    fn answer(&mut self, items: &[OutboxItem], now: Millis) -> Event {
+        if items.is_empty() {
+            return Event::NothingToPush;
+        }
+        self.pushes
+            .push((now, items.iter().map(|i| i.tier).collect()));
+        match (self.server)(items, now) {
+            Ok(response) => Event::PushAnswered {
+                sent: items.iter().map(|i| i.id).collect(),
+                response,
+                elapsed: Duration::from_millis(50),
+                bytes: 100 * items.len() as u64,
+                raw_bytes: 300 * items.len() as u64,
+            },
+            Err(kind) => Event::RequestFailed {
+                kind,
+                error: "fault".into(),
+            },
         }
     }
 
@@ -158,6 +194,124 @@ impl Sim {
     fn depth(&self) -> u64 {
         self.outbox.stats().unwrap().depth()
     }
+
+    fn label(&self, id: &ItemId) -> String {
+        self.labels.get(id).cloned().unwrap_or_else(|| "?".into())
+    }
+
+    fn labels_of(&self, ids: &[ItemId]) -> String {
+        let names: Vec<String> = ids.iter().map(|id| self.label(id)).collect();
+        names.join(" ")
+    }
+
+    fn at(&self, t: Millis) -> String {
+        format!("{:>9.3}s", (t - self.start) as f64 / 1000.0)
+    }
+
+    fn describe_event(&self, event: &Event) -> String {
+        match event {
+            Event::Tick => "tick".into(),
+            Event::NetworkChanged(n) => format!(
+                "network {:?}{}",
+                n.class,
+                if n.metered { " metered" } else { "" }
+            ),
+            Event::DeviceChanged(d) => format!("device {d:?}"),
+            Event::Enqueued(t) => format!("app enqueued in t{}", t.number()),
+            Event::SyncRequested(tiers) => format!("app asks for {}", tier_list(*tiers)),
+            Event::PushAnswered { sent, response, .. } => {
+                let mut line = format!("push of {} answered:", self.labels_of(sent));
+                for r in &response.results {
+                    let id = r.id.parse().map(|id| self.label(&id)).unwrap_or_default();
+                    let outcome = match &r.outcome {
+                        ItemOutcome::Accepted => "accepted".to_owned(),
+                        ItemOutcome::Duplicate => "duplicate".to_owned(),
+                        ItemOutcome::Rejected { code, .. } => format!("rejected ({code})"),
+                    };
+                    let _ = write!(line, " {id} {outcome};");
+                }
+                line
+            }
+            Event::NothingToPush => "nothing to push".into(),
+            Event::PushAbandoned => "push abandoned".into(),
+            Event::PullAnswered { has_more } => format!("pull answered, more: {has_more}"),
+            Event::RequestFailed { kind, .. } => {
+                format!("request failed: {}", describe_failure(kind))
+            }
+        }
+    }
+
+    fn record(&mut self, now: Millis, event: &str, step: &crate::sync::driver::Step) {
+        if matches!(event, "tick")
+            && step
+                .actions
+                .iter()
+                .all(|a| matches!(a, Action::SleepUntil(_)))
+        {
+            // A tick that only re-arms the timer says nothing new.
+            return;
+        }
+        let mut out = format!("{} <- {event}\n", self.at(now));
+        for rejection in &step.dead_lettered {
+            let _ = writeln!(
+                out,
+                "{:>11}  -> dead letter {} ({})",
+                "",
+                self.label(&rejection.id),
+                rejection.code
+            );
+        }
+        for action in &step.actions {
+            let text = match action {
+                Action::Push { tier, limit } => format!("push t{} (up to {limit})", tier.number()),
+                Action::Pull { limit } => format!("pull (up to {limit})"),
+                Action::SleepUntil(None) => "sleep".into(),
+                Action::SleepUntil(Some(at)) => format!("sleep until {}", self.at(*at).trim()),
+                Action::Status(s) => {
+                    let depth: Vec<String> =
+                        s.tiers.values().map(|t| t.depth.to_string()).collect();
+                    format!(
+                        "status: {}, depth {}, sent {}, wake-ups {}{}",
+                        if s.online { "online" } else { "offline" },
+                        depth.join("/"),
+                        s.items_sent,
+                        s.wakeups,
+                        if s.tiers.values().any(|t| t.stalled) {
+                            ", stalled"
+                        } else {
+                            ""
+                        }
+                    )
+                }
+                Action::Outbox(write) => format!("outbox {write:?}"),
+            };
+            let _ = writeln!(out, "{:>11}  -> {text}", "");
+        }
+        self.transcript.push_str(&out);
+    }
+}
+
+fn describe_failure(kind: &FailureKind) -> String {
+    match kind {
+        FailureKind::Retryable { retry_after: None } => "retryable".into(),
+        FailureKind::Retryable {
+            retry_after: Some(after),
+        } => format!("retryable, Retry-After {} s", after.as_secs()),
+        FailureKind::Unauthorized => "unauthorized".into(),
+        FailureKind::TooLarge => "too large".into(),
+    }
+}
+
+fn tier_list(tiers: TierSet) -> String {
+    let names: Vec<String> = tiers.iter().map(|t| format!("t{}", t.number())).collect();
+    names.join("+")
+}
+
+/// Pins a transcript under `transcripts/`.
+fn assert_transcript(name: &str, sim: &Sim) {
+    insta::with_settings!({ snapshot_path => "transcripts", prepend_module_to_snapshot => false, omit_expression => true }, {
+        insta::assert_snapshot!(name, sim.transcript);
+    });
 }
 
 #[test]
@@ -188,7 +342,7 @@ fn offline_sends_nothing_then_drains_tier_one_first() {
         "no lower tier before a higher one"
     );
     assert!(sim.pushes.iter().all(|(_, t)| t.len() <= 100));
-    assert_eq!(sim.engine.status().unwrap().wakeups, 1);
+    assert_eq!(sim.engine.status().wakeups, 1);
 }
 
 #[test]
@@ -247,7 +401,7 @@ fn tiers_ride_along_one_wakeup_per_minute() {
         t += 10_000;
     }
     sim.run_until(t0 + 3_600_000);
-    let wakeups = sim.engine.status().unwrap().wakeups;
+    let wakeups = sim.engine.status().wakeups;
     assert!(
         wakeups <= 61,
         "{wakeups} wake-ups in an hour; one timer per tier would be 77"
@@ -266,7 +420,7 @@ fn tiers_ride_along_one_wakeup_per_minute() {
 #[test]
 fn transient_failures_retry_three_times_then_wait_for_the_slot() {
     let mut sim = Sim::new(EngineConfig::default());
-    sim.server = Box::new(|_, _| Err(FailureKind::Transient { retry_after: None }));
+    sim.server = Box::new(|_, _| Err(FailureKind::Retryable { retry_after: None }));
     sim.enqueue(Tier::Critical, 1);
     sim.send(Event::NetworkChanged(WIFI));
     let t0 = sim.clock.now_ms();
@@ -283,7 +437,7 @@ fn transient_failures_retry_three_times_then_wait_for_the_slot() {
     assert_eq!(sim.pushes[4].0 - t0, 60_000);
     // Still there, never dropped.
     assert_eq!(sim.depth(), 1);
-    assert!(sim.engine.status().unwrap().tiers[&Tier::Critical].retries >= 5);
+    assert!(sim.engine.status().tiers[&Tier::Critical].retries >= 5);
 }
 
 #[test]
@@ -292,7 +446,7 @@ fn items_are_never_dropped_and_go_once_the_server_recovers() {
     let healthy_at = 1_000_000 + 3 * 3_600_000;
     sim.server = Box::new(move |items, now| {
         if now < healthy_at {
-            return Err(FailureKind::Transient { retry_after: None });
+            return Err(FailureKind::Retryable { retry_after: None });
         }
         accept_all()(items, now)
     });
@@ -331,7 +485,7 @@ fn rejected_items_are_dead_lettered_and_the_rest_flows() {
                 .iter()
                 .map(|i| PushResult {
                     id: i.id.to_string(),
-                    outcome: if i.key == "k1" {
+                    outcome: if i.key == "t1.1" {
                         ItemOutcome::Rejected {
                             code: "invalid_key".into(),
                             reason: "bad".into(),
@@ -348,10 +502,7 @@ fn rejected_items_are_dead_lettered_and_the_rest_flows() {
     assert_eq!(sim.dead.len(), 1);
     assert_eq!(sim.depth(), 0);
     assert_eq!(sim.outbox.dead_letters().unwrap().len(), 1);
-    assert_eq!(
-        sim.engine.status().unwrap().tiers[&Tier::Critical].dead_letters,
-        1
-    );
+    assert_eq!(sim.engine.status().tiers[&Tier::Critical].dead_letters, 1);
 }
 
 #[test]
@@ -372,21 +523,21 @@ fn too_large_halves_the_batch() {
 #[test]
 fn watchdog_reports_a_stalled_tier() {
     let mut sim = Sim::new(EngineConfig::default());
-    sim.server = Box::new(|_, _| Err(FailureKind::Transient { retry_after: None }));
+    sim.server = Box::new(|_, _| Err(FailureKind::Retryable { retry_after: None }));
     sim.send(Event::NetworkChanged(WIFI));
     sim.enqueue(Tier::Critical, 1);
     let t0 = sim.clock.now_ms();
     sim.run_until(t0 + 30_000);
-    assert!(!sim.engine.status().unwrap().tiers[&Tier::Critical].stalled);
+    assert!(!sim.engine.status().tiers[&Tier::Critical].stalled);
     sim.run_until(t0 + 5 * 60_000);
-    assert!(sim.engine.status().unwrap().tiers[&Tier::Critical].stalled);
+    assert!(sim.engine.status().tiers[&Tier::Critical].stalled);
 }
 
 #[test]
 fn a_pull_refused_with_retry_after_still_ends_the_wake_up() {
     let mut sim = Sim::new(EngineConfig::default());
     sim.engine.config.pull = true;
-    sim.pull_failure = Some(FailureKind::Transient {
+    sim.pull_failure = Some(FailureKind::Retryable {
         retry_after: Some(Duration::from_secs(5)),
     });
     sim.enqueue(Tier::Critical, 3);
@@ -407,7 +558,7 @@ fn a_batch_never_mixes_tiers() {
     // A server under back-pressure: a batch with anything below tier 1 is refused whole.
     sim.server = Box::new(|items, now| {
         if items.iter().any(|i| i.tier != Tier::Critical) {
-            return Err(FailureKind::Transient {
+            return Err(FailureKind::Retryable {
                 retry_after: Some(Duration::from_secs(5)),
             });
         }
@@ -436,7 +587,7 @@ fn an_app_request_sends_what_waits_for_the_next_slot() {
     let t0 = sim.clock.now_ms();
     sim.server = Box::new(move |items, now| {
         if now < t0 + 10_000 {
-            return Err(FailureKind::Transient { retry_after: None });
+            return Err(FailureKind::Retryable { retry_after: None });
         }
         accept_all()(items, now)
     });
@@ -472,4 +623,221 @@ fn an_app_request_does_not_jump_a_retry_after() {
     sim.run_until(t0 + 40_000);
     assert_eq!(sim.depth(), 0);
     assert!(sim.pushes[1].0 - t0 >= 30_000);
+}
+
+#[test]
+fn the_retry_schedule_backs_off_and_never_drops_an_item() {
+    // The one retry policy of the device, end to end through the outbox: 1 s, 2 s, 4 s in the
+    // wake-up, then the tier's slot, for as long as it takes, attempts counted on the item.
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.server = Box::new(|_, _| Err(FailureKind::Retryable { retry_after: None }));
+    sim.enqueue(Tier::Preferences, 1);
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 3_600_000);
+    let times: Vec<Millis> = sim.pushes.iter().map(|(t, _)| t - t0).take(6).collect();
+    assert_eq!(times, [0, 1_000, 3_000, 7_000, 300_000, 301_000]);
+    let (item, state) = {
+        let batch = sim.outbox.stats().unwrap();
+        assert_eq!(batch.depth(), 1);
+        let id = *sim.labels.keys().next().unwrap();
+        sim.outbox.get(id).unwrap().unwrap()
+    };
+    assert_eq!(state, crate::outbox::ItemState::Pending);
+    assert_eq!(item.attempts as usize, sim.pushes.len());
+}
+
+#[test]
+fn a_failed_settle_is_repaired_from_the_snapshot() {
+    // The disk refuses the write that would settle a batch: the rows stay in flight while the
+    // engine has nothing out. The next poll sees them in the snapshot and releases them; they
+    // are sent again (the server answers `duplicate`, which settles them).
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let store = Arc::new(Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let outbox = Outbox::open(
+        store,
+        Arc::new(clock.clone()),
+        OutboxConfig::new(TenantId::new("acme").unwrap()),
+    )
+    .unwrap();
+    let now = clock.now_ms();
+    let mut engine = SyncEngine::new(
+        EngineConfig {
+            pull: false,
+            ..EngineConfig::default()
+        },
+        now,
+    );
+    let id = outbox
+        .enqueue(Namespace::UserCache, "k", Op::Put, b"v", Tier::Critical)
+        .unwrap();
+    let first = step(&mut engine, &outbox, now, Event::NetworkChanged(WIFI)).unwrap();
+    assert!(first.actions.contains(&Action::Push {
+        tier: Tier::Critical,
+        limit: 100
+    }));
+    let batch = outbox.next_batch(100, TierSet::ALL).unwrap();
+    assert_eq!(batch.len(), 1);
+    let writes = engine.handle(
+        now,
+        Event::PushAnswered {
+            sent: vec![id],
+            response: PushResponse {
+                results: vec![PushResult {
+                    id: id.to_string(),
+                    outcome: ItemOutcome::Accepted,
+                }],
+            },
+            elapsed: Duration::from_millis(10),
+            bytes: 10,
+            raw_bytes: 10,
+        },
+    );
+    assert!(matches!(
+        writes.as_slice(),
+        [Action::Outbox(Write::Settle { .. })]
+    ));
+    // ... and that write never happens.
+    let snapshot = outbox.stats().unwrap();
+    assert_eq!(snapshot.tier(Tier::Critical).in_flight, 1);
+    let actions = engine.poll(now, &snapshot);
+    assert!(actions.contains(&Action::Outbox(Write::Release {
+        tier: Tier::Critical
+    })));
+    assert!(
+        actions.contains(&Action::SleepUntil(Some(now))),
+        "{actions:?}"
+    );
+    for action in actions {
+        if let Action::Outbox(write) = action {
+            outbox.apply(&write).unwrap();
+        }
+    }
+    let again = step(&mut engine, &outbox, now, Event::Tick).unwrap();
+    assert!(again.actions.contains(&Action::Push {
+        tier: Tier::Critical,
+        limit: 100
+    }));
+    assert_eq!(outbox.next_batch(100, TierSet::ALL).unwrap()[0].id, id);
+}
+
+#[test]
+fn an_answer_about_other_ids_changes_nothing() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.server = Box::new(|items, _| {
+        assert!(!items.is_empty());
+        Ok(PushResponse {
+            // A confused server: it acknowledges an id that was never sent, and nothing else.
+            results: vec![PushResult {
+                id: ItemId::new().to_string(),
+                outcome: ItemOutcome::Accepted,
+            }],
+        })
+    });
+    sim.enqueue(Tier::Critical, 2);
+    sim.send(Event::NetworkChanged(WIFI));
+    assert_eq!(
+        sim.depth(),
+        2,
+        "nothing the server did not name may be deleted"
+    );
+    assert_eq!(sim.engine.status().items_sent, 0);
+}
+
+// Transcripts: whole conversations, pinned.
+
+#[test]
+fn transcript_offline_then_online() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.enqueue(Tier::Background, 2);
+    sim.enqueue(Tier::Critical, 2);
+    sim.drain_events();
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 30_000);
+    assert_eq!(sim.depth(), 0);
+    assert_transcript("offline_then_online", &sim);
+}
+
+#[test]
+fn transcript_retries_then_the_slot_then_the_app_asks() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let t0 = sim.clock.now_ms();
+    sim.server = Box::new(move |items, now| {
+        if now < t0 + 20_000 {
+            return Err(FailureKind::Retryable { retry_after: None });
+        }
+        accept_all()(items, now)
+    });
+    sim.enqueue(Tier::Critical, 1);
+    sim.send(Event::NetworkChanged(WIFI));
+    sim.run_until(t0 + 30_000);
+    sim.send(Event::SyncRequested(TierSet::of(&[Tier::Critical])));
+    assert_eq!(sim.depth(), 0);
+    assert_transcript("retries_then_the_slot_then_the_app_asks", &sim);
+}
+
+#[test]
+fn transcript_retry_after_holds_every_request() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.server = refuse_once_with_retry_after(Duration::from_secs(30));
+    sim.enqueue(Tier::Critical, 1);
+    sim.enqueue(Tier::Preferences, 1);
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 5_000);
+    sim.send(Event::SyncRequested(TierSet::ALL));
+    sim.run_until(t0 + 60_000);
+    assert_eq!(sim.depth(), 0);
+    assert_transcript("retry_after_holds_every_request", &sim);
+}
+
+#[test]
+fn transcript_rejected_and_omitted_items() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let mut first = true;
+    sim.server = Box::new(move |items, _| {
+        let answer_all = !std::mem::take(&mut first);
+        Ok(PushResponse {
+            results: items
+                .iter()
+                .enumerate()
+                // The first answer leaves out the last item: it must go again, in order.
+                .filter(|(n, _)| answer_all || *n + 1 < items.len())
+                .map(|(_, i)| PushResult {
+                    id: i.id.to_string(),
+                    outcome: if i.key == "t1.1" {
+                        ItemOutcome::Rejected {
+                            code: "invalid_key".into(),
+                            reason: "bad".into(),
+                        }
+                    } else {
+                        ItemOutcome::Accepted
+                    },
+                })
+                .collect(),
+        })
+    });
+    sim.enqueue(Tier::Critical, 3);
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 5_000);
+    assert_eq!(sim.depth(), 0);
+    assert_eq!(sim.dead.len(), 1);
+    assert_transcript("rejected_and_omitted_items", &sim);
+}
+
+#[test]
+fn transcript_slow_cellular_holds_tiers_three_and_four() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.send(Event::NetworkChanged(SLOW));
+    for tier in Tier::ALL {
+        sim.enqueue(tier, 1);
+    }
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 20 * 60_000);
+    sim.send(Event::SyncRequested(TierSet::of(&[Tier::Background])));
+    assert_eq!(sim.depth(), 1, "tier 3 was not asked for");
+    assert_transcript("slow_cellular_holds_tiers_three_and_four", &sim);
 }

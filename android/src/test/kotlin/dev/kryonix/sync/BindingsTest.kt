@@ -198,7 +198,7 @@ fun main() {
         val path = dbPath()
         File(path).writeBytes(incompressible(8192, 1))
         val e = expectThrows<KryonixException.Storage> { open(config(path = path)) }
-        expect(!e.transient) { "a corrupt file is not transient: $e" }
+        expect(!e.retryable) { "a corrupt file is not retryable: $e" }
     }
 
     check("Closed: every call after close") {
