@@ -2,15 +2,19 @@
 //!
 //! Both sides compile this crate, so a rule changed here changes on both at once: the table of
 //! sixteen namespaces, the tenant key format and its validation, the priority tiers, the device
-//! and network profiles that drive adaptive TTLs and compression, and the JSON wire types.
+//! and network profiles that drive adaptive TTLs and compression, the bounded codec, and the
+//! JSON wire types.
 //!
 //! # Layout
 //!
+//! - [`codec`]: bounded gzip/lz4 encode and decode, `Content-Encoding` and `Accept-Encoding`
+//!   parsing, the device's compression policy.
 //! - [`namespace`]: the sixteen namespaces (id, name, default TTL, budget, eviction policy).
 //! - [`key`]: `tenant:{tenant}:{namespace}:{key}` — building, parsing, validating.
 //! - [`profile`]: priority tiers, device and network classes, adaptive TTL, compression choice.
 //! - [`wire`]: request and response bodies of the HTTP API, and the error body.
 
+pub mod codec;
 pub mod key;
 pub mod namespace;
 pub mod profile;

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kryonix_protocol::codec;
 use kryonix_protocol::wire::{
     CacheEntry, ErrorBody, MultiGetRequest, MultiGetResponse, PullResponse, PushItem, PushRequest,
     PushResponse,
@@ -25,7 +26,6 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 
 use super::engine::FailureKind;
-use crate::cache::codec;
 use crate::outbox::OutboxItem;
 
 /// The largest answer body accepted after decompression.
