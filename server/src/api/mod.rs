@@ -20,12 +20,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use kryonix_protocol::{COMPRESSION_THRESHOLD, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use kryonix_protocol::codec::{self, CodecError};
+use kryonix_protocol::{COMPRESSION_THRESHOLD, Encoding, PROTOCOL_HEADER, PROTOCOL_VERSION};
 use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, Principal, Scope, TokenKeys};
 use crate::backpressure::Backpressure;
-use crate::codec::{self, CodecError};
 use crate::config::{ServerConfig, TenantPolicy};
 use crate::error::AppError;
 use crate::metrics::Metrics;
@@ -185,7 +185,7 @@ async fn gzip_answers(request: Request, next: Next) -> Response {
     if bytes.len() <= COMPRESSION_THRESHOLD {
         return Response::from_parts(parts, Body::from(bytes));
     }
-    match codec::gzip(&bytes) {
+    match codec::encode(Encoding::Gzip, &bytes) {
         Ok(packed) => {
             parts
                 .headers
@@ -282,7 +282,7 @@ impl Caller {
     }
 }
 
-/// A JSON body, gzip-decoded when `Content-Encoding: gzip`, with errors in the API's format.
+/// A JSON body, decoded per its `Content-Encoding` (gzip or lz4), with errors in the API's format.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -304,8 +304,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                     AppError::Malformed("the body could not be read".into())
                 }
             })?;
-        let decoded =
-            codec::decode_body(encoding.as_deref(), &raw, limit).map_err(|e| match e {
+        let decoded = codec::content_encoding(encoding.as_deref())
+            .and_then(|encoding| match encoding {
+                // A plain body is used as it came: no copy.
+                Encoding::Identity => Ok(None),
+                // The decoded size is capped like the raw size: a small gzip bomb is refused.
+                packed => codec::decode(packed, &raw, limit).map(Some),
+            })
+            .map_err(|e| match e {
                 CodecError::TooLarge { .. } => AppError::TooLarge(e.to_string()),
                 other => AppError::Malformed(other.to_string()),
             })?;
