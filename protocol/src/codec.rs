@@ -52,10 +52,11 @@ pub fn encoding_from_tag(tag: i64) -> Result<Encoding, CodecError> {
 /// not matter, as HTTP content codings are case-insensitive.
 pub fn content_encoding(value: Option<&str>) -> Result<Encoding, CodecError> {
     match value.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("") | Some("identity") => Ok(Encoding::Identity),
-        Some("gzip") | Some("x-gzip") => Ok(Encoding::Gzip),
-        Some("lz4") => Ok(Encoding::Lz4),
-        Some(other) => Err(CodecError::UnsupportedContentEncoding(other.to_owned())),
+        None | Some("") => Ok(Encoding::Identity),
+        Some("x-gzip") => Ok(Encoding::Gzip),
+        Some(name) => name
+            .parse()
+            .map_err(|_| CodecError::UnsupportedContentEncoding(name.to_owned())),
     }
 }
 

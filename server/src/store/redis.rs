@@ -291,7 +291,9 @@ fn change_from_entry(prefix: &str, (id, flat): RawEntry) -> Result<Change, Store
     let op_text = text(field(&fields, "op")?)?;
     let op = Op::parse(&op_text)
         .ok_or_else(|| StoreError::Internal(format!("unknown op {op_text:?}")))?;
-    let encoding = parse_encoding(&text(field(&fields, "encoding")?)?)?;
+    let encoding = text(field(&fields, "encoding")?)?
+        .parse::<Encoding>()
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
     let number = |name: &str| -> Result<Option<i64>, StoreError> {
         match fields.get(name) {
             None => Ok(None),
@@ -311,15 +313,6 @@ fn change_from_entry(prefix: &str, (id, flat): RawEntry) -> Result<Change, Store
         ttl_secs: number("ttl_secs")?.and_then(|v| u64::try_from(v).ok()),
         published_at_ms: number("published_at_ms")?.unwrap_or(0),
     })
-}
-
-pub(crate) fn parse_encoding(s: &str) -> Result<Encoding, StoreError> {
-    match s {
-        "identity" => Ok(Encoding::Identity),
-        "gzip" => Ok(Encoding::Gzip),
-        "lz4" => Ok(Encoding::Lz4),
-        other => Err(StoreError::Internal(format!("unknown encoding {other:?}"))),
-    }
 }
 
 /// Parses `INFO` text into its `field:value` lines.
