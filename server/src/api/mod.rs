@@ -21,6 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kryonix_protocol::codec::{self, CodecError};
+use kryonix_protocol::routes;
 use kryonix_protocol::{COMPRESSION_THRESHOLD, Encoding, PROTOCOL_HEADER, PROTOCOL_VERSION};
 use serde::de::DeserializeOwned;
 
@@ -84,22 +85,22 @@ impl AppState {
     }
 }
 
-/// The router with every route and layer.
+/// The router with every route (paths from [`kryonix_protocol::routes`]) and layer.
 pub fn app(state: AppState) -> Router {
     let authenticated = Router::new()
-        .route("/v1/sync/push", post(sync::push))
-        .route("/v1/sync/pull", get(sync::pull))
-        .route("/v1/publish", post(sync::publish))
-        .route("/v1/cache/{namespace}/_mget", post(cache::multi_get))
+        .route(routes::PUSH, post(sync::push))
+        .route(routes::PULL, get(sync::pull))
+        .route(routes::PUBLISH, post(sync::publish))
+        .route(routes::CACHE_MULTI_GET, post(cache::multi_get))
         .route(
-            "/v1/cache/{namespace}/{key}",
+            routes::CACHE_ENTRY,
             get(cache::get).put(cache::put).delete(cache::delete),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let public = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics));
+        .route(routes::HEALTHZ, get(health::healthz))
+        .route(routes::READYZ, get(health::readyz))
+        .route(routes::METRICS, get(health::metrics));
     Router::new()
         .merge(authenticated)
         .merge(public)
