@@ -18,9 +18,9 @@ use kryonix_protocol::{Encoding, Namespace, TenantId};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
-    Cached, Cursor, NewChange, NewItem, Page, RateDecision, Rates, StoreError, SyncStoreFacts, gcra,
+    Cached, Cursor, NewChange, NewItem, Page, RateDecision, Rates, StoreError, SyncStoreFacts,
+    decision, gcra,
 };
-use crate::store::redis::decision;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS seen (
