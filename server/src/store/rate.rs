@@ -21,11 +21,19 @@ pub enum RateDecision {
     },
 }
 
-/// GCRA in microseconds: one shared rule for both stores.
+/// GCRA in microseconds: the arithmetic of the Redis store's rate script
+/// (`redis/scripts/rate.lua`), in Rust for the embedded store, so both stores limit alike.
 ///
-/// `tat` is the theoretical arrival time of the next request. A request at `now` is allowed when
-/// `tat - burst * interval <= now`; it then moves `tat` one interval on. Returns the wait (zero
-/// when allowed) and the new `tat`.
+/// `interval` is `1 s / per_sec` in whole microseconds and the burst is `per_sec` requests (one
+/// second's worth). `tat` is the theoretical arrival time; a stored `tat` in the past counts as
+/// `now`. A request at `now` is allowed when `tat + interval - burst * interval <= now`, that is
+/// when `tat` is at most `burst - 1` intervals ahead of `now`: from idle, `per_sec` requests pass
+/// at once, then one per interval. An allowed request moves `tat` one interval on.
+///
+/// Returns the wait until the request would be allowed (zero when allowed) and the `tat` to
+/// store: moved on when allowed, unchanged when refused, so a refused request costs nothing. The
+/// script reads `per_sec` 0 as unlimited; here it is read as 1, and callers skip unlimited
+/// subjects before calling, as the embedded store does.
 pub fn gcra(now_us: i64, tat_us: Option<i64>, per_sec: u32) -> (i64, i64) {
     let interval = 1_000_000 / i64::from(per_sec.max(1));
     let burst = i64::from(per_sec.max(1));

@@ -1,6 +1,13 @@
 -- GCRA for the tenant and the device at once, on Redis's clock so every server instance agrees.
 -- KEYS: tenant state, device state. ARGV: tenant rate/s, device rate/s (0 = unlimited). Returns
 -- the waits in microseconds; both zero means allowed, and only then does the state move.
+--
+-- Per subject the state is its theoretical arrival time (TAT, in µs; one in the past counts as
+-- now) and the interval is 1 s / rate in whole µs. A request is allowed when
+-- TAT + interval - rate * interval <= now: a burst of one second's worth (rate requests) from
+-- idle, then one request per interval. The embedded store runs the same arithmetic in Rust
+-- (`gcra` in server/src/store/rate.rs). A state expires a second after its TAT has passed: from
+-- then on it would count as now anyway, so an idle subject costs no memory.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
