@@ -2,25 +2,31 @@
 //!
 //! Both sides compile this crate, so a rule changed here changes on both at once: the table of
 //! sixteen namespaces, the tenant key format and its validation, the priority tiers, the device
-//! and network profiles that drive adaptive TTLs and compression, and the JSON wire types.
+//! and network profiles that drive adaptive TTLs and compression, the bounded codec, the HTTP
+//! routes and the JSON wire types.
 //!
 //! # Layout
 //!
+//! - [`codec`]: bounded gzip/lz4 encode and decode, `Content-Encoding` and `Accept-Encoding`
+//!   parsing, the device's compression policy.
 //! - [`namespace`]: the sixteen namespaces (id, name, default TTL, budget, eviction policy).
 //! - [`key`]: `tenant:{tenant}:{namespace}:{key}` — building, parsing, validating.
 //! - [`profile`]: priority tiers, device and network classes, adaptive TTL, compression choice.
+//! - [`routes`]: the HTTP paths, and builders for the concrete paths a device sends.
 //! - [`wire`]: request and response bodies of the HTTP API, and the error body.
 
+pub mod codec;
 pub mod key;
 pub mod namespace;
 pub mod profile;
+pub mod routes;
 pub mod wire;
 
 pub use key::{KeyError, MAX_KEY_LEN, TenantId, TenantKey};
 pub use namespace::{EvictionPolicy, Namespace, NamespaceInfo, UnknownNamespace};
 pub use profile::{
     COMPRESSION_THRESHOLD, DeviceClass, DeviceProfile, Encoding, NetworkClass, NetworkProfile,
-    Tier, TierInfo, adaptive_ttl,
+    Tier, TierInfo, UnknownEncoding, adaptive_ttl,
 };
 
 /// Version of the wire protocol. The device sends it in the `Kryonix-Protocol` header; the server

@@ -246,6 +246,26 @@ impl Encoding {
     }
 }
 
+/// A string that is not the name of an [`Encoding`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown encoding {0:?}: expected identity, gzip or lz4")]
+pub struct UnknownEncoding(pub String);
+
+impl FromStr for Encoding {
+    type Err = UnknownEncoding;
+    /// Parses the exact name [`Encoding::as_str`] gives (and serde uses), as stored in a text
+    /// column or a stream field. HTTP headers, which are case-insensitive and have aliases, go
+    /// through [`crate::codec::content_encoding`] instead.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "identity" => Ok(Self::Identity),
+            "gzip" => Ok(Self::Gzip),
+            "lz4" => Ok(Self::Lz4),
+            other => Err(UnknownEncoding(other.to_owned())),
+        }
+    }
+}
+
 impl DeviceClass {
     /// The compression a device of this class uses for values above the threshold.
     pub fn compression(self) -> Encoding {
@@ -376,6 +396,20 @@ mod tests {
             assert_eq!(Encoding::from_tag(e.tag()), Some(e));
         }
         assert_eq!(Encoding::from_tag(9), None);
+    }
+
+    #[test]
+    fn encoding_names_round_trip() {
+        for e in [Encoding::Identity, Encoding::Gzip, Encoding::Lz4] {
+            assert_eq!(e.as_str().parse::<Encoding>(), Ok(e));
+        }
+        for bad in ["", "GZIP", "x-gzip", "br", " lz4"] {
+            assert_eq!(
+                bad.parse::<Encoding>(),
+                Err(UnknownEncoding(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 # Server benchmark, bounded in time, loopback only: starts a throw-away Redis (noeviction, AOF
 # everysec) and a release kryonix-server, runs kryonix-loadgen against them, stops both.
 #
-#   cargo build --release -p kryonix-server
+#   cargo build --release -p kryonix-server -p kryonix-loadgen
 #   server/bench/run.sh   # DURATION=10 ROUNDS=3 DEVICES=100 PACE="1 2 3" IDLE=10000 QUIET_LOAD=1.0
 #
 # Prints the loadgen's figures; docs/benchmarks.md (section "Server") records them.
@@ -21,7 +21,7 @@ HTTP_PORT="${HTTP_PORT:-18081}"
 export KRYONIX_JWT_SECRET="bench-secret-bench-secret-bench-secret"
 
 [ -x "$BIN/kryonix-server" ] && [ -x "$BIN/kryonix-loadgen" ] || {
-  echo "build first: cargo build --release -p kryonix-server" >&2; exit 2; }
+  echo "build first: cargo build --release -p kryonix-server -p kryonix-loadgen" >&2; exit 2; }
 
 WORK="$(mktemp -d)"
 cleanup() {

@@ -17,13 +17,15 @@
 //! - [`backpressure`]: tier-aware refusal as the sync store fills up.
 //! - [`startup`]: the safety checks on the sync store (noeviction, AOF).
 //! - [`config`], [`cli`]: settings from flags, `KRYONIX_*` variables and a TOML file.
-//! - [`metrics`], [`codec`], [`error`]: Prometheus metrics, gzip bodies, the error type.
+//! - [`metrics`], [`error`]: Prometheus metrics, the error type.
+//!
+//! Body compression (gzip and lz4, bounded decoding) is the protocol crate's
+//! [`kryonix_protocol::codec`], shared with the device.
 
 pub mod api;
 pub mod auth;
 pub mod backpressure;
 pub mod cli;
-pub mod codec;
 pub mod config;
 pub mod error;
 pub mod keys;

@@ -21,11 +21,11 @@ use kryonix_protocol::{
     COMPRESSION_THRESHOLD, DEVICE_PROFILE_HEADER, DeviceProfile, Encoding, Namespace,
     PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
+use kryonix_protocol::{codec, routes};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 
 use super::engine::FailureKind;
-use crate::cache::codec;
 use crate::outbox::OutboxItem;
 
 /// The largest answer body accepted after decompression.
@@ -266,7 +266,7 @@ impl Transport for HttpTransport {
         let answer = self
             .send(
                 Method::POST,
-                "/v1/sync/push",
+                routes::PUSH,
                 Some((body, encoding)),
                 Some(profile),
             )
@@ -283,11 +283,7 @@ impl Transport for HttpTransport {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<PullResponse, TransportError> {
-        let mut path = format!("/v1/sync/pull?limit={limit}");
-        if let Some(cursor) = cursor {
-            path.push_str("&cursor=");
-            path.push_str(&percent_encode(cursor));
-        }
+        let path = routes::pull(limit, cursor);
         let answer = self.send(Method::GET, &path, None, None).await?;
         parse(&answer)
     }
@@ -302,7 +298,7 @@ impl Transport for HttpTransport {
             keys: keys.to_vec(),
         })
         .map_err(|e| TransportError::retryable(format!("encoding the request: {e}"), None))?;
-        let path = format!("/v1/cache/{}/_mget", namespace.name());
+        let path = routes::cache_multi_get(namespace);
         let answer = self
             .send(
                 Method::POST,
@@ -326,19 +322,6 @@ fn push_item(item: &OutboxItem) -> PushItem {
         encoding: Encoding::Identity,
         created_at_ms: item.created_at,
     }
-}
-
-/// Query-string encoding for the opaque cursor (unreserved characters pass through).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -478,12 +461,6 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
-    }
-
-    #[test]
-    fn cursor_is_query_safe() {
-        assert_eq!(percent_encode("a+b/c=="), "a%2Bb%2Fc%3D%3D");
-        assert_eq!(percent_encode("0-1_2.3~"), "0-1_2.3~");
     }
 
     #[test]

@@ -20,12 +20,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use kryonix_protocol::{COMPRESSION_THRESHOLD, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use kryonix_protocol::codec::{self, CodecError};
+use kryonix_protocol::routes;
+use kryonix_protocol::{COMPRESSION_THRESHOLD, Encoding, PROTOCOL_HEADER, PROTOCOL_VERSION};
 use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, Principal, Scope, TokenKeys};
 use crate::backpressure::Backpressure;
-use crate::codec::{self, CodecError};
 use crate::config::{ServerConfig, TenantPolicy};
 use crate::error::AppError;
 use crate::metrics::Metrics;
@@ -84,22 +85,22 @@ impl AppState {
     }
 }
 
-/// The router with every route and layer.
+/// The router with every route (paths from [`kryonix_protocol::routes`]) and layer.
 pub fn app(state: AppState) -> Router {
     let authenticated = Router::new()
-        .route("/v1/sync/push", post(sync::push))
-        .route("/v1/sync/pull", get(sync::pull))
-        .route("/v1/publish", post(sync::publish))
-        .route("/v1/cache/{namespace}/_mget", post(cache::multi_get))
+        .route(routes::PUSH, post(sync::push))
+        .route(routes::PULL, get(sync::pull))
+        .route(routes::PUBLISH, post(sync::publish))
+        .route(routes::CACHE_MULTI_GET, post(cache::multi_get))
         .route(
-            "/v1/cache/{namespace}/{key}",
+            routes::CACHE_ENTRY,
             get(cache::get).put(cache::put).delete(cache::delete),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let public = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics));
+        .route(routes::HEALTHZ, get(health::healthz))
+        .route(routes::READYZ, get(health::readyz))
+        .route(routes::METRICS, get(health::metrics));
     Router::new()
         .merge(authenticated)
         .merge(public)
@@ -185,7 +186,7 @@ async fn gzip_answers(request: Request, next: Next) -> Response {
     if bytes.len() <= COMPRESSION_THRESHOLD {
         return Response::from_parts(parts, Body::from(bytes));
     }
-    match codec::gzip(&bytes) {
+    match codec::encode(Encoding::Gzip, &bytes) {
         Ok(packed) => {
             parts
                 .headers
@@ -282,7 +283,7 @@ impl Caller {
     }
 }
 
-/// A JSON body, gzip-decoded when `Content-Encoding: gzip`, with errors in the API's format.
+/// A JSON body, decoded per its `Content-Encoding` (gzip or lz4), with errors in the API's format.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -304,8 +305,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                     AppError::Malformed("the body could not be read".into())
                 }
             })?;
-        let decoded =
-            codec::decode_body(encoding.as_deref(), &raw, limit).map_err(|e| match e {
+        let decoded = codec::content_encoding(encoding.as_deref())
+            .and_then(|encoding| match encoding {
+                // A plain body is used as it came: no copy.
+                Encoding::Identity => Ok(None),
+                // The decoded size is capped like the raw size: a small gzip bomb is refused.
+                packed => codec::decode(packed, &raw, limit).map(Some),
+            })
+            .map_err(|e| match e {
                 CodecError::TooLarge { .. } => AppError::TooLarge(e.to_string()),
                 other => AppError::Malformed(other.to_string()),
             })?;

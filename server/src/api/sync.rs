@@ -93,14 +93,45 @@ fn validate_item(
 }
 
 /// `POST /v1/sync/push`.
+///
+/// In four steps: check the request as a whole and validate its items one by one, admit the
+/// batch past back-pressure, store it (and wait for replicas when configured), then answer in
+/// request order and count the outcomes.
 pub async fn push(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(request): JsonBody<PushRequest>,
 ) -> Result<Json<PushResponse>, AppError> {
     let started = Instant::now();
+    let batch = validate_batch(&state, &caller, request)?;
+    let tenant = &caller.0.tenant;
+    admit(&state, &batch.valid).await?;
+    let stored = store_batch(&state, &caller, &batch.valid).await?;
+    let response = answer(&state, tenant, batch, stored);
+    state.metrics.push_seconds(started.elapsed().as_secs_f64());
+    Ok(Json(response))
+}
+
+/// A push request after validation.
+struct Batch {
+    /// Every item's id, in request order.
+    ids: Vec<String>,
+    /// Per item, in request order: its tier (valid: stored below) or its rejection, so the
+    /// answer keeps the request's order without copying payloads.
+    slots: Vec<Result<u8, ItemOutcome>>,
+    /// The valid items, in request order.
+    valid: Vec<NewItem>,
+}
+
+/// Refuses a request that fails as a whole (scope, read-only tenant, batch size), then validates
+/// its items one by one: a bad item is rejected on its own.
+fn validate_batch(
+    state: &AppState,
+    caller: &Caller,
+    request: PushRequest,
+) -> Result<Batch, AppError> {
     caller.require(Scope::Device)?;
-    let policy = caller.policy(&state);
+    let policy = caller.policy(state);
     if policy.read_only {
         return Err(AppError::Forbidden("the tenant is read-only".into()));
     }
@@ -112,39 +143,53 @@ pub async fn push(
         )));
     }
     let tenant = &caller.0.tenant;
-    // Validate in request order; `slots` remembers, per item, its tier (valid: stored below)
-    // or its rejection, so the answer keeps the request's order without copying payloads.
-    let mut ids = Vec::with_capacity(request.items.len());
-    let mut slots: Vec<Result<u8, ItemOutcome>> = Vec::with_capacity(request.items.len());
-    let mut valid: Vec<NewItem> = Vec::with_capacity(request.items.len());
+    let mut batch = Batch {
+        ids: Vec::with_capacity(request.items.len()),
+        slots: Vec::with_capacity(request.items.len()),
+        valid: Vec::with_capacity(request.items.len()),
+    };
     for item in request.items {
-        ids.push(item.id.clone());
+        batch.ids.push(item.id.clone());
         match validate_item(tenant, policy, state.config.max_value_bytes, item) {
             Ok(item) => {
-                slots.push(Ok(item.tier.number()));
-                valid.push(item);
+                batch.slots.push(Ok(item.tier.number()));
+                batch.valid.push(item);
             }
-            Err(outcome) => slots.push(Err(outcome)),
+            Err(outcome) => batch.slots.push(Err(outcome)),
         }
     }
+    Ok(batch)
+}
 
-    // Back-pressure is decided by the least important tier in the batch: a batch is stored
-    // whole or not at all, and a device sends one tier per batch.
-    if let Some(lowest) = valid.iter().map(|i| i.tier).max() {
-        let pressure = state
-            .backpressure
-            .pressure(&state.store)
-            .await
-            .map_err(|e| state.store_error(e))?;
-        if let Admission::Refuse { retry_after } = state.backpressure.admit(lowest, pressure) {
-            state.metrics.backpressured(lowest.number());
-            return Err(AppError::Backpressure { retry_after });
-        }
+/// Back-pressure is decided by the least important tier in the batch: a batch is stored whole or
+/// not at all, and a device sends one tier per batch.
+async fn admit(state: &AppState, valid: &[NewItem]) -> Result<(), AppError> {
+    let Some(lowest) = valid.iter().map(|i| i.tier).max() else {
+        return Ok(());
+    };
+    let pressure = state
+        .backpressure
+        .pressure(&state.store)
+        .await
+        .map_err(|e| state.store_error(e))?;
+    if let Admission::Refuse { retry_after } = state.backpressure.admit(lowest, pressure) {
+        state.metrics.backpressured(lowest.number());
+        return Err(AppError::Backpressure { retry_after });
     }
+    Ok(())
+}
 
+/// Stores the valid items; returns per item whether it is new. A store out of memory refuses the
+/// batch as back-pressure; with `min_replicas_acked`, waits for the replicas before answering.
+async fn store_batch(
+    state: &AppState,
+    caller: &Caller,
+    valid: &[NewItem],
+) -> Result<Vec<bool>, AppError> {
+    let tenant = &caller.0.tenant;
     let stored = match state
         .store
-        .push(tenant, &caller.0.subject, &valid, state.config.dedup_ttl)
+        .push(tenant, &caller.0.subject, valid, state.config.dedup_ttl)
         .await
     {
         Ok(stored) => stored,
@@ -178,14 +223,19 @@ pub async fn push(
             )));
         }
     }
+    Ok(stored)
+}
 
+/// One result per item in request order, and the item metrics.
+fn answer(state: &AppState, tenant: &TenantId, batch: Batch, stored: Vec<bool>) -> PushResponse {
     let mut stored = stored.into_iter();
     let mut new_count = 0u64;
     // Indexed by tier (0 = no valid tier) and outcome.
     let mut counts = [[0u64; 3]; 5];
-    let results: Vec<PushResult> = ids
+    let results: Vec<PushResult> = batch
+        .ids
         .into_iter()
-        .zip(slots)
+        .zip(batch.slots)
         .map(|(id, slot)| {
             let (tier, outcome) = match slot {
                 Ok(tier) => {
@@ -218,8 +268,7 @@ pub async fn push(
         }
     }
     state.metrics.tenant_items(tenant.as_str(), new_count);
-    state.metrics.push_seconds(started.elapsed().as_secs_f64());
-    Ok(Json(PushResponse { results }))
+    PushResponse { results }
 }
 
 /// `GET /v1/sync/pull` query.

@@ -18,9 +18,9 @@ use kryonix_protocol::{Encoding, Namespace, TenantId};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
-    Cached, Cursor, NewChange, NewItem, Page, RateDecision, Rates, StoreError, SyncStoreFacts, gcra,
+    Cached, Cursor, NewChange, NewItem, Page, RateDecision, Rates, StoreError, SyncStoreFacts,
+    decision, gcra,
 };
-use crate::store::redis::{decision, parse_encoding};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS seen (
@@ -263,7 +263,9 @@ impl EmbeddedStore {
                 op: Op::parse(&op)
                     .ok_or_else(|| StoreError::Internal(format!("unknown op {op:?}")))?,
                 value,
-                encoding: parse_encoding(&encoding)?,
+                encoding: encoding
+                    .parse::<Encoding>()
+                    .map_err(|e| StoreError::Internal(e.to_string()))?,
                 ttl_secs: ttl.and_then(|t| u64::try_from(t).ok()),
                 published_at_ms: published,
             });

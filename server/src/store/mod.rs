@@ -7,6 +7,7 @@
 //! enum rather than a trait object: two variants, no boxing of async calls.
 
 pub mod embedded;
+pub mod rate;
 pub mod redis;
 
 use std::time::Duration;
@@ -17,6 +18,8 @@ use kryonix_protocol::wire::{Change, Op};
 use kryonix_protocol::{Encoding, Namespace, TenantId, Tier};
 
 pub use self::embedded::EmbeddedStore;
+pub(crate) use self::rate::decision;
+pub use self::rate::{RateDecision, Rates, gcra};
 pub use self::redis::RedisStore;
 
 /// What went wrong in a store, in the terms a handler acts on.
@@ -118,23 +121,6 @@ pub struct Cached {
     pub ttl_secs: Option<u64>,
 }
 
-/// Rates to enforce on one request (0 = unlimited).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rates {
-    pub tenant_per_sec: u32,
-    pub device_per_sec: u32,
-}
-
-/// Outcome of a rate-limit check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateDecision {
-    Allowed,
-    Limited {
-        scope: &'static str,
-        retry_after: Duration,
-    },
-}
-
 /// Facts about the sync store that start-up checks and `/readyz` report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SyncStoreFacts {
@@ -145,24 +131,6 @@ pub struct SyncStoreFacts {
     pub used_memory: Option<u64>,
     pub aof_enabled: Option<bool>,
     pub cluster_enabled: Option<bool>,
-}
-
-/// GCRA in microseconds: one shared rule for both stores.
-///
-/// `tat` is the theoretical arrival time of the next request. A request at `now` is allowed when
-/// `tat - burst * interval <= now`; it then moves `tat` one interval on. Returns the wait (zero
-/// when allowed) and the new `tat`.
-pub fn gcra(now_us: i64, tat_us: Option<i64>, per_sec: u32) -> (i64, i64) {
-    let interval = 1_000_000 / i64::from(per_sec.max(1));
-    let burst = i64::from(per_sec.max(1));
-    let tat = tat_us.unwrap_or(now_us).max(now_us);
-    let new_tat = tat + interval;
-    let allow_at = new_tat - burst * interval;
-    if now_us < allow_at {
-        (allow_at - now_us, tat)
-    } else {
-        (0, new_tat)
-    }
 }
 
 /// The store a server runs on.
@@ -331,22 +299,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn gcra_allows_a_burst_then_spaces_requests() {
-        let per_sec = 4;
-        let mut tat = None;
-        let now = 1_000_000_000;
-        for _ in 0..4 {
-            let (wait, t) = gcra(now, tat, per_sec);
-            assert_eq!(wait, 0);
-            tat = Some(t);
-        }
-        let (wait, same) = gcra(now, tat, per_sec);
-        assert_eq!(wait, 250_000);
-        assert_eq!(Some(same), tat, "a refused request does not move the state");
-        let (wait, _) = gcra(now + 250_000, tat, per_sec);
-        assert_eq!(wait, 0);
     }
 }

@@ -14,18 +14,18 @@
 //! It only ever targets the loopback interface: a load generator pointed at someone else's host
 //! by mistake is an attack.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use kryonix_protocol::{TenantId, Tier};
+use kryonix_protocol::wire::{Op, PushItem, PushRequest, PushResponse};
+use kryonix_protocol::{Encoding, Namespace, TenantId, Tier, routes};
 use kryonix_server::auth::{Scope, TokenKeys};
 use kryonix_server::keys;
+use kryonix_server::store::redis::ItemMetadata;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -141,7 +141,7 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
         .pool_max_idle_per_host(args.devices)
         .build()
         .map_err(|e| e.to_string())?;
-    let url = format!("{}/v1/sync/push", args.url.trim_end_matches('/'));
+    let url = format!("{}{}", args.url.trim_end_matches('/'), routes::PUSH);
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.devices);
@@ -156,10 +156,23 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
             .map_err(|e| e.to_string())?;
         let client = client.clone();
         let url = url.clone();
-        let batch = args.batch;
-        let tier = args.tier;
-        let encoded =
-            base64::engine::general_purpose::STANDARD.encode(payload(args.payload_bytes, device));
+        // One request per device, reused: each batch only takes fresh item ids, so the
+        // generator, which shares the CPU with the server it measures, copies no payloads.
+        let body = payload(args.payload_bytes, device);
+        let mut request = PushRequest {
+            items: (0..args.batch)
+                .map(|i| PushItem {
+                    id: String::new(),
+                    tier: args.tier,
+                    namespace: Namespace::UserCache.name().to_owned(),
+                    key: format!("item:{i}"),
+                    op: Op::Put,
+                    payload: body.clone(),
+                    encoding: Encoding::Identity,
+                    created_at_ms: 0,
+                })
+                .collect(),
+        };
         let pace = args.batches_per_sec;
         let devices = args.devices;
         tasks.push(tokio::spawn(async move {
@@ -183,21 +196,11 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
                         break;
                     }
                 }
-                // Built as text: the generator shares the CPU with the server, so it should
-                // spend as little as possible making requests.
-                let mut body = String::with_capacity(batch * (encoded.len() + 160) + 16);
-                body.push_str("{\"items\":[");
-                for i in 0..batch {
-                    if i > 0 {
-                        body.push(',');
-                    }
-                    let _ = write!(
-                        body,
-                        "{{\"id\":\"{}\",\"tier\":{tier},\"namespace\":\"user_cache\",\"key\":\"item:{i}\",\"op\":\"put\",\"payload\":\"{encoded}\",\"encoding\":\"identity\",\"created_at_ms\":0}}",
-                        uuid::Uuid::now_v7()
-                    );
+                // The protocol's own types, so the body is what a device sends by construction.
+                for item in &mut request.items {
+                    item.id = uuid::Uuid::now_v7().to_string();
                 }
-                body.push_str("]}");
+                let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
                 let sent = Instant::now();
                 let reply = client
                     .post(&url)
@@ -209,8 +212,7 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
                 totals.requests += 1;
                 let ok = match reply {
                     Ok(r) if r.status().is_success() => {
-                        let answer: Result<kryonix_protocol::wire::PushResponse, _> =
-                            r.json().await;
+                        let answer: Result<PushResponse, _> = r.json().await;
                         match answer {
                             Ok(a) => {
                                 let stored =
@@ -291,11 +293,11 @@ async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
                         .map(|i| NewItem {
                             id: uuid::Uuid::now_v7().to_string(),
                             tier,
-                            namespace: kryonix_protocol::Namespace::UserCache,
+                            namespace: Namespace::UserCache,
                             key: format!("item:{i}"),
-                            op: kryonix_protocol::wire::Op::Put,
+                            op: Op::Put,
                             payload: body.clone(),
-                            encoding: kryonix_protocol::Encoding::Identity,
+                            encoding: Encoding::Identity,
                             created_at_ms: 0,
                         })
                         .collect();
@@ -357,10 +359,17 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
                     let mut pipe = redis::pipe();
                     for i in 0..batch {
                         // The same entry the server writes: item metadata and payload.
-                        let meta = format!(
-                            "{{\"id\":\"{}\",\"device_id\":\"{device_id}\",\"tier\":1,\"namespace\":\"user_cache\",\"key\":\"item:{i}\",\"op\":\"put\",\"encoding\":\"identity\",\"created_at_ms\":0}}",
-                            uuid::Uuid::now_v7()
-                        );
+                        let meta = serde_json::to_string(&ItemMetadata {
+                            id: uuid::Uuid::now_v7().to_string(),
+                            device_id: device_id.clone(),
+                            tier: tier.number(),
+                            namespace: Namespace::UserCache.name().to_owned(),
+                            key: format!("item:{i}"),
+                            op: Op::Put,
+                            encoding: Encoding::Identity,
+                            created_at_ms: 0,
+                        })
+                        .map_err(|e| e.to_string())?;
                         pipe.cmd("XADD")
                             .arg(stream.as_str())
                             .arg("*")
@@ -408,8 +417,10 @@ async fn open_idle(host: &str, port: u16) -> Result<TcpStream, String> {
 
 /// One keep-alive `GET /healthz`; reads the whole small answer.
 async fn request_health(stream: &mut TcpStream, host: &str) -> Result<(), String> {
-    let request =
-        format!("GET /healthz HTTP/1.1\r\nhost: {host}\r\nconnection: keep-alive\r\n\r\n");
+    let request = format!(
+        "GET {} HTTP/1.1\r\nhost: {host}\r\nconnection: keep-alive\r\n\r\n",
+        routes::HEALTHZ
+    );
     stream
         .write_all(request.as_bytes())
         .await

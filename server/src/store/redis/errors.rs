@@ -1,0 +1,34 @@
+//! Redis errors in the terms a handler acts on: out of memory (back-pressure), unavailable
+//! (retry), or internal (a bug or an unexpected reply).
+
+use redis::RedisError;
+
+use crate::store::StoreError;
+
+/// Maps a Redis error to what a handler acts on.
+pub fn classify(err: &RedisError) -> StoreError {
+    if err.code() == Some("OOM") || err.to_string().contains("OOM command not allowed") {
+        return StoreError::OutOfMemory;
+    }
+    if err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || matches!(
+            err.code(),
+            Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "BUSY")
+        )
+    {
+        return StoreError::Unavailable(err.to_string());
+    }
+    StoreError::Internal(err.to_string())
+}
+
+pub(super) fn map(err: RedisError) -> StoreError {
+    classify(&err)
+}
+
+pub(super) fn key_err(err: kryonix_protocol::KeyError) -> StoreError {
+    // Handlers validate every part first, so a key that fails here is a bug.
+    StoreError::Internal(format!("server-built key refused: {err}"))
+}
