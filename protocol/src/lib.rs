@@ -30,8 +30,9 @@ pub use profile::{
 };
 
 /// Version of the wire protocol. The device sends it in the `Kryonix-Protocol` header; the server
-/// refuses a request from a newer major version with `unsupported_protocol`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// refuses any other version with `unsupported_protocol`. Version 2 numbers items per producer
+/// and tier (`seq`) and adds the hello; version 1 (per-item dedup markers) is not spoken.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Name of the HTTP header that carries [`PROTOCOL_VERSION`].
 pub const PROTOCOL_HEADER: &str = "kryonix-protocol";

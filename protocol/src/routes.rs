@@ -7,6 +7,9 @@ use crate::namespace::Namespace;
 
 /// `POST`, device token: upload a batch of items ([`crate::wire::PushRequest`]).
 pub const PUSH: &str = "/v1/sync/push";
+/// `POST`, device token: where the server stands with a producer
+/// ([`crate::wire::HelloRequest`]), once per session before the first push.
+pub const HELLO: &str = "/v1/sync/hello";
 /// `GET ?limit=&cursor=`, device token: the changes after a cursor
 /// ([`crate::wire::PullResponse`]). Build the concrete path with [`pull`].
 pub const PULL: &str = "/v1/sync/pull";

@@ -70,17 +70,29 @@ impl Op {
     }
 }
 
+/// Longest producer id the server accepts.
+pub const MAX_PRODUCER_LEN: usize = 64;
+
 /// `POST /v1/sync/push` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushRequest {
+    /// The device outbox that numbered these items: a random id made with its database (and
+    /// made anew when the outbox finds its database was restored from a backup). 1 to
+    /// [`MAX_PRODUCER_LEN`] characters of `A-Z a-z 0-9 - _`.
+    pub producer: String,
     pub items: Vec<PushItem>,
 }
 
 /// One queued mutation uploaded by a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushItem {
-    /// Client-made unique id (a UUIDv7): the idempotency key of exactly-once storage.
+    /// Client-made unique id (a UUIDv7). Stored with the item for backends' own idempotency;
+    /// exactly-once storage itself rests on `seq`.
     pub id: String,
+    /// Position of the item in its producer's tier, from 1, strictly increasing in the order the
+    /// items were queued. The server stores an item only if its `seq` is above the last one it
+    /// stored for the same producer and tier; anything at or below answers `duplicate`.
+    pub seq: u64,
     /// Priority tier, 1 to 4.
     pub tier: u8,
     pub namespace: String,
@@ -98,6 +110,27 @@ pub struct PushItem {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushResponse {
     pub results: Vec<PushResult>,
+    /// The last sequence the server has stored for the producer, per tier (index 0 is tier 1),
+    /// after this push.
+    #[serde(default)]
+    pub last_seq: [u64; 4],
+}
+
+/// `POST /v1/sync/hello` body: sent once per session, before the first push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloRequest {
+    pub producer: String,
+}
+
+/// `POST /v1/sync/hello` answer: where the server stands with this producer. A device that finds
+/// the server ahead of the sequences it had assigned when it opened its database was restored
+/// from an older copy (see `docs/sync-protocol.md`, "Restored databases").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResponse {
+    pub producer: String,
+    /// The last sequence stored per tier (index 0 is tier 1); 0 when none (or forgotten after
+    /// the producer's idle time).
+    pub last_seq: [u64; 4],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,13 +300,15 @@ pub mod error_code {
     pub const INVALID_TIER: &str = "invalid_tier";
     /// 422 (item): id empty or too long.
     pub const INVALID_ID: &str = "invalid_id";
+    /// 422 (item): `seq` is 0, or not above the previous item of the same tier in the batch.
+    pub const INVALID_SEQ: &str = "invalid_seq";
     /// 429: rate limit; `Retry-After` says when to come back.
     pub const RATE_LIMITED: &str = "rate_limited";
     /// 503: Redis is short of memory; lower tiers are refused first. `Retry-After` set.
     pub const BACKPRESSURE: &str = "backpressure";
     /// 503: the store is unreachable.
     pub const UNAVAILABLE: &str = "unavailable";
-    /// 400: the client speaks a newer protocol version.
+    /// 400: the client speaks a protocol version this server does not (older or newer).
     pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
     /// 500: a bug; details are only in the server log.
     pub const INTERNAL: &str = "internal";
@@ -286,6 +321,7 @@ mod tests {
     fn item() -> PushItem {
         PushItem {
             id: "01932c07-7a6e-7d3c-9f4e-2b1a0c9d8e7f".into(),
+            seq: 42,
             tier: 1,
             namespace: "user_cache".into(),
             key: "profile:42".into(),
@@ -299,7 +335,19 @@ mod tests {
     #[test]
     fn push_request_shape() {
         insta::assert_json_snapshot!(PushRequest {
+            producer: "0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d".into(),
             items: vec![item()]
+        });
+    }
+
+    #[test]
+    fn hello_shapes() {
+        insta::assert_json_snapshot!(HelloRequest {
+            producer: "0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d".into(),
+        });
+        insta::assert_json_snapshot!(HelloResponse {
+            producer: "0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d".into(),
+            last_seq: [80, 0, 12, 0],
         });
     }
 
@@ -323,6 +371,7 @@ mod tests {
                     },
                 },
             ],
+            last_seq: [7, 0, 0, 0],
         };
         insta::assert_json_snapshot!(response);
         let back: PushResponse =
@@ -386,10 +435,10 @@ mod tests {
 
     #[test]
     fn bad_base64_and_unknown_fields() {
-        let bad = r#"{"items":[{"id":"a","tier":1,"namespace":"sessions","key":"k","op":"put","payload":"!!!","created_at_ms":0}]}"#;
+        let bad = r#"{"producer":"p","items":[{"id":"a","seq":1,"tier":1,"namespace":"sessions","key":"k","op":"put","payload":"!!!","created_at_ms":0}]}"#;
         let err = serde_json::from_str::<PushRequest>(bad).unwrap_err();
         assert!(err.to_string().contains("invalid base64"), "{err}");
-        let extra = r#"{"items":[],"future_field":true}"#;
+        let extra = r#"{"producer":"p","items":[],"future_field":true}"#;
         assert_eq!(
             serde_json::from_str::<PushRequest>(extra)
                 .unwrap()
@@ -397,7 +446,10 @@ mod tests {
                 .len(),
             0
         );
-        let bad_op = r#"{"items":[{"id":"a","tier":1,"namespace":"sessions","key":"k","op":"merge","created_at_ms":0}]}"#;
+        let bad_op = r#"{"producer":"p","items":[{"id":"a","seq":1,"tier":1,"namespace":"sessions","key":"k","op":"merge","created_at_ms":0}]}"#;
         assert!(serde_json::from_str::<PushRequest>(bad_op).is_err());
+        // Version 1 bodies (no producer, no seq) do not parse as version 2.
+        let v1 = r#"{"items":[{"id":"a","tier":1,"namespace":"sessions","key":"k","op":"put","created_at_ms":0}]}"#;
+        assert!(serde_json::from_str::<PushRequest>(v1).is_err());
     }
 }
