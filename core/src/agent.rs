@@ -326,16 +326,20 @@ impl<T: Transport> Drop for Agent<T> {
 mod tests {
     use std::collections::HashSet;
 
-    use kryonix_protocol::wire::{CacheEntry, ItemOutcome, PullResponse, PushResponse, PushResult};
+    use kryonix_protocol::wire::{
+        CacheEntry, HelloResponse, ItemOutcome, PullResponse, PushResponse, PushResult,
+    };
 
     use super::*;
     use crate::outbox::OutboxItem;
     use crate::sync::transport::{PushReply, TransportError};
 
-    /// An in-memory server at the transport edge: stores ids, answers duplicates.
+    /// An in-memory server at the transport edge that keeps the last number stored per
+    /// producer and tier, as the real one does, and the ids it stored.
     #[derive(Debug, Default)]
     struct FakeServer {
         stored: Mutex<HashSet<String>>,
+        last: Mutex<std::collections::HashMap<(String, u8), u64>>,
     }
 
     impl Transport for FakeServer {
@@ -345,26 +349,50 @@ mod tests {
             _: DeviceProfile,
         ) -> Result<PushReply, TransportError> {
             let mut stored = self.stored.lock().unwrap();
+            let mut last = self.last.lock().unwrap();
             let results = items
                 .iter()
-                .map(|i| PushResult {
-                    id: i.id.to_string(),
-                    outcome: if i.key == "poison" {
+                .map(|i| {
+                    let top = last
+                        .entry((i.producer.clone(), i.tier.number()))
+                        .or_default();
+                    let outcome = if i.key == "poison" {
                         ItemOutcome::Rejected {
                             code: "invalid_key".into(),
                             reason: "refused".into(),
                         }
-                    } else if stored.insert(i.id.to_string()) {
+                    } else if i.seq > *top {
+                        *top = i.seq;
+                        assert!(stored.insert(i.id.to_string()), "stored twice");
                         ItemOutcome::Accepted
                     } else {
                         ItemOutcome::Duplicate
-                    },
+                    };
+                    PushResult {
+                        id: i.id.to_string(),
+                        outcome,
+                    }
                 })
                 .collect();
             Ok(PushReply {
-                response: PushResponse { results },
+                response: PushResponse {
+                    results,
+                    last_seq: [0; 4],
+                },
                 bytes_sent: 10,
                 bytes_raw: 20,
+            })
+        }
+
+        async fn hello(&self, producer: &str) -> Result<HelloResponse, TransportError> {
+            let last = self.last.lock().unwrap();
+            Ok(HelloResponse {
+                producer: producer.to_owned(),
+                last_seq: std::array::from_fn(|i| {
+                    last.get(&(producer.to_owned(), i as u8 + 1))
+                        .copied()
+                        .unwrap_or(0)
+                }),
             })
         }
 

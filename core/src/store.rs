@@ -25,6 +25,7 @@ pub const APPLICATION_ID: i32 = 0x4B52_5958;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_applied_changes.sql"),
+    include_str!("../migrations/0004_producer_sequences.sql"),
 ];
 
 /// The schema version this build writes.
@@ -552,6 +553,20 @@ mod tests {
             })
             .unwrap();
         assert_eq!((version, outbox, tables), (SCHEMA_VERSION, 1, 1));
+        // The queued item is numbered under the database's first producer, and the tier's
+        // numbering continues after it.
+        let (seq, next, producer): (i64, i64, String) = store
+            .read(|c| {
+                Ok::<_, StoreError>((
+                    c.query_row("SELECT tier_seq FROM outbox", [], |r| r.get(0))?,
+                    c.query_row("SELECT next_seq FROM outbox_tiers WHERE tier = 1", [], |r| {
+                        r.get(0)
+                    })?,
+                    c.query_row("SELECT id FROM outbox_producers", [], |r| r.get(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((seq, next, producer.len()), (1, 2, 32));
         assert_eq!(
             store.read(|c| Store::meta_get(c, "cursor")).unwrap(),
             Some(vec![2])

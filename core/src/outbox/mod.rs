@@ -18,6 +18,24 @@
 //! Order: tier 1 before tier 2 before 3 before 4; within a tier, strictly FIFO. A tier with a
 //! batch in flight hands out nothing more until that batch is settled, and a tier whose oldest
 //! item is backing off waits as a whole, so a later item never overtakes an earlier one.
+//!
+//! # Numbering: exactly-once without a marker per item
+//!
+//! Every item is numbered in the transaction that inserts it: `seq` grows strictly per
+//! (producer, tier), where the producer is a random id this outbox keeps in its database. The
+//! server keeps only the last number it stored per producer and tier and stores an item only
+//! above it, so a resent batch answers `duplicate` (Kafka's idempotent producer, KIP-98). A tier
+//! is handed out in number order, and a dead letter the app retries gets a new number (it was
+//! never stored, and its old number may now be below the server's).
+//!
+//! A phone may restore this file from a backup, rolling the numbering back while the server
+//! remembers further. New items would then reuse numbers the server has seen and be taken for
+//! duplicates. So each session says hello before its first push (the engine sees to it): the
+//! outbox remembers the numbering as it stood when the database was first opened since the
+//! last hello (`unverified_from`); no push happens in between, so a server ahead of it can only
+//! mean a restored file. [`Write::Reconcile`] then moves every item numbered since to a new
+//! producer, numbered from 1, and leaves the older ones under the old producer, where the
+//! server's numbers tell which it already has (see `docs/sync-protocol.md`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -116,6 +134,10 @@ pub struct NewItem<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxItem {
     pub id: ItemId,
+    /// The producer that numbered the item (every item of a batch has the same).
+    pub producer: String,
+    /// The item's number in its producer's tier.
+    pub seq: u64,
     pub tier: Tier,
     pub namespace: Namespace,
     pub key: String,
@@ -281,6 +303,11 @@ pub enum Write {
     /// The tier's batch goes back to `pending`, due now, no attempt counted (it was never
     /// refused: too large as a whole, or left in flight by a write that failed).
     Release { tier: Tier },
+    /// The server's answer to this session's hello: the last number it stored per tier (index 0
+    /// is tier 1) for the current producer. A server ahead of the numbering as it stood when the
+    /// session opened means the database was restored from an older copy: every item numbered
+    /// since moves to a new producer. Otherwise the numbering is confirmed.
+    Reconcile { last_seq: [u64; 4] },
     /// The pending items of these tiers are due now (the app asked): backoffs and waits for a
     /// tier's next slot are cut short. Order, attempts and states are unchanged.
     MakeDue(TierSet),
@@ -298,14 +325,31 @@ pub struct Applied {
     /// Items put back to `pending` with an attempt counted (a failure, or left out of an
     /// answer), or made due.
     pub rescheduled: usize,
+    /// The new producer, when a hello found the database restored from an older copy.
+    pub new_producer: Option<String>,
+    /// Items moved to that producer.
+    pub renumbered: usize,
 }
 
-const ITEM_COLUMNS: &str = "id, tier, namespace, key, op, payload, created_at, attempts";
+/// The columns [`item_from_row`] reads, from `outbox AS o` joined with its producer `p`.
+const ITEM_COLUMNS: &str =
+    "o.id, o.tier, o.namespace, o.key, o.op, o.payload, o.created_at, o.attempts, p.id, o.tier_seq";
+const ITEM_FROM: &str = "outbox AS o JOIN outbox_producers AS p ON p.gen = o.producer_gen";
+/// Columns read by [`item_from_row`].
+const ITEM_COLUMN_COUNT: usize = 10;
 
 impl Outbox {
-    /// Opens the outbox on `store`, returning items a crash left in flight to `pending`.
+    /// Opens the outbox on `store`, returning items a crash left in flight to `pending`, and
+    /// noting where the numbering stands until the server confirms it (the session's hello).
     pub fn open(store: Arc<Store>, clock: Arc<dyn Clock>, config: OutboxConfig) -> Result<Self> {
         let resumed = store.write(|tx| {
+            // Only the first open since the last hello counts: a file restored from a backup
+            // and opened twice before reaching the server must still compare against the
+            // numbering it was restored with.
+            tx.execute(
+                "UPDATE outbox_tiers SET unverified_from = next_seq - 1 WHERE unverified_from IS NULL",
+                [],
+            )?;
             tx.execute(
                 "UPDATE outbox SET state = ?1 WHERE state = ?2",
                 params![ItemState::Pending, ItemState::InFlight],
@@ -327,6 +371,11 @@ impl Outbox {
 
     pub fn config(&self) -> &OutboxConfig {
         &self.config
+    }
+
+    /// The current producer id: new items are numbered under it.
+    pub fn producer(&self) -> Result<String> {
+        self.store.read(|conn| Ok(current_producer(conn)?.1))
     }
 
     fn validate(&self, item: &NewItem<'_>) -> Result<()> {
@@ -368,9 +417,11 @@ impl Outbox {
         }
         let now = self.clock.now_ms();
         self.store.write(|tx| {
+            let (generation, _) = current_producer(tx)?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO outbox (id, tier, namespace, key, op, payload, created_at, next_attempt_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                "INSERT INTO outbox
+                    (id, tier, namespace, key, op, payload, created_at, next_attempt_at, producer_gen, tier_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
             )?;
             let mut ids = Vec::with_capacity(items.len());
             for item in items {
@@ -383,6 +434,8 @@ impl Outbox {
                     item.op.as_str(),
                     item.payload,
                     now,
+                    generation,
+                    take_number(tx, item.tier)?,
                 ])?;
                 ids.push(id);
             }
@@ -442,6 +495,11 @@ impl Outbox {
                 Write::Release { tier } => {
                     applied.released = back_to_pending(tx, *tier, now, None, false)?;
                 }
+                Write::Reconcile { last_seq } => {
+                    let (producer, renumbered) = reconcile(tx, last_seq)?;
+                    applied.new_producer = producer;
+                    applied.renumbered = renumbered;
+                }
                 Write::MakeDue(tiers) => {
                     let mut update = tx.prepare_cached(
                         "UPDATE outbox SET next_attempt_at = ?3
@@ -489,12 +547,13 @@ impl Outbox {
         }
     }
 
-    /// Removes a still-pending item (the app changed its mind before it was sent). Returns
-    /// `false` if the item is in flight, dead or gone.
+    /// Removes an item the server cannot have yet (the app changed its mind before it was
+    /// sent). Returns `false` if it is in flight, was ever tried (the server may have stored it
+    /// and only the answer was lost), is dead or gone.
     pub fn cancel(&self, id: ItemId) -> Result<bool> {
         self.store.write(|tx| {
             let n = tx.execute(
-                "DELETE FROM outbox WHERE id = ?1 AND state = ?2",
+                "DELETE FROM outbox WHERE id = ?1 AND state = ?2 AND attempts = 0",
                 params![id.to_string(), ItemState::Pending],
             )?;
             Ok(n == 1)
@@ -505,33 +564,53 @@ impl Outbox {
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         self.store.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS}, dead_code, dead_reason, dead_at FROM outbox
-                 WHERE state = ?1 ORDER BY seq"
+                "SELECT {ITEM_COLUMNS}, o.dead_code, o.dead_reason, o.dead_at FROM {ITEM_FROM}
+                 WHERE o.state = ?1 ORDER BY o.seq"
             ))?;
             let mut rows = stmt.query([ItemState::Dead])?;
             let mut out = Vec::new();
+            let n = ITEM_COLUMN_COUNT;
             while let Some(row) = rows.next()? {
                 out.push(DeadLetter {
                     item: item_from_row(row, 0)?,
-                    code: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
-                    reason: row.get::<_, Option<String>>(9)?.unwrap_or_default(),
-                    dead_at: row.get::<_, Option<i64>>(10)?.unwrap_or_default(),
+                    code: row.get::<_, Option<String>>(n)?.unwrap_or_default(),
+                    reason: row.get::<_, Option<String>>(n + 1)?.unwrap_or_default(),
+                    dead_at: row.get::<_, Option<i64>>(n + 2)?.unwrap_or_default(),
                 });
             }
             Ok(out)
         })
     }
 
-    /// Sends a dead letter again: back to `pending` in the queue position it already had, due
-    /// now, attempts reset.
+    /// Sends a dead letter again: back to `pending` with a new number under the current
+    /// producer — so at the end of its tier's queue — due now, attempts reset. (Its old number
+    /// may be below what the server has stored since, which would make it a "duplicate".)
     pub fn retry_dead(&self, id: ItemId) -> Result<()> {
         let now = self.clock.now_ms();
         let n = self.store.write(|tx| {
+            let tier: Option<u8> = tx
+                .prepare_cached("SELECT tier FROM outbox WHERE id = ?1 AND state = ?2")?
+                .query_row(params![id.to_string(), ItemState::Dead], |r| r.get(0))
+                .optional()?;
+            let Some(tier) = tier else {
+                return Ok(0);
+            };
+            let tier = tier_from(tier)?;
+            let (generation, _) = current_producer(tx)?;
+            let seq = take_number(tx, tier)?;
             tx.execute(
                 "UPDATE outbox SET state = ?3, attempts = 0, next_attempt_at = ?2,
-                        dead_code = NULL, dead_reason = NULL, dead_at = NULL
+                        dead_code = NULL, dead_reason = NULL, dead_at = NULL,
+                        producer_gen = ?5, tier_seq = ?6
                  WHERE id = ?1 AND state = ?4",
-                params![id.to_string(), now, ItemState::Pending, ItemState::Dead],
+                params![
+                    id.to_string(),
+                    now,
+                    ItemState::Pending,
+                    ItemState::Dead,
+                    generation,
+                    seq
+                ],
             )
             .map_err(OutboxError::from)
         })?;
@@ -594,7 +673,7 @@ impl Outbox {
             drop(stmt);
             let mut head = tx.prepare_cached(
                 "SELECT next_attempt_at FROM outbox WHERE state = ?1 AND tier = ?2
-                 ORDER BY seq LIMIT 1",
+                 ORDER BY producer_gen, tier_seq LIMIT 1",
             )?;
             for (tier, entry) in stats.tiers.iter_mut() {
                 entry.next_attempt_at = head
@@ -609,20 +688,21 @@ impl Outbox {
     pub fn get(&self, id: ItemId) -> Result<Option<(OutboxItem, ItemState)>> {
         self.store.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS}, state FROM outbox WHERE id = ?1"
+                "SELECT {ITEM_COLUMNS}, o.state FROM {ITEM_FROM} WHERE o.id = ?1"
             ))?;
             let mut rows = stmt.query([id.to_string()])?;
             match rows.next()? {
                 None => Ok(None),
-                Some(row) => Ok(Some((item_from_row(row, 0)?, row.get(8)?))),
+                Some(row) => Ok(Some((item_from_row(row, 0)?, row.get(ITEM_COLUMN_COUNT)?))),
             }
         })
     }
 }
 
-/// Moves the tier's oldest due items (at most `room`) to `in_flight` and appends them to
-/// `batch` — unless the tier already has a batch in flight or its head is backing off, in which
-/// case nothing behind the head may go either.
+/// Moves the tier's lowest-numbered due items (at most `room`, all of one producer, the
+/// producer of `batch` if it has items already) to `in_flight` and appends them to `batch` —
+/// unless the tier already has a batch in flight or its head is backing off, in which case
+/// nothing behind the head may go either.
 fn take_tier(
     tx: &rusqlite::Transaction<'_>,
     tier: Tier,
@@ -636,42 +716,158 @@ fn take_tier(
     if busy {
         return Ok(());
     }
-    let head_due: Option<Millis> = tx
+    let head: Option<(Millis, i64, String)> = tx
         .prepare_cached(
-            "SELECT next_attempt_at FROM outbox WHERE state = ?1 AND tier = ?2
-             ORDER BY seq LIMIT 1",
+            "SELECT o.next_attempt_at, o.producer_gen, p.id
+             FROM outbox AS o JOIN outbox_producers AS p ON p.gen = o.producer_gen
+             WHERE o.state = ?1 AND o.tier = ?2
+             ORDER BY o.producer_gen, o.tier_seq LIMIT 1",
         )?
-        .query_row(params![ItemState::Pending, tier.number()], |r| r.get(0))
+        .query_row(params![ItemState::Pending, tier.number()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?;
-    if head_due.is_none_or(|at| at > now) {
+    let Some((due, generation, producer)) = head else {
+        return Ok(());
+    };
+    // A batch travels under one producer id; another tier's producer waits for its own batch.
+    if due > now
+        || batch
+            .first()
+            .is_some_and(|first| first.producer != producer)
+    {
         return Ok(());
     }
     let mut select = tx.prepare_cached(&format!(
-        "SELECT seq, {ITEM_COLUMNS} FROM outbox WHERE state = ?1 AND tier = ?2
-         ORDER BY seq LIMIT ?3"
+        "SELECT {ITEM_COLUMNS} FROM {ITEM_FROM}
+         WHERE o.state = ?1 AND o.tier = ?2 AND o.producer_gen = ?3
+         ORDER BY o.tier_seq LIMIT ?4"
     ))?;
     let mut rows = select.query(params![
         ItemState::Pending,
         tier.number(),
+        generation,
         i64::try_from(room).unwrap_or(i64::MAX)
     ])?;
-    let mut last_seq = None;
+    let mut last = None;
     while let Some(row) = rows.next()? {
-        last_seq = Some(row.get::<_, i64>(0)?);
-        batch.push(item_from_row(row, 1)?);
+        let item = item_from_row(row, 0)?;
+        last = Some(item.seq);
+        batch.push(item);
     }
-    if let Some(last) = last_seq {
+    if let Some(last) = last {
         tx.prepare_cached(
-            "UPDATE outbox SET state = ?1 WHERE state = ?2 AND tier = ?3 AND seq <= ?4",
+            "UPDATE outbox SET state = ?1
+             WHERE state = ?2 AND tier = ?3 AND producer_gen = ?4 AND tier_seq <= ?5",
         )?
         .execute(params![
             ItemState::InFlight,
             ItemState::Pending,
             tier.number(),
-            last
+            generation,
+            i64::try_from(last).unwrap_or(i64::MAX)
         ])?;
     }
     Ok(())
+}
+
+/// The current producer: the newest one.
+fn current_producer(conn: &rusqlite::Connection) -> Result<(i64, String)> {
+    Ok(conn
+        .prepare_cached("SELECT gen, id FROM outbox_producers ORDER BY gen DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
+}
+
+/// Hands out the next number of `tier` under the current producer.
+fn take_number(tx: &rusqlite::Transaction<'_>, tier: Tier) -> Result<i64> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE outbox_tiers SET next_seq = next_seq + 1 WHERE tier = ?1 RETURNING next_seq - 1",
+        )?
+        .query_row([tier.number()], |r| r.get(0))?)
+}
+
+/// Applies the server's answer to the hello (see [`Write::Reconcile`]). Returns the new
+/// producer and how many items moved to it, when the file turned out to be restored.
+fn reconcile(
+    tx: &rusqlite::Transaction<'_>,
+    last_seq: &[u64; 4],
+) -> Result<(Option<String>, usize)> {
+    let mut unverified = [None::<i64>; 4];
+    let mut restored = false;
+    {
+        let mut stmt = tx.prepare_cached("SELECT tier, unverified_from FROM outbox_tiers")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let tier = tier_from(row.get(0)?)?;
+            let index = usize::from(tier.number() - 1);
+            let from: Option<i64> = row.get(1)?;
+            let server = last_seq.get(index).copied().unwrap_or(0);
+            if let Some(slot) = unverified.get_mut(index) {
+                *slot = from;
+            }
+            // No push happens between the open that set `unverified_from` and this hello, so
+            // the server can only be ahead of it if the file went back in time.
+            restored |= from.is_some_and(|from| i64::try_from(server).unwrap_or(i64::MAX) > from);
+        }
+    }
+    let mut moved = 0;
+    let mut new_producer = None;
+    if restored {
+        let (old_gen, old_id) = current_producer(tx)?;
+        let id = Uuid::now_v7().simple().to_string();
+        let generation = old_gen + 1;
+        tx.execute(
+            "INSERT INTO outbox_producers (gen, id) VALUES (?1, ?2)",
+            params![generation, id],
+        )?;
+        for tier in Tier::ALL {
+            let from = unverified
+                .get(usize::from(tier.number() - 1))
+                .copied()
+                .flatten()
+                .unwrap_or(i64::MAX);
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT id FROM outbox
+                     WHERE tier = ?1 AND producer_gen = ?2 AND tier_seq > ?3 AND state != ?4
+                     ORDER BY tier_seq",
+                )?
+                .query_map(
+                    params![tier.number(), old_gen, from, ItemState::Dead],
+                    |r| r.get(0),
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut renumber = tx.prepare_cached(
+                "UPDATE outbox SET producer_gen = ?2, tier_seq = ?3 WHERE id = ?1",
+            )?;
+            for (n, item) in (1_i64..).zip(&ids) {
+                renumber.execute(params![item, generation, n])?;
+            }
+            tx.prepare_cached("UPDATE outbox_tiers SET next_seq = ?2 WHERE tier = ?1")?
+                .execute(params![
+                    tier.number(),
+                    i64::try_from(ids.len()).unwrap_or(i64::MAX) + 1
+                ])?;
+            moved += ids.len();
+        }
+        tracing::warn!(
+            old = old_id,
+            new = id,
+            moved,
+            "outbox: the server is ahead of this database, which was restored from an older copy; items queued since move to a new producer"
+        );
+        new_producer = Some(id);
+    }
+    tx.execute("UPDATE outbox_tiers SET unverified_from = NULL", [])?;
+    // A producer with nothing left to send is forgotten (the current one always stays).
+    tx.execute(
+        "DELETE FROM outbox_producers
+         WHERE gen < (SELECT max(gen) FROM outbox_producers)
+           AND NOT EXISTS (SELECT 1 FROM outbox WHERE producer_gen = outbox_producers.gen)",
+        [],
+    )?;
+    Ok((new_producer, moved))
 }
 
 /// Deletes the listed items that are in flight in `tier`; returns how many.
@@ -771,6 +967,9 @@ fn item_from_row(row: &Row<'_>, offset: usize) -> Result<OutboxItem> {
         payload: row.get(offset + 5)?,
         created_at: row.get(offset + 6)?,
         attempts: row.get(offset + 7)?,
+        producer: row.get(offset + 8)?,
+        seq: u64::try_from(row.get::<_, i64>(offset + 9)?)
+            .map_err(|e| OutboxError::BadRow(format!("seq: {e}")))?,
     })
 }
 

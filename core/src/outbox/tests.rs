@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -434,8 +434,10 @@ enum Action {
     Enqueue(u8),
     Batch(usize),
     AckAll,
-    FailAll,
+    /// Every batch in flight fails; tier `t` backs off `base * t` ms.
+    FailAll(u16),
     RejectFirst,
+    RetryDead,
     Advance(u16),
     Reopen,
 }
@@ -445,8 +447,9 @@ fn action() -> impl Strategy<Value = Action> {
         4 => (1u8..=4).prop_map(Action::Enqueue),
         2 => (1usize..=120).prop_map(Action::Batch),
         2 => Just(Action::AckAll),
-        1 => Just(Action::FailAll),
+        1 => (0u16..3000).prop_map(Action::FailAll),
         1 => Just(Action::RejectFirst),
+        1 => Just(Action::RetryDead),
         2 => (0u16..5000).prop_map(Action::Advance),
         1 => Just(Action::Reopen),
     ]
@@ -456,7 +459,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// Nothing is lost, nothing is handed out twice at once, and FIFO holds within a tier:
-    /// every item is eventually acked exactly once or sits in the dead-letter lane.
+    /// every item is eventually acked exactly once or sits in the dead-letter lane. Each tier's
+    /// items leave in strictly increasing number (a retried dead letter gets a new, higher
+    /// one), and an item backing off is never overtaken within its tier.
     #[test]
     fn queue_invariants(actions in proptest::collection::vec(action(), 1..60)) {
         let f = fixture();
@@ -467,11 +472,16 @@ proptest! {
         let mut dead: HashSet<ItemId> = HashSet::new();
         // Live (not acked, not dead) items per tier, in enqueue order.
         let mut live: std::collections::HashMap<Tier, Vec<ItemId>> = Default::default();
+        // Highest number handed out per (producer, tier), and the items handed out before.
+        let mut highest: std::collections::HashMap<(String, Tier), u64> = Default::default();
+        let mut handed_before: HashMap<ItemId, u64> = HashMap::new();
+        let mut tier_of: HashMap<ItemId, Tier> = HashMap::new();
         for (n, a) in actions.into_iter().enumerate() {
             match a {
                 Action::Enqueue(t) => {
                     let tier = Tier::try_from(t).unwrap();
                     let id = put(&outbox, &format!("k{n}"), tier);
+                    tier_of.insert(id, tier);
                     enqueued.push((id, tier));
                     live.entry(tier).or_default().push(id);
                 }
@@ -490,8 +500,21 @@ proptest! {
                         let queue = live.get(&tier).cloned().unwrap_or_default();
                         prop_assert_eq!(&handed[..], &queue[..handed.len()]);
                     }
-                    // Tiers are handed out in priority order.
+                    // Tiers are handed out in priority order, under one producer.
                     prop_assert!(batch.windows(2).all(|w| w[0].tier <= w[1].tier));
+                    prop_assert!(batch.windows(2).all(|w| w[0].producer == w[1].producer));
+                    for item in &batch {
+                        let top = highest.entry((item.producer.clone(), item.tier)).or_default();
+                        match handed_before.get(&item.id) {
+                            // Sent again after a failure: the same number as before.
+                            Some(seq) => prop_assert_eq!(*seq, item.seq),
+                            None => {
+                                prop_assert!(item.seq > *top, "{} after {}", item.seq, *top);
+                                handed_before.insert(item.id, item.seq);
+                            }
+                        }
+                        *top = (*top).max(item.seq);
+                    }
                     in_flight.extend(ids(&batch));
                 }
                 Action::AckAll => {
@@ -501,14 +524,24 @@ proptest! {
                     }
                     acked.extend(in_flight.drain(..));
                 }
-                Action::FailAll => {
-                    let at = f.clock.now_ms() + 1_000;
+                Action::FailAll(base) => {
                     for tier in Tier::ALL {
+                        let at = f.clock.now_ms() + i64::from(base) * i64::from(tier.number());
                         outbox
                             .apply(&Write::Reschedule { tier, at, error: "boom".into() })
                             .unwrap();
                     }
                     in_flight.clear();
+                }
+                Action::RetryDead => {
+                    let first = outbox.dead_letters().unwrap().first().map(|d| d.item.id);
+                    if let Some(id) = first {
+                        outbox.retry_dead(id).unwrap();
+                        dead.remove(&id);
+                        // A new number: it goes to the end of its tier, and counts as new.
+                        handed_before.remove(&id);
+                        live.entry(tier_of[&id]).or_default().push(id);
+                    }
                 }
                 Action::RejectFirst => {
                     if !in_flight.is_empty() {
@@ -547,4 +580,199 @@ proptest! {
         let dead_now: HashSet<ItemId> = outbox.dead_letters().unwrap().iter().map(|d| d.item.id).collect();
         prop_assert_eq!(dead_now, dead);
     }
+}
+
+/// The server's side of sequenced exactly-once, as a model: the last number stored per producer
+/// and tier, and every item id it stored.
+#[derive(Default)]
+struct ModelServer {
+    last: HashMap<(String, Tier), u64>,
+    stored: Vec<ItemId>,
+}
+
+impl ModelServer {
+    /// Stores what is new in `batch`; returns the ids the device may forget (stored or duplicate).
+    fn push(&mut self, batch: &[OutboxItem]) -> Vec<ItemId> {
+        for item in batch {
+            let top = self
+                .last
+                .entry((item.producer.clone(), item.tier))
+                .or_default();
+            if item.seq > *top {
+                *top = item.seq;
+                self.stored.push(item.id);
+            }
+        }
+        ids(batch)
+    }
+
+    fn hello(&self, producer: &str) -> [u64; 4] {
+        std::array::from_fn(|i| {
+            self.last
+                .get(&(producer.to_owned(), Tier::ALL[i]))
+                .copied()
+                .unwrap_or(0)
+        })
+    }
+}
+
+/// Says hello for the outbox's producer and applies the answer, as the engine and driver do.
+fn hello(outbox: &Outbox, server: &ModelServer) -> Applied {
+    let last_seq = server.hello(&outbox.producer().unwrap());
+    outbox.apply(&Write::Reconcile { last_seq }).unwrap()
+}
+
+/// Sends everything due, batch by batch, to `server`.
+fn sync_all(outbox: &Outbox, server: &mut ModelServer) {
+    loop {
+        let batch = outbox.next_batch(100, TierSet::ALL).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        let done = server.push(&batch);
+        outbox.ack(&done).unwrap();
+    }
+}
+
+/// Copies the database file as a phone backup would (the outbox closed, so the WAL is folded
+/// into the main file).
+fn backup(path: &std::path::Path, to: &std::path::Path) {
+    std::fs::copy(path, to).unwrap();
+}
+
+#[test]
+fn items_are_numbered_per_tier_from_one() {
+    let f = fixture();
+    put(&f.outbox, "a", Tier::Critical);
+    put(&f.outbox, "b", Tier::Background);
+    put(&f.outbox, "c", Tier::Critical);
+    let batch = f.outbox.next_batch(100, TierSet::ALL).unwrap();
+    let numbers: Vec<(&str, u64)> = batch.iter().map(|i| (i.key.as_str(), i.seq)).collect();
+    assert_eq!(numbers, [("a", 1), ("c", 2), ("b", 1)]);
+    assert!(
+        batch
+            .iter()
+            .all(|i| i.producer == f.outbox.producer().unwrap())
+    );
+}
+
+#[test]
+fn a_retried_dead_letter_gets_a_new_number_at_the_end_of_its_tier() {
+    let f = fixture();
+    let bad = put(&f.outbox, "bad", Tier::Critical);
+    put(&f.outbox, "next", Tier::Critical);
+    f.outbox.next_batch(100, TierSet::ALL).unwrap();
+    f.outbox.reject(bad, "invalid_key", "x").unwrap();
+    f.outbox
+        .apply(&Write::Release {
+            tier: Tier::Critical,
+        })
+        .unwrap();
+    put(&f.outbox, "later", Tier::Critical);
+    f.outbox.retry_dead(bad).unwrap();
+    let batch = f.outbox.next_batch(100, TierSet::ALL).unwrap();
+    let numbers: Vec<(&str, u64)> = batch.iter().map(|i| (i.key.as_str(), i.seq)).collect();
+    assert_eq!(numbers, [("next", 2), ("later", 3), ("bad", 4)]);
+}
+
+#[test]
+fn a_tried_item_can_no_longer_be_cancelled() {
+    let f = fixture();
+    let a = put(&f.outbox, "a", Tier::Critical);
+    f.outbox.next_batch(100, TierSet::ALL).unwrap();
+    f.outbox
+        .apply(&Write::Reschedule {
+            tier: Tier::Critical,
+            at: f.clock.now_ms(),
+            error: "timeout".into(),
+        })
+        .unwrap();
+    // The server may have stored it and only the answer was lost.
+    assert!(!f.outbox.cancel(a).unwrap());
+}
+
+#[test]
+fn reopening_without_a_restore_keeps_the_producer() {
+    let f = fixture();
+    let mut server = ModelServer::default();
+    let producer = f.outbox.producer().unwrap();
+    assert_eq!(hello(&f.outbox, &server).new_producer, None);
+    put(&f.outbox, "a", Tier::Critical);
+    sync_all(&f.outbox, &mut server);
+    put(&f.outbox, "b", Tier::Critical);
+    drop(f.outbox);
+    // Opened twice before the next hello; new items meanwhile.
+    let outbox = open(&f.path, &f.clock);
+    put(&outbox, "c", Tier::Critical);
+    drop(outbox);
+    let outbox = open(&f.path, &f.clock);
+    assert_eq!(hello(&outbox, &server).new_producer, None);
+    assert_eq!(outbox.producer().unwrap(), producer);
+    sync_all(&outbox, &mut server);
+    assert_eq!(server.stored.len(), 3);
+}
+
+#[test]
+fn a_restored_database_moves_newer_items_to_a_new_producer_and_loses_nothing() {
+    let f = fixture();
+    let saved = f.path.with_extension("backup");
+    let mut server = ModelServer::default();
+    let mut written = Vec::new();
+    hello(&f.outbox, &server);
+    written.push(put(&f.outbox, "a1", Tier::Critical));
+    written.push(put(&f.outbox, "a2", Tier::Critical));
+    sync_all(&f.outbox, &mut server);
+    // Pending at backup time: b1, b2 (numbers 3, 4), and one in tier 2.
+    written.push(put(&f.outbox, "b1", Tier::Critical));
+    written.push(put(&f.outbox, "b2", Tier::Critical));
+    written.push(put(&f.outbox, "p1", Tier::Preferences));
+    drop(f.outbox);
+    backup(&f.path, &saved);
+
+    // Life goes on: everything so far is delivered, and more (numbers 5 to 7).
+    let outbox = open(&f.path, &f.clock);
+    hello(&outbox, &server);
+    for key in ["c1", "c2", "c3"] {
+        written.push(put(&outbox, key, Tier::Critical));
+    }
+    sync_all(&outbox, &mut server);
+    let before_restore = server.stored.len();
+    assert_eq!(before_restore, 8);
+    drop(outbox);
+
+    // The phone restores the backup: b1, b2 and p1 are pending again, the numbering is back at 4.
+    std::fs::copy(&saved, &f.path).unwrap();
+    let outbox = open(&f.path, &f.clock);
+    // The app writes before the device reaches the server: numbers 5 and 6 again, which the
+    // server has seen (for c1, c2).
+    written.push(put(&outbox, "d1", Tier::Critical));
+    written.push(put(&outbox, "d2", Tier::Critical));
+    drop(outbox);
+    // Killed and opened again before the hello: the restored numbering still counts.
+    let outbox = open(&f.path, &f.clock);
+    written.push(put(&outbox, "d3", Tier::Critical));
+    let old = outbox.producer().unwrap();
+    let applied = hello(&outbox, &server);
+    let new = applied.new_producer.expect("the restore was noticed");
+    assert_ne!(new, old);
+    assert_eq!(applied.renumbered, 3, "d1, d2, d3 move; b1, b2, p1 stay");
+    sync_all(&outbox, &mut server);
+
+    // Every item written is stored exactly once: b1, b2, p1 were duplicates of what the server
+    // had, d1..d3 are new.
+    let stored: HashSet<ItemId> = server.stored.iter().copied().collect();
+    assert_eq!(
+        stored.len(),
+        server.stored.len(),
+        "an item was stored twice"
+    );
+    assert_eq!(stored, written.iter().copied().collect::<HashSet<_>>());
+    assert_eq!(outbox.stats().unwrap().depth(), 0);
+    // Later items are numbered under the new producer, after the moved ones.
+    put(&outbox, "e", Tier::Critical);
+    let batch = outbox.next_batch(100, TierSet::ALL).unwrap();
+    assert_eq!(
+        (batch[0].producer.as_str(), batch[0].seq),
+        (new.as_str(), 4)
+    );
 }

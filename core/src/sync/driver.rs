@@ -21,7 +21,7 @@ use super::engine::{Action, Event, FailureKind, SyncEngine, SyncStatus};
 use super::transport::Transport;
 use crate::cache::Cache;
 use crate::clock::{Clock, Millis, duration_ms};
-use crate::outbox::{ItemId, Outbox, OutboxError, Rejection, TierSet};
+use crate::outbox::{ItemId, Outbox, OutboxError, Rejection, TierSet, Write};
 
 /// Meta key of the downstream cursor.
 pub const PULL_CURSOR_KEY: &str = "pull_cursor";
@@ -47,11 +47,13 @@ pub struct SyncReport {
     pub deadline_reached: bool,
 }
 
-/// What one [`step`] leaves for its caller: the engine's requests, timer and status (the outbox
-/// writes are done), and the items that just moved to the dead-letter lane.
+/// What one [`step`] leaves for its caller: the engine's requests, timer and status, the outbox
+/// writes it carried out (for logs and transcripts), and the items that just moved to the
+/// dead-letter lane.
 #[derive(Debug, Default)]
 pub struct Step {
     pub actions: Vec<Action>,
+    pub writes: Vec<Write>,
     pub dead_lettered: Vec<Rejection>,
 }
 
@@ -79,6 +81,7 @@ fn apply(outbox: &Outbox, actions: Vec<Action>, step: &mut Step) -> Result<(), O
             Action::Outbox(write) => {
                 let applied = outbox.apply(&write)?;
                 step.dead_lettered.extend(applied.dead_lettered);
+                step.writes.push(write);
             }
             other => step.actions.push(other),
         }
@@ -179,6 +182,10 @@ impl<T: Transport> Driver<T> {
                     let event = self.push(tier, limit, state).await;
                     state.queue.push_back(event);
                 }
+                Action::Hello => {
+                    let event = self.hello().await;
+                    state.queue.push_back(event);
+                }
                 Action::Pull { limit } => {
                     let event = self.pull(limit).await;
                     state.queue.push_back(event);
@@ -224,6 +231,37 @@ impl<T: Transport> Driver<T> {
                 elapsed: state.last_push,
                 bytes: reply.bytes_sent,
                 raw_bytes: reply.bytes_raw,
+            },
+            Err(e) => Event::RequestFailed {
+                kind: e.kind,
+                error: e.message,
+            },
+        }
+    }
+
+    /// Says hello for the current producer; returns the answer as the engine's next event.
+    async fn hello(&self) -> Event {
+        let producer = match self.outbox.producer() {
+            Ok(producer) => producer,
+            Err(error) => {
+                return Event::RequestFailed {
+                    kind: FailureKind::Retryable {
+                        retry_after: Some(STORAGE_RETRY),
+                    },
+                    error: format!("local storage: {error}"),
+                };
+            }
+        };
+        match self.transport.hello(&producer).await {
+            Ok(answer) if answer.producer == producer => Event::HelloAnswered {
+                last_seq: answer.last_seq,
+            },
+            Ok(answer) => Event::RequestFailed {
+                kind: FailureKind::Retryable { retry_after: None },
+                error: format!(
+                    "the server answered the hello for producer {:?}, not {producer:?}",
+                    answer.producer
+                ),
             },
             Err(e) => Event::RequestFailed {
                 kind: e.kind,

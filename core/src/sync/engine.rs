@@ -123,6 +123,10 @@ pub enum Event {
     /// The driver did not send the batch asked for: an OS background window is closing. The
     /// wake-up ends; its tiers keep their place and go at the next one.
     PushAbandoned,
+    /// The server answered the hello: its last stored number per tier for the current producer.
+    HelloAnswered {
+        last_seq: [u64; 4],
+    },
     /// The pull in flight was answered and applied; `has_more` asks for the next page.
     PullAnswered {
         has_more: bool,
@@ -141,6 +145,11 @@ pub enum Action {
     /// push request; answer with [`Event::PushAnswered`], [`Event::RequestFailed`],
     /// [`Event::NothingToPush`] or [`Event::PushAbandoned`].
     Push { tier: Tier, limit: usize },
+    /// Ask where the server stands with the current producer; answer with
+    /// [`Event::HelloAnswered`] or [`Event::RequestFailed`]. Once per engine (per session),
+    /// before the first push: the outbox uses the answer to notice a database restored from an
+    /// older copy before any item could be taken for a duplicate.
+    Hello,
     /// Fetch downstream changes after the stored cursor; answer with [`Event::PullAnswered`] or
     /// [`Event::RequestFailed`].
     Pull { limit: usize },
@@ -199,6 +208,8 @@ struct TierState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InFlight {
     Push(Tier),
+    /// The hello, sent for the tier that wanted to push.
+    Hello(Tier),
     Pull,
 }
 
@@ -214,6 +225,8 @@ pub struct SyncEngine {
     wake: Option<TierSet>,
     /// A wake-up should start at the next poll (back online, or the app asked).
     wake_requested: bool,
+    /// This session's hello was answered: pushes may go.
+    hello_done: bool,
     pull_pending: bool,
     requested: TierSet,
     /// A server's `Retry-After` applies to every request until it passes.
@@ -255,6 +268,7 @@ impl SyncEngine {
             in_flight: None,
             wake: None,
             wake_requested: false,
+            hello_done: false,
             pull_pending: false,
             requested: TierSet::NONE,
             not_before: 0,
@@ -344,6 +358,15 @@ impl SyncEngine {
                     self.end_wake(now, wake);
                 }
             }
+            Event::HelloAnswered { last_seq } => {
+                if matches!(self.in_flight, Some(InFlight::Hello(_))) {
+                    self.in_flight = None;
+                    self.hello_done = true;
+                    self.status.last_error = None;
+                    self.status.unauthorized = false;
+                    actions.push(Action::Outbox(Write::Reconcile { last_seq }));
+                }
+            }
             Event::PullAnswered { has_more } => {
                 if self.in_flight == Some(InFlight::Pull) {
                     self.in_flight = None;
@@ -418,11 +441,16 @@ impl SyncEngine {
             t.in_flight == 0 && t.next_attempt_at.is_some_and(|at| at <= now)
         });
         if let Some(tier) = ready {
-            self.in_flight = Some(InFlight::Push(tier));
-            actions.push(Action::Push {
-                tier,
-                limit: self.batch_size,
-            });
+            if self.hello_done {
+                self.in_flight = Some(InFlight::Push(tier));
+                actions.push(Action::Push {
+                    tier,
+                    limit: self.batch_size,
+                });
+            } else {
+                self.in_flight = Some(InFlight::Hello(tier));
+                actions.push(Action::Hello);
+            }
         } else if self.pull_pending {
             self.in_flight = Some(InFlight::Pull);
             actions.push(Action::Pull {
@@ -642,10 +670,27 @@ impl SyncEngine {
         if let Some(after) = retry_after {
             self.not_before = self.not_before.max(now + duration_ms(after));
         }
-        let InFlight::Push(tier) = in_flight else {
-            // A failed pull is tried again at the next wake-up.
-            self.pull_pending = false;
-            return;
+        let tier = match in_flight {
+            InFlight::Push(tier) => tier,
+            InFlight::Hello(tier) => {
+                // Nothing is in flight in the outbox to reschedule: hold every request instead,
+                // on the schedule of the tier that wanted to push.
+                if kind == FailureKind::Unauthorized {
+                    self.status.unauthorized = true;
+                    self.wake = None;
+                    let slot = self.slot_after(now, tier);
+                    self.not_before = self.not_before.max(slot);
+                } else {
+                    let at = self.retry_time(now, tier);
+                    self.not_before = self.not_before.max(at);
+                }
+                return;
+            }
+            InFlight::Pull => {
+                // A failed pull is tried again at the next wake-up.
+                self.pull_pending = false;
+                return;
+            }
         };
         let write = match kind {
             FailureKind::TooLarge => {

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kryonix_protocol::wire::{
-    CacheEntry, ErrorBody, MultiGetRequest, MultiGetResponse, PullResponse, PushItem, PushRequest,
-    PushResponse,
+    CacheEntry, ErrorBody, HelloRequest, HelloResponse, MultiGetRequest, MultiGetResponse,
+    PullResponse, PushItem, PushRequest, PushResponse,
 };
 use kryonix_protocol::{
     COMPRESSION_THRESHOLD, DEVICE_PROFILE_HEADER, DeviceProfile, Encoding, Namespace,
@@ -76,11 +76,18 @@ pub struct PushReply {
 
 /// The network side of the driver. Object-safe futures are not needed: the driver is generic.
 pub trait Transport: Send + Sync + 'static {
+    /// Uploads one batch; every item of it has the same producer.
     fn push(
         &self,
         items: &[OutboxItem],
         profile: DeviceProfile,
     ) -> impl Future<Output = Result<PushReply, TransportError>> + Send;
+
+    /// Asks where the server stands with `producer` (the session's hello before its first push).
+    fn hello(
+        &self,
+        producer: &str,
+    ) -> impl Future<Output = Result<HelloResponse, TransportError>> + Send;
 
     fn pull(
         &self,
@@ -256,6 +263,10 @@ impl Transport for HttpTransport {
         profile: DeviceProfile,
     ) -> Result<PushReply, TransportError> {
         let request = PushRequest {
+            producer: items
+                .first()
+                .map(|i| i.producer.clone())
+                .unwrap_or_default(),
             items: items.iter().map(push_item).collect(),
         };
         let json = serde_json::to_vec(&request)
@@ -276,6 +287,22 @@ impl Transport for HttpTransport {
             bytes_sent,
             bytes_raw,
         })
+    }
+
+    async fn hello(&self, producer: &str) -> Result<HelloResponse, TransportError> {
+        let json = serde_json::to_vec(&HelloRequest {
+            producer: producer.to_owned(),
+        })
+        .map_err(|e| TransportError::retryable(format!("encoding the hello: {e}"), None))?;
+        let answer = self
+            .send(
+                Method::POST,
+                routes::HELLO,
+                Some((json, Encoding::Identity)),
+                None,
+            )
+            .await?;
+        parse(&answer)
     }
 
     async fn pull(
@@ -314,6 +341,7 @@ impl Transport for HttpTransport {
 fn push_item(item: &OutboxItem) -> PushItem {
     PushItem {
         id: item.id.to_string(),
+        seq: item.seq,
         tier: item.tier.number(),
         namespace: item.namespace.name().to_owned(),
         key: item.key.clone(),

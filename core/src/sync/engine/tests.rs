@@ -41,6 +41,9 @@ struct Sim {
     sleep: Option<Millis>,
     /// How the next pull fails, if it should (taken once).
     pull_failure: Option<FailureKind>,
+    /// How the next hello fails, if it should (taken once), and what it answers otherwise.
+    hello_failure: Option<FailureKind>,
+    hello_answer: [u64; 4],
     /// Short names of items for the transcript ("t1.0" is the first item of tier 1).
     labels: HashMap<ItemId, String>,
     enqueued_per_tier: HashMap<Tier, usize>,
@@ -57,6 +60,7 @@ fn accept_all() -> Server {
                     outcome: ItemOutcome::Accepted,
                 })
                 .collect(),
+            last_seq: [0; 4],
         })
     })
 }
@@ -98,6 +102,8 @@ impl Sim {
             queue: VecDeque::new(),
             sleep: None,
             pull_failure: None,
+            hello_failure: None,
+            hello_answer: [0; 4],
             labels: HashMap::new(),
             enqueued_per_tier: HashMap::new(),
             transcript: String::new(),
@@ -135,6 +141,18 @@ impl Sim {
                     Action::Push { tier, limit } => {
                         let items = self.outbox.next_batch(limit, TierSet::of(&[tier])).unwrap();
                         let event = self.answer(&items, now);
+                        self.queue.push_back(event);
+                    }
+                    Action::Hello => {
+                        let event = match self.hello_failure.take() {
+                            Some(kind) => Event::RequestFailed {
+                                kind,
+                                error: "hello refused".into(),
+                            },
+                            None => Event::HelloAnswered {
+                                last_seq: self.hello_answer,
+                            },
+                        };
                         self.queue.push_back(event);
                     }
                     Action::Pull { .. } => {
@@ -234,9 +252,41 @@ impl Sim {
             }
             Event::NothingToPush => "nothing to push".into(),
             Event::PushAbandoned => "push abandoned".into(),
+            Event::HelloAnswered { last_seq } => format!("hello answered, last seq {last_seq:?}"),
             Event::PullAnswered { has_more } => format!("pull answered, more: {has_more}"),
             Event::RequestFailed { kind, .. } => {
                 format!("request failed: {}", describe_failure(kind))
+            }
+        }
+    }
+
+    fn describe_write(&self, write: &Write) -> String {
+        match write {
+            Write::Settle {
+                tier,
+                stored,
+                rejected,
+                retry_at,
+            } => {
+                let rejected: Vec<ItemId> = rejected.iter().map(|r| r.id).collect();
+                let mut text = format!(
+                    "settle t{}: stored [{}]",
+                    tier.number(),
+                    self.labels_of(stored)
+                );
+                if !rejected.is_empty() {
+                    let _ = write!(text, ", rejected [{}]", self.labels_of(&rejected));
+                }
+                let _ = write!(text, ", the rest due at {}", self.at(*retry_at).trim());
+                text
+            }
+            Write::Reschedule { tier, at, .. } => {
+                format!("reschedule t{} to {}", tier.number(), self.at(*at).trim())
+            }
+            Write::Release { tier } => format!("release t{}", tier.number()),
+            Write::MakeDue(tiers) => format!("make {} due now", tier_list(*tiers)),
+            Write::Reconcile { last_seq } => {
+                format!("reconcile numbering with the server's {last_seq:?}")
             }
         }
     }
@@ -252,6 +302,10 @@ impl Sim {
             return;
         }
         let mut out = format!("{} <- {event}\n", self.at(now));
+        for write in &step.writes {
+            let text = self.describe_write(write);
+            let _ = writeln!(out, "{:>11}  -> {text}", "");
+        }
         for rejection in &step.dead_lettered {
             let _ = writeln!(
                 out,
@@ -264,6 +318,7 @@ impl Sim {
         for action in &step.actions {
             let text = match action {
                 Action::Push { tier, limit } => format!("push t{} (up to {limit})", tier.number()),
+                Action::Hello => "hello".into(),
                 Action::Pull { limit } => format!("pull (up to {limit})"),
                 Action::SleepUntil(None) => "sleep".into(),
                 Action::SleepUntil(Some(at)) => format!("sleep until {}", self.at(*at).trim()),
@@ -495,6 +550,7 @@ fn rejected_items_are_dead_lettered_and_the_rest_flows() {
                     },
                 })
                 .collect(),
+            last_seq: [0; 4],
         })
     });
     sim.enqueue(Tier::Critical, 3);
@@ -673,6 +729,17 @@ fn a_failed_settle_is_repaired_from_the_snapshot() {
         .enqueue(Namespace::UserCache, "k", Op::Put, b"v", Tier::Critical)
         .unwrap();
     let first = step(&mut engine, &outbox, now, Event::NetworkChanged(WIFI)).unwrap();
+    assert!(
+        first.actions.contains(&Action::Hello),
+        "a session says hello first"
+    );
+    let first = step(
+        &mut engine,
+        &outbox,
+        now,
+        Event::HelloAnswered { last_seq: [0; 4] },
+    )
+    .unwrap();
     assert!(first.actions.contains(&Action::Push {
         tier: Tier::Critical,
         limit: 100
@@ -688,6 +755,7 @@ fn a_failed_settle_is_repaired_from_the_snapshot() {
                     id: id.to_string(),
                     outcome: ItemOutcome::Accepted,
                 }],
+                last_seq: [0; 4],
             },
             elapsed: Duration::from_millis(10),
             bytes: 10,
@@ -733,6 +801,7 @@ fn an_answer_about_other_ids_changes_nothing() {
                 id: ItemId::new().to_string(),
                 outcome: ItemOutcome::Accepted,
             }],
+            last_seq: [0; 4],
         })
     });
     sim.enqueue(Tier::Critical, 2);
@@ -817,6 +886,7 @@ fn transcript_rejected_and_omitted_items() {
                     },
                 })
                 .collect(),
+            last_seq: [0; 4],
         })
     });
     sim.enqueue(Tier::Critical, 3);
