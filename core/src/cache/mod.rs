@@ -28,6 +28,7 @@
 
 pub mod codec;
 mod remote;
+mod sql;
 pub mod stats;
 
 #[cfg(test)]
@@ -40,7 +41,7 @@ use std::time::{Duration, Instant};
 use kryonix_protocol::{
     DeviceProfile, Encoding, EvictionPolicy, KeyError, Namespace, TenantKey, adaptive_ttl,
 };
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::clock::{Clock, Millis, duration_ms};
 use crate::store::{Store, StoreError};
@@ -49,6 +50,10 @@ pub use codec::CodecError;
 pub use remote::ApplyReport;
 pub use stats::{CacheStats, LatencySummary, NamespaceStats};
 
+use sql::{
+    CONTAINS_SQL, DELETE_EXPIRED_KEY_SQL, DELETE_ROWID_SQL, DELETE_SQL, OLD_SIZE_SQL, PURGE_SQL,
+    StoredValue, TOUCH_SQL, UPSERT_SQL, USAGE_SQL, read_value,
+};
 use stats::{NS_COUNT, Stats, Usage};
 
 /// Default on-device budget shared by the sixteen namespaces.
@@ -327,29 +332,6 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-const GET_SQL: &str = "SELECT value, encoding, raw_size, stored_size, expires_at FROM cache_entries WHERE full_key = ?1";
-const CONTAINS_SQL: &str = "SELECT expires_at FROM cache_entries WHERE full_key = ?1";
-const TOUCH_SQL: &str = "UPDATE cache_entries SET last_access = max(last_access, ?2), \
-     access_count = access_count + ?3 WHERE full_key = ?1";
-const OLD_SIZE_SQL: &str = "SELECT namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE full_key = ?1";
-const UPSERT_SQL: &str = "INSERT INTO cache_entries \
-     (full_key, tenant, namespace, value, encoding, raw_size, stored_size, created_at, expires_at, last_access, access_count) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, 0) \
-     ON CONFLICT (full_key) DO UPDATE SET value = excluded.value, encoding = excluded.encoding, \
-     raw_size = excluded.raw_size, stored_size = excluded.stored_size, created_at = excluded.created_at, \
-     expires_at = excluded.expires_at, last_access = excluded.last_access";
-const DELETE_SQL: &str = "DELETE FROM cache_entries WHERE full_key = ?1 \
-     RETURNING namespace, stored_size, raw_size, length(value), expires_at";
-const DELETE_EXPIRED_KEY_SQL: &str = "DELETE FROM cache_entries WHERE full_key = ?1 AND expires_at <= ?2 \
-     RETURNING namespace, stored_size, raw_size, length(value)";
-const PURGE_SQL: &str = "DELETE FROM cache_entries WHERE rowid IN \
-     (SELECT rowid FROM cache_entries WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2) \
-     RETURNING namespace, stored_size, raw_size, length(value)";
-const DELETE_ROWID_SQL: &str = "DELETE FROM cache_entries WHERE rowid = ?1";
-const USAGE_SQL: &str = "SELECT namespace, count(*), sum(stored_size), sum(raw_size), sum(length(value)) \
-     FROM cache_entries GROUP BY namespace";
-
 // Victim queries: ?1 namespace, ?2 the key being written (never its own victim), ?3 now, ?4 limit.
 // Each is served by one of the schema's cache_* indexes.
 const EXPIRED_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
@@ -367,29 +349,6 @@ const VOLATILE_LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, ra
 const VOLATILE_TTL_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
      ORDER BY expires_at, rowid LIMIT ?4";
-
-/// A row as `get` reads it.
-struct StoredValue {
-    value: Vec<u8>,
-    encoding: i64,
-    raw_size: i64,
-    charged: i64,
-    expires_at: Option<Millis>,
-}
-
-fn read_value(conn: &Connection, full_key: &str) -> rusqlite::Result<Option<StoredValue>> {
-    conn.prepare_cached(GET_SQL)?
-        .query_row([full_key], |r| {
-            Ok(StoredValue {
-                value: r.get(0)?,
-                encoding: r.get(1)?,
-                raw_size: r.get(2)?,
-                charged: r.get(3)?,
-                expires_at: r.get(4)?,
-            })
-        })
-        .optional()
-}
 
 /// Writes batched hits; runs first in every write transaction of the cache.
 fn flush_accesses(

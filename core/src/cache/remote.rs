@@ -20,7 +20,8 @@ use kryonix_protocol::wire::{Change as RemoteChange, Op};
 use kryonix_protocol::{TenantId, TenantKey};
 use rusqlite::{OptionalExtension, params};
 
-use super::{Cache, CacheError, DELETE_SQL, Expiry, Removal, RowSize, codec, upsert};
+use super::sql::DELETE_SQL;
+use super::{Cache, CacheError, Expiry, Removal, RowSize, codec, upsert};
 use crate::clock::{Millis, duration_ms};
 use crate::outbox::ItemState;
 use crate::store::Store;
