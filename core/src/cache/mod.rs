@@ -27,6 +27,7 @@
 //!   the row and values that do not shrink stored as they are.
 
 pub mod codec;
+mod ledger;
 mod remote;
 mod sql;
 pub mod stats;
@@ -50,6 +51,7 @@ pub use codec::CodecError;
 pub use remote::ApplyReport;
 pub use stats::{CacheStats, LatencySummary, NamespaceStats};
 
+use ledger::{Change, Removal, RowSize};
 use sql::{
     CONTAINS_SQL, DELETE_EXPIRED_KEY_SQL, DELETE_ROWID_SQL, DELETE_SQL, OLD_SIZE_SQL, PURGE_SQL,
     StoredValue, TOUCH_SQL, UPSERT_SQL, USAGE_SQL, read_value,
@@ -159,81 +161,6 @@ pub struct CacheEntry {
 struct Access {
     last: Millis,
     count: u32,
-}
-
-/// Net effect of one committed write transaction, applied to the ledger and the counters.
-#[derive(Debug, Default, Clone)]
-struct Change {
-    usage: [UsageDelta; NS_COUNT],
-    evicted: [u64; NS_COUNT],
-    expired: [u64; NS_COUNT],
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct UsageDelta {
-    entries: i64,
-    charged: i64,
-    raw: i64,
-    stored: i64,
-}
-
-/// The size columns of one row, as they count against the ledger.
-#[derive(Debug, Clone, Copy)]
-struct RowSize {
-    namespace: usize,
-    charged: i64,
-    raw: i64,
-    stored: i64,
-}
-
-impl RowSize {
-    fn from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
-        let ns: i64 = row.get(first)?;
-        Ok(Self {
-            // The schema's CHECK keeps the column in 0..=15; anything else is ignored by the
-            // ledger (`get_mut` below) instead of panicking.
-            namespace: usize::try_from(ns).unwrap_or(usize::MAX),
-            charged: row.get(first + 1)?,
-            raw: row.get(first + 2)?,
-            stored: row.get(first + 3)?,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Removal {
-    Evicted,
-    Expired,
-    Deleted,
-}
-
-impl Change {
-    fn add(&mut self, row: RowSize) {
-        if let Some(d) = self.usage.get_mut(row.namespace) {
-            d.entries += 1;
-            d.charged += row.charged;
-            d.raw += row.raw;
-            d.stored += row.stored;
-        }
-    }
-
-    fn remove(&mut self, row: RowSize, why: Removal) {
-        let ns = row.namespace;
-        if let Some(d) = self.usage.get_mut(ns) {
-            d.entries -= 1;
-            d.charged -= row.charged;
-            d.raw -= row.raw;
-            d.stored -= row.stored;
-        }
-        let counter = match why {
-            Removal::Evicted => self.evicted.get_mut(ns),
-            Removal::Expired => self.expired.get_mut(ns),
-            Removal::Deleted => None,
-        };
-        if let Some(c) = counter {
-            *c += 1;
-        }
-    }
 }
 
 /// The cache. Share it behind an `Arc`; every method takes `&self`.
@@ -803,21 +730,6 @@ impl Cache {
         });
         if let Err(error) = result {
             tracing::warn!(%error, "could not remove expired cache entries; purge will retry");
-        }
-    }
-
-    fn apply(&self, ledger: &mut [Usage; NS_COUNT], change: &Change) {
-        for (ns, (usage, delta)) in ledger.iter_mut().zip(&change.usage).enumerate() {
-            usage.entries = usage.entries.saturating_add_signed(delta.entries);
-            usage.charged = usage.charged.saturating_add_signed(delta.charged);
-            usage.raw = usage.raw.saturating_add_signed(delta.raw);
-            usage.stored = usage.stored.saturating_add_signed(delta.stored);
-            if let Some(&n) = change.evicted.get(ns).filter(|n| **n > 0) {
-                self.stats.evicted(ns, n);
-            }
-            if let Some(&n) = change.expired.get(ns).filter(|n| **n > 0) {
-                self.stats.expired(ns, n);
-            }
         }
     }
 

@@ -20,8 +20,9 @@ use kryonix_protocol::wire::{Change as RemoteChange, Op};
 use kryonix_protocol::{TenantId, TenantKey};
 use rusqlite::{OptionalExtension, params};
 
+use super::ledger::{Removal, RowSize};
 use super::sql::DELETE_SQL;
-use super::{Cache, CacheError, Expiry, Removal, RowSize, codec, upsert};
+use super::{Cache, CacheError, Expiry, codec, upsert};
 use crate::clock::{Millis, duration_ms};
 use crate::outbox::ItemState;
 use crate::store::Store;
