@@ -26,6 +26,7 @@
 //! - **Compression** above 1 KiB per the device profile ([`codec`]), with the encoding stored in
 //!   the row and values that do not shrink stored as they are.
 
+mod access;
 pub mod codec;
 mod ledger;
 mod remote;
@@ -51,10 +52,11 @@ pub use codec::CodecError;
 pub use remote::ApplyReport;
 pub use stats::{CacheStats, LatencySummary, NamespaceStats};
 
+use access::{Access, flush_accesses};
 use ledger::{Change, Removal, RowSize};
 use sql::{
     CONTAINS_SQL, DELETE_EXPIRED_KEY_SQL, DELETE_ROWID_SQL, DELETE_SQL, OLD_SIZE_SQL, PURGE_SQL,
-    StoredValue, TOUCH_SQL, UPSERT_SQL, USAGE_SQL, read_value,
+    StoredValue, UPSERT_SQL, USAGE_SQL, read_value,
 };
 use stats::{NS_COUNT, Stats, Usage};
 
@@ -63,9 +65,6 @@ pub const DEFAULT_DEVICE_BUDGET_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Default largest value accepted by [`Cache::put`], before compression.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
-
-/// Distinct keys whose hits are held in memory before they are flushed on their own.
-const MAX_PENDING_ACCESSES: usize = 4096;
 
 /// Eviction candidates fetched per query while making room.
 const VICTIM_BATCH: i64 = 64;
@@ -154,13 +153,6 @@ pub struct CacheEntry {
     pub encoding: Encoding,
     /// Bytes charged to the namespace budget (stored value plus key).
     pub charged_bytes: u64,
-}
-
-/// Reads not yet written to `last_access` / `access_count`.
-#[derive(Debug, Clone, Copy)]
-struct Access {
-    last: Millis,
-    count: u32,
 }
 
 /// The cache. Share it behind an `Arc`; every method takes `&self`.
@@ -276,21 +268,6 @@ const VOLATILE_LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, ra
 const VOLATILE_TTL_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
      ORDER BY expires_at, rowid LIMIT ?4";
-
-/// Writes batched hits; runs first in every write transaction of the cache.
-fn flush_accesses(
-    tx: &Transaction<'_>,
-    accesses: &HashMap<String, Access>,
-) -> rusqlite::Result<()> {
-    if accesses.is_empty() {
-        return Ok(());
-    }
-    let mut stmt = tx.prepare_cached(TOUCH_SQL)?;
-    for (key, access) in accesses {
-        stmt.execute(params![key, access.last, access.count])?;
-    }
-    Ok(())
-}
 
 /// Deletes rows picked by `victims_sql` until `need` bytes are freed or no candidate is left.
 /// Returns the bytes still missing.
@@ -730,50 +707,6 @@ impl Cache {
         });
         if let Err(error) = result {
             tracing::warn!(%error, "could not remove expired cache entries; purge will retry");
-        }
-    }
-
-    fn record_access(&self, full_key: &str, now: Millis) {
-        let full = {
-            let mut accesses = lock(&self.accesses);
-            if let Some(a) = accesses.get_mut(full_key) {
-                a.last = a.last.max(now);
-                a.count = a.count.saturating_add(1);
-                false
-            } else {
-                accesses.insert(
-                    full_key.to_owned(),
-                    Access {
-                        last: now,
-                        count: 1,
-                    },
-                );
-                accesses.len() >= MAX_PENDING_ACCESSES
-            }
-        };
-        if full {
-            // Keep memory bounded when an app only reads: write the hints on their own.
-            if let Err(error) = self.flush_access_stats() {
-                tracing::warn!(%error, "could not write cache access statistics; kept for later");
-            }
-        }
-    }
-
-    fn take_accesses(&self) -> HashMap<String, Access> {
-        std::mem::take(&mut *lock(&self.accesses))
-    }
-
-    /// Puts back hints whose transaction rolled back, merging with hits recorded meanwhile.
-    fn restore_accesses(&self, taken: HashMap<String, Access>) {
-        let mut accesses = lock(&self.accesses);
-        for (key, a) in taken {
-            accesses
-                .entry(key)
-                .and_modify(|b| {
-                    b.last = b.last.max(a.last);
-                    b.count = b.count.saturating_add(a.count);
-                })
-                .or_insert(a);
         }
     }
 }
