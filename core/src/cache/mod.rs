@@ -28,6 +28,7 @@
 
 mod access;
 pub mod codec;
+mod eviction;
 mod ledger;
 mod remote;
 mod sql;
@@ -53,10 +54,11 @@ pub use remote::ApplyReport;
 pub use stats::{CacheStats, LatencySummary, NamespaceStats};
 
 use access::{Access, flush_accesses};
+use eviction::make_room;
 use ledger::{Change, Removal, RowSize};
 use sql::{
-    CONTAINS_SQL, DELETE_EXPIRED_KEY_SQL, DELETE_ROWID_SQL, DELETE_SQL, OLD_SIZE_SQL, PURGE_SQL,
-    StoredValue, UPSERT_SQL, USAGE_SQL, read_value,
+    CONTAINS_SQL, DELETE_EXPIRED_KEY_SQL, DELETE_SQL, OLD_SIZE_SQL, PURGE_SQL, StoredValue,
+    UPSERT_SQL, USAGE_SQL, read_value,
 };
 use stats::{NS_COUNT, Stats, Usage};
 
@@ -65,9 +67,6 @@ pub const DEFAULT_DEVICE_BUDGET_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Default largest value accepted by [`Cache::put`], before compression.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
-
-/// Eviction candidates fetched per query while making room.
-const VICTIM_BATCH: i64 = 64;
 
 /// Why a cache operation failed. Nothing was written when any of these is returned.
 #[derive(Debug, thiserror::Error)]
@@ -249,109 +248,6 @@ fn to_i64(n: usize) -> i64 {
 
 fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
-}
-
-// Victim queries: ?1 namespace, ?2 the key being written (never its own victim), ?3 now, ?4 limit.
-// Each is served by one of the schema's cache_* indexes.
-const EXPIRED_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at <= ?3 \
-     ORDER BY expires_at LIMIT ?4";
-const LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 \
-     AND (expires_at IS NULL OR expires_at > ?3) ORDER BY last_access, rowid LIMIT ?4";
-const LFU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 \
-     AND (expires_at IS NULL OR expires_at > ?3) ORDER BY access_count, last_access, rowid LIMIT ?4";
-const VOLATILE_LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
-     ORDER BY last_access, rowid LIMIT ?4";
-const VOLATILE_TTL_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
-     ORDER BY expires_at, rowid LIMIT ?4";
-
-/// Deletes rows picked by `victims_sql` until `need` bytes are freed or no candidate is left.
-/// Returns the bytes still missing.
-fn drain(
-    tx: &Transaction<'_>,
-    room: &Room<'_>,
-    victims_sql: &str,
-    mut need: u64,
-    why: Removal,
-    change: &mut Change,
-) -> Result<u64, CacheError> {
-    let mut select = tx.prepare_cached(victims_sql)?;
-    let mut delete = tx.prepare_cached(DELETE_ROWID_SQL)?;
-    loop {
-        let batch = select
-            .query_map(
-                params![
-                    i64::from(room.namespace.id()),
-                    room.full_key,
-                    room.now,
-                    VICTIM_BATCH
-                ],
-                |r| Ok((r.get::<_, i64>(0)?, RowSize::from_row(r, 1)?)),
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        if batch.is_empty() {
-            return Ok(need);
-        }
-        for (rowid, size) in batch {
-            delete.execute([rowid])?;
-            change.remove(size, why);
-            need = need.saturating_sub(to_u64(size.charged));
-            if need == 0 {
-                return Ok(0);
-            }
-        }
-    }
-}
-
-/// Frees at least `need` bytes of `namespace` for the entry being written under `full_key`:
-/// expired entries first, then victims of the namespace's policy. Returns `false` when the
-/// policy runs out of candidates; the caller then fails, and its transaction rolls back every
-/// deletion made here.
-fn make_room(
-    tx: &Transaction<'_>,
-    namespace: Namespace,
-    full_key: &str,
-    now: Millis,
-    need: u64,
-    change: &mut Change,
-) -> Result<bool, CacheError> {
-    let room = Room {
-        namespace,
-        full_key,
-        now,
-    };
-    let need = drain(
-        tx,
-        &room,
-        EXPIRED_VICTIMS_SQL,
-        need,
-        Removal::Expired,
-        change,
-    )?;
-    if need == 0 {
-        return Ok(true);
-    }
-    let victims_sql = match namespace.eviction() {
-        EvictionPolicy::AllkeysLru => LRU_VICTIMS_SQL,
-        EvictionPolicy::AllkeysLfu => LFU_VICTIMS_SQL,
-        EvictionPolicy::VolatileLru => VOLATILE_LRU_VICTIMS_SQL,
-        EvictionPolicy::VolatileTtl => VOLATILE_TTL_VICTIMS_SQL,
-        EvictionPolicy::Noeviction => return Ok(false),
-    };
-    let need = drain(tx, &room, victims_sql, need, Removal::Evicted, change)?;
-    Ok(need == 0)
-}
-
-/// Where room is being made.
-struct Room<'a> {
-    namespace: Namespace,
-    /// The key being written: never its own victim.
-    full_key: &'a str,
-    now: Millis,
 }
 
 impl Cache {
