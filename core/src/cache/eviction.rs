@@ -103,15 +103,23 @@ pub(super) fn make_room(
     if need == 0 {
         return Ok(true);
     }
-    let victims_sql = match namespace.eviction() {
-        EvictionPolicy::AllkeysLru => LRU_VICTIMS_SQL,
-        EvictionPolicy::AllkeysLfu => LFU_VICTIMS_SQL,
-        EvictionPolicy::VolatileLru => VOLATILE_LRU_VICTIMS_SQL,
-        EvictionPolicy::VolatileTtl => VOLATILE_TTL_VICTIMS_SQL,
-        EvictionPolicy::Noeviction => return Ok(false),
+    let Some(victims_sql) = victims_sql(namespace.eviction()) else {
+        return Ok(false);
     };
     let need = drain(tx, &room, victims_sql, need, Removal::Evicted, change)?;
     Ok(need == 0)
+}
+
+/// The query that picks live victims under `policy`, best victim first; `None` when the policy
+/// allows no eviction. Everything a policy decides is in this choice.
+fn victims_sql(policy: EvictionPolicy) -> Option<&'static str> {
+    match policy {
+        EvictionPolicy::AllkeysLru => Some(LRU_VICTIMS_SQL),
+        EvictionPolicy::AllkeysLfu => Some(LFU_VICTIMS_SQL),
+        EvictionPolicy::VolatileLru => Some(VOLATILE_LRU_VICTIMS_SQL),
+        EvictionPolicy::VolatileTtl => Some(VOLATILE_TTL_VICTIMS_SQL),
+        EvictionPolicy::Noeviction => None,
+    }
 }
 
 /// Where room is being made.
