@@ -21,19 +21,19 @@ const VICTIM_BATCH: i64 = 64;
 
 // Victim queries: ?1 namespace, ?2 the key being written (never its own victim), ?3 now, ?4 limit.
 // Each is served by one of the schema's cache_* indexes.
-const EXPIRED_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
+const EXPIRED_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value) \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at <= ?3 \
      ORDER BY expires_at LIMIT ?4";
-const LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
+const LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value) \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 \
      AND (expires_at IS NULL OR expires_at > ?3) ORDER BY last_access, rowid LIMIT ?4";
-const LFU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
+const LFU_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value) \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 \
      AND (expires_at IS NULL OR expires_at > ?3) ORDER BY access_count, last_access, rowid LIMIT ?4";
-const VOLATILE_LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
+const VOLATILE_LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value) \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
      ORDER BY last_access, rowid LIMIT ?4";
-const VOLATILE_TTL_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
+const VOLATILE_TTL_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value) \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
      ORDER BY expires_at, rowid LIMIT ?4";
 
