@@ -25,6 +25,12 @@
 //!   removed; reading it removes it, and [`Cache::purge_expired`] reclaims the rest in small steps.
 //! - **Compression** above 1 KiB per the device profile ([`codec`]), with the encoding stored in
 //!   the row and values that do not shrink stored as they are.
+//!
+//! This file holds the [`Cache`] itself, its configuration, errors and public API, and the
+//! write of one value (`upsert`). The rest is split by concern: `sql` (the statements and row
+//! readers), `ledger` (what a transaction changes in the usage, applied after it commits),
+//! `access` (the batched access statistics), `eviction` (making room under a namespace's
+//! policy), `remote` (applying pulled pages), [`stats`] and [`codec`].
 
 mod access;
 pub mod codec;
