@@ -25,10 +25,10 @@ const KEYS: usize = 1_000;
 
 const RAW_GET: &str = "SELECT value FROM cache_entries WHERE full_key = ?1";
 const RAW_PUT: &str = "INSERT INTO cache_entries \
-     (full_key, tenant, namespace, value, encoding, raw_size, stored_size, created_at, expires_at, last_access, access_count) \
+     (full_key, tenant, namespace, value, encoding, raw_size, charged_bytes, created_at, expires_at, last_access, access_count) \
      VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?7, 0) \
      ON CONFLICT (full_key) DO UPDATE SET value = excluded.value, raw_size = excluded.raw_size, \
-     stored_size = excluded.stored_size, created_at = excluded.created_at, \
+     charged_bytes = excluded.charged_bytes, created_at = excluded.created_at, \
      expires_at = excluded.expires_at, last_access = excluded.last_access";
 
 struct Sides {

@@ -25,6 +25,7 @@ pub const APPLICATION_ID: i32 = 0x4B52_5958;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_applied_changes.sql"),
+    include_str!("../migrations/0003_charged_bytes.sql"),
     include_str!("../migrations/0004_producer_sequences.sql"),
 ];
 
@@ -570,6 +571,127 @@ mod tests {
         assert_eq!(
             store.read(|c| Store::meta_get(c, "cursor")).unwrap(),
             Some(vec![2])
+        );
+    }
+
+    /// Usage of one namespace: (namespace, entries, charged, raw, stored bytes).
+    type NamespaceUsage = (i64, i64, i64, i64, i64);
+
+    /// Writes a database exactly as version 2 of this library left it, holding `rows` (key,
+    /// identity-encoded value, charged bytes), and returns its usage as version 2 summed it.
+    fn version_two_database(
+        path: &Path,
+        rows: &[(kryonix_protocol::TenantKey, Vec<u8>, i64)],
+    ) -> Vec<NamespaceUsage> {
+        let c = Connection::open(path).unwrap();
+        for sql in &MIGRATIONS[..2] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        c.pragma_update(None, "user_version", 2).unwrap();
+        for (key, value, charged) in rows {
+            c.execute(
+                "INSERT INTO cache_entries (full_key, tenant, namespace, value, encoding, \
+                 raw_size, stored_size, created_at, expires_at, last_access, access_count) \
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, 5, NULL, 5, 0)",
+                rusqlite::params![
+                    key.as_str(),
+                    key.tenant(),
+                    key.namespace().id(),
+                    value,
+                    value.len() as i64,
+                    charged
+                ],
+            )
+            .unwrap();
+        }
+        c.prepare(
+            "SELECT namespace, count(*), sum(stored_size), sum(raw_size), sum(length(value)) \
+             FROM cache_entries GROUP BY namespace ORDER BY namespace",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_version_two_database_keeps_its_cache_rows_and_usage() {
+        use std::sync::Arc;
+
+        use kryonix_protocol::{Namespace, TenantId, TenantKey};
+
+        use crate::cache::{Cache, CacheConfig};
+        use crate::clock::ManualClock;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        let tenant = TenantId::new("acme").unwrap();
+        let rows = [
+            (Namespace::UserCache, "a", 10),
+            (Namespace::UserCache, "b", 300),
+            (Namespace::ApiCache, "c", 7),
+        ]
+        .map(|(ns, k, len)| {
+            let key = TenantKey::new(&tenant, ns, k).unwrap();
+            // What version 2 charged: stored value plus key.
+            let charged = (len + key.as_str().len()) as i64;
+            (key, vec![0x5a; len], charged)
+        });
+        let before = version_two_database(&path, &rows);
+        assert_eq!(before.len(), 2, "two namespaces in use");
+
+        let store = Arc::new(Store::open(&path, &StoreOptions::default()).unwrap());
+        let (version, old_column, migrated): (i64, i64, Vec<(String, i64)>) = store
+            .read(|c| {
+                Ok::<_, StoreError>((
+                    c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
+                    c.query_row(
+                        "SELECT count(*) FROM pragma_table_info('cache_entries') \
+                         WHERE name = 'stored_size'",
+                        [],
+                        |r| r.get(0),
+                    )?,
+                    c.prepare(
+                        "SELECT full_key, charged_bytes FROM cache_entries ORDER BY full_key",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((version, old_column), (SCHEMA_VERSION, 0));
+        let mut expected: Vec<(String, i64)> = rows
+            .iter()
+            .map(|(key, _, charged)| (key.as_str().to_owned(), *charged))
+            .collect();
+        expected.sort();
+        assert_eq!(migrated, expected, "every row keeps its charged bytes");
+
+        // The cache's ledger, summed from the renamed column, opens with version 2's usage.
+        let clock = Arc::new(ManualClock::new(1_000));
+        let cache = Cache::open(store, clock, CacheConfig::default()).unwrap();
+        let after: Vec<NamespaceUsage> = cache
+            .stats()
+            .namespaces
+            .iter()
+            .filter(|n| n.entries > 0)
+            .map(|n| {
+                let [entries, charged, raw, stored] =
+                    [n.entries, n.used_bytes, n.raw_bytes, n.stored_bytes].map(|v| v as i64);
+                (i64::from(n.namespace.id()), entries, charged, raw, stored)
+            })
+            .collect();
+        assert_eq!(after, before);
+        let (key, value, charged) = &rows[1];
+        let entry = cache.get_entry(key).unwrap().unwrap();
+        assert_eq!(
+            (&entry.value, entry.charged_bytes),
+            (value, *charged as u64)
         );
     }
 

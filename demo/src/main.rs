@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,14 +111,33 @@ async fn demo(args: Args) -> Result<bool, DemoError> {
     let server = DemoServer::start(args.redis_url.clone(), dir.path())
         .await
         .map_err(DemoError::Server)?;
-    let addr = server.addr;
-    let embedded_path = server.embedded_path.clone();
     println!(
-        "kryonix-server on http://{addr} ({} store)",
-        server.store_kind
+        "kryonix-server on http://{} ({} store)",
+        server.addr, server.store_kind
     );
-
     let tenant = TenantId::new(TENANT).map_err(|e| DemoError::Server(e.to_string()))?;
+    let mut devices = start_devices(&server, dir.path(), &tenant)?;
+
+    let half = args.items / 2;
+    online_writes(&mut devices, half).await?;
+    offline_writes(&mut devices, args.items - half, half)?;
+    let drain = back_online(&devices, Duration::from_secs(args.timeout_secs)).await?;
+    let verdict = verify(&devices, args.redis_url.as_deref(), &server, &tenant).await?;
+    print_summary(&verdict, &drain);
+
+    for device in &devices {
+        let _ = device.agent.close().await;
+    }
+    server.stop().await;
+    Ok(verdict.ok)
+}
+
+/// Opens the three devices' agents, each on its own SQLite file in `dir`.
+fn start_devices(
+    server: &DemoServer,
+    dir: &Path,
+    tenant: &TenantId,
+) -> Result<Vec<Device>, DemoError> {
     let mut devices = Vec::new();
     for (name, p) in [
         (
@@ -128,13 +148,10 @@ async fn demo(args: Args) -> Result<bool, DemoError> {
         ("desktop", profile(DeviceClass::Desktop, NetworkClass::Wifi)),
     ] {
         let token = server
-            .device_token(&tenant, name)
+            .device_token(tenant, name)
             .map_err(DemoError::Server)?;
-        let mut agent_config = AgentConfig::new(
-            dir.path().join(format!("{name}.db")),
-            format!("http://{addr}"),
-            tenant.clone(),
-        );
+        let mut agent_config =
+            AgentConfig::new(dir.join(format!("{name}.db")), server.url(), tenant.clone());
         agent_config.profile = p;
         let agent = Agent::open(
             agent_config,
@@ -154,11 +171,14 @@ async fn demo(args: Args) -> Result<bool, DemoError> {
         });
     }
     println!("devices: phone (cellular-slow), tablet (wifi), desktop (wifi)\n");
+    Ok(devices)
+}
 
-    let half = args.items / 2;
-    println!("1. online: each device writes {half} items across the four tiers");
-    for device in &mut devices {
-        enqueue(device, half, 0)?;
+/// Phase 1: each device writes `n` items and syncs what its network allows.
+async fn online_writes(devices: &mut [Device], n: usize) -> Result<(), DemoError> {
+    println!("1. online: each device writes {n} items across the four tiers");
+    for device in devices.iter_mut() {
+        enqueue(device, n, 0)?;
         // The app syncs what its network allows: slow cellular holds tiers 3-4 for later.
         let tiers = if device.profile.network.class == NetworkClass::CellularSlow {
             TierSet::of(&[Tier::Critical, Tier::Preferences])
@@ -174,13 +194,14 @@ async fn demo(args: Args) -> Result<bool, DemoError> {
                 source,
             })?;
     }
-    show(&devices, true);
+    show(devices, true);
+    Ok(())
+}
 
-    println!(
-        "\n2. offline: the devices keep writing {} more items each",
-        args.items - half
-    );
-    for device in &mut devices {
+/// Phase 2: the devices go offline and write `n` more items each, keys from `offset` on.
+fn offline_writes(devices: &mut [Device], n: usize, offset: usize) -> Result<(), DemoError> {
+    println!("\n2. offline: the devices keep writing {n} more items each");
+    for device in devices.iter_mut() {
         device
             .agent
             .set_network(NetworkProfile::OFFLINE)
@@ -188,13 +209,26 @@ async fn demo(args: Args) -> Result<bool, DemoError> {
                 device: device.name,
                 source,
             })?;
-        enqueue(device, args.items - half, half)?;
+        enqueue(device, n, offset)?;
     }
-    show(&devices, true);
+    show(devices, true);
+    Ok(())
+}
 
+/// How the drain after the reconnect went.
+struct Drain {
+    /// Per device, when its tier 1 was empty, from the reconnect.
+    tier1: Vec<Option<Duration>>,
+    /// When every device was empty, from the reconnect.
+    all: Duration,
+}
+
+/// Phase 3: the devices come back online and drain; the display follows their queues (redrawn
+/// in place on a terminal, printed once at the end otherwise).
+async fn back_online(devices: &[Device], timeout: Duration) -> Result<Drain, DemoError> {
     println!("\n3. back online: everything drains, tier 1 first");
     let back_online = Instant::now();
-    for device in &devices {
+    for device in devices {
         device
             .agent
             .set_network(device.profile.network)
@@ -203,33 +237,50 @@ async fn demo(args: Args) -> Result<bool, DemoError> {
                 source,
             })?;
     }
-    let deadline = back_online + Duration::from_secs(args.timeout_secs);
+    let tty = std::io::stdout().is_terminal();
+    let tier1 = watch_drain(devices, back_online, timeout, tty).await?;
+    let all = back_online.elapsed();
+    if !tty {
+        show(devices, true);
+    }
+    Ok(Drain { tier1, all })
+}
+
+/// Syncs every device and polls their queues until all are empty, noting when each device's
+/// tier 1 emptied and redrawing the display on each poll when `live`. Fails after `timeout`
+/// from `since`.
+async fn watch_drain(
+    devices: &[Device],
+    since: Instant,
+    timeout: Duration,
+    live: bool,
+) -> Result<Vec<Option<Duration>>, DemoError> {
+    let deadline = since + timeout;
     let mut tier1_drained: Vec<Option<Duration>> = vec![None; devices.len()];
     let syncs = devices.iter().map(|d| d.agent.sync_now(TierSet::ALL));
     let sync_all = futures_join(syncs);
     tokio::pin!(sync_all);
-    let tty = std::io::stdout().is_terminal();
     let mut drawn = false;
     let mut syncs_done = false;
     loop {
         for (device, drained) in devices.iter().zip(tier1_drained.iter_mut()) {
             let t1 = waiting(device, Tier::Critical);
             if t1 == 0 && drained.is_none() {
-                *drained = Some(back_online.elapsed());
+                *drained = Some(since.elapsed());
             }
         }
-        if tty {
-            show(&devices, !drawn);
+        if live {
+            show(devices, !drawn);
             drawn = true;
         }
         let done = devices
             .iter()
             .all(|d| Tier::ALL.iter().all(|t| waiting(d, *t) == 0));
         if done {
-            break;
+            return Ok(tier1_drained);
         }
         if Instant::now() > deadline {
-            return Err(DemoError::Timeout(Duration::from_secs(args.timeout_secs)));
+            return Err(DemoError::Timeout(timeout));
         }
         let tick = tokio::time::sleep(Duration::from_millis(150));
         if syncs_done {
@@ -246,82 +297,102 @@ async fn demo(args: Args) -> Result<bool, DemoError> {
             () = tick => {}
         }
     }
-    let drained = back_online.elapsed();
-    if !tty {
-        show(&devices, true);
-    }
+}
 
+/// What the check against the server's store found.
+struct Verdict {
+    ok: bool,
+    /// Items handed to the agents, per tier, over all devices.
+    per_tier: BTreeMap<Tier, usize>,
+}
+
+/// Phase 4: reads the server's store directly (Redis when `redis_url` is given, the embedded
+/// SQLite file otherwise) and checks that each device's items are stored exactly once, in
+/// their tier. Prints one line per device.
+async fn verify(
+    devices: &[Device],
+    redis_url: Option<&str>,
+    server: &DemoServer,
+    tenant: &TenantId,
+) -> Result<Verdict, DemoError> {
     println!("\n4. verifying against the server's store (read directly, not through the API)");
-    let stored = match &args.redis_url {
-        Some(url) => read_redis(url, &tenant).await?,
-        None => read_embedded(&embedded_path)?,
+    let stored = match redis_url {
+        Some(url) => read_redis(url, tenant).await?,
+        None => read_embedded(&server.embedded_path)?,
     };
     let mut ok = true;
     let mut per_tier: BTreeMap<Tier, usize> = BTreeMap::new();
-    for device in &devices {
-        let expected: HashSet<String> = device
-            .enqueued
-            .iter()
-            .map(|(id, _)| id.to_string())
-            .collect();
+    for device in devices {
         let rows = stored.get(device.name).cloned().unwrap_or_default();
-        let distinct: HashSet<&String> = rows.iter().map(|(id, _)| id).collect();
-        let duplicates = rows.len() - distinct.len();
-        let missing = expected.iter().filter(|id| !distinct.contains(id)).count();
-        let wrong_tier = device
-            .enqueued
-            .iter()
-            .filter(|(id, tier)| {
-                !rows
-                    .iter()
-                    .any(|(sid, st)| sid == &id.to_string() && st == tier)
-            })
-            .count();
+        ok &= check_device(device, &rows);
         for (_, tier) in &device.enqueued {
             *per_tier.entry(*tier).or_default() += 1;
         }
-        let verdict = if duplicates == 0 && missing == 0 && wrong_tier == 0 {
-            "ok"
-        } else {
-            "FAILED"
-        };
-        ok &= verdict == "ok";
-        println!(
-            "   {:<8} {} items handed to the agent, {} stored, {} missing, {} duplicates: {verdict}",
-            device.name,
-            expected.len(),
-            rows.len(),
-            missing,
-            duplicates
-        );
     }
-    let slowest_tier1 = tier1_drained
+    Ok(Verdict { ok, per_tier })
+}
+
+/// Compares what `device` was handed with the `rows` stored for it, prints the device's line,
+/// and returns whether every item is stored exactly once in its tier.
+fn check_device(device: &Device, rows: &[(String, Tier)]) -> bool {
+    let expected: HashSet<String> = device
+        .enqueued
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let distinct: HashSet<&String> = rows.iter().map(|(id, _)| id).collect();
+    let duplicates = rows.len() - distinct.len();
+    let missing = expected.iter().filter(|id| !distinct.contains(id)).count();
+    let wrong_tier = device
+        .enqueued
+        .iter()
+        .filter(|(id, tier)| {
+            !rows
+                .iter()
+                .any(|(sid, st)| sid == &id.to_string() && st == tier)
+        })
+        .count();
+    let verdict = if duplicates == 0 && missing == 0 && wrong_tier == 0 {
+        "ok"
+    } else {
+        "FAILED"
+    };
+    println!(
+        "   {:<8} {} items handed to the agent, {} stored, {} missing, {} duplicates: {verdict}",
+        device.name,
+        expected.len(),
+        rows.len(),
+        missing,
+        duplicates
+    );
+    verdict == "ok"
+}
+
+/// The closing line: what was delivered and how fast tier 1 drained, or that the check failed.
+fn print_summary(verdict: &Verdict, drain: &Drain) {
+    let slowest_tier1 = drain
+        .tier1
         .iter()
         .flatten()
         .max()
         .copied()
         .unwrap_or_default();
-    let total: usize = per_tier.values().sum();
-    let tiers: Vec<String> = per_tier
+    let total: usize = verdict.per_tier.values().sum();
+    let tiers: Vec<String> = verdict
+        .per_tier
         .iter()
         .map(|(t, n)| format!("tier {}: {n}", t.number()))
         .collect();
-    if ok {
+    if verdict.ok {
         println!(
             "\nverified: {total} items delivered exactly once ({}); tier 1 drained {} ms after the reconnect, everything in {} ms",
             tiers.join(", "),
             slowest_tier1.as_millis(),
-            drained.as_millis()
+            drain.all.as_millis()
         );
     } else {
         println!("\nverification FAILED: see the lines above");
     }
-
-    for device in &devices {
-        let _ = device.agent.close().await;
-    }
-    server.stop().await;
-    Ok(ok)
 }
 
 /// Enqueues `n` items split across the tiers; `offset` keeps keys unique across phases.

@@ -25,9 +25,19 @@
 //!   removed; reading it removes it, and [`Cache::purge_expired`] reclaims the rest in small steps.
 //! - **Compression** above 1 KiB per the device profile ([`codec`]), with the encoding stored in
 //!   the row and values that do not shrink stored as they are.
+//!
+//! This file holds the [`Cache`] itself, its configuration, errors and public API, and the
+//! write of one value (`upsert`). The rest is split by concern: `sql` (the statements and row
+//! readers), `ledger` (what a transaction changes in the usage, applied after it commits),
+//! `access` (the batched access statistics), `eviction` (making room under a namespace's
+//! policy), `remote` (applying pulled pages), [`stats`] and [`codec`].
 
+mod access;
 pub mod codec;
+mod eviction;
+mod ledger;
 mod remote;
+mod sql;
 pub mod stats;
 
 #[cfg(test)]
@@ -40,7 +50,7 @@ use std::time::{Duration, Instant};
 use kryonix_protocol::{
     DeviceProfile, Encoding, EvictionPolicy, KeyError, Namespace, TenantKey, adaptive_ttl,
 };
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::clock::{Clock, Millis, duration_ms};
 use crate::store::{Store, StoreError};
@@ -49,6 +59,13 @@ pub use codec::CodecError;
 pub use remote::ApplyReport;
 pub use stats::{CacheStats, LatencySummary, NamespaceStats};
 
+use access::{Access, flush_accesses};
+use eviction::make_room;
+use ledger::{Change, Removal, RowSize};
+use sql::{
+    CONTAINS_SQL, DELETE_EXPIRED_KEY_SQL, DELETE_SQL, OLD_SIZE_SQL, PURGE_SQL, StoredValue,
+    UPSERT_SQL, USAGE_SQL, read_value,
+};
 use stats::{NS_COUNT, Stats, Usage};
 
 /// Default on-device budget shared by the sixteen namespaces.
@@ -56,12 +73,6 @@ pub const DEFAULT_DEVICE_BUDGET_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Default largest value accepted by [`Cache::put`], before compression.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
-
-/// Distinct keys whose hits are held in memory before they are flushed on their own.
-const MAX_PENDING_ACCESSES: usize = 4096;
-
-/// Eviction candidates fetched per query while making room.
-const VICTIM_BATCH: i64 = 64;
 
 /// Why a cache operation failed. Nothing was written when any of these is returned.
 #[derive(Debug, thiserror::Error)]
@@ -147,88 +158,6 @@ pub struct CacheEntry {
     pub encoding: Encoding,
     /// Bytes charged to the namespace budget (stored value plus key).
     pub charged_bytes: u64,
-}
-
-/// Reads not yet written to `last_access` / `access_count`.
-#[derive(Debug, Clone, Copy)]
-struct Access {
-    last: Millis,
-    count: u32,
-}
-
-/// Net effect of one committed write transaction, applied to the ledger and the counters.
-#[derive(Debug, Default, Clone)]
-struct Change {
-    usage: [UsageDelta; NS_COUNT],
-    evicted: [u64; NS_COUNT],
-    expired: [u64; NS_COUNT],
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct UsageDelta {
-    entries: i64,
-    charged: i64,
-    raw: i64,
-    stored: i64,
-}
-
-/// The size columns of one row, as they count against the ledger.
-#[derive(Debug, Clone, Copy)]
-struct RowSize {
-    namespace: usize,
-    charged: i64,
-    raw: i64,
-    stored: i64,
-}
-
-impl RowSize {
-    fn from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
-        let ns: i64 = row.get(first)?;
-        Ok(Self {
-            // The schema's CHECK keeps the column in 0..=15; anything else is ignored by the
-            // ledger (`get_mut` below) instead of panicking.
-            namespace: usize::try_from(ns).unwrap_or(usize::MAX),
-            charged: row.get(first + 1)?,
-            raw: row.get(first + 2)?,
-            stored: row.get(first + 3)?,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Removal {
-    Evicted,
-    Expired,
-    Deleted,
-}
-
-impl Change {
-    fn add(&mut self, row: RowSize) {
-        if let Some(d) = self.usage.get_mut(row.namespace) {
-            d.entries += 1;
-            d.charged += row.charged;
-            d.raw += row.raw;
-            d.stored += row.stored;
-        }
-    }
-
-    fn remove(&mut self, row: RowSize, why: Removal) {
-        let ns = row.namespace;
-        if let Some(d) = self.usage.get_mut(ns) {
-            d.entries -= 1;
-            d.charged -= row.charged;
-            d.raw -= row.raw;
-            d.stored -= row.stored;
-        }
-        let counter = match why {
-            Removal::Evicted => self.evicted.get_mut(ns),
-            Removal::Expired => self.expired.get_mut(ns),
-            Removal::Deleted => None,
-        };
-        if let Some(c) = counter {
-            *c += 1;
-        }
-    }
 }
 
 /// The cache. Share it behind an `Arc`; every method takes `&self`.
@@ -325,170 +254,6 @@ fn to_i64(n: usize) -> i64 {
 
 fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
-}
-
-const GET_SQL: &str = "SELECT value, encoding, raw_size, stored_size, expires_at FROM cache_entries WHERE full_key = ?1";
-const CONTAINS_SQL: &str = "SELECT expires_at FROM cache_entries WHERE full_key = ?1";
-const TOUCH_SQL: &str = "UPDATE cache_entries SET last_access = max(last_access, ?2), \
-     access_count = access_count + ?3 WHERE full_key = ?1";
-const OLD_SIZE_SQL: &str = "SELECT namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE full_key = ?1";
-const UPSERT_SQL: &str = "INSERT INTO cache_entries \
-     (full_key, tenant, namespace, value, encoding, raw_size, stored_size, created_at, expires_at, last_access, access_count) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, 0) \
-     ON CONFLICT (full_key) DO UPDATE SET value = excluded.value, encoding = excluded.encoding, \
-     raw_size = excluded.raw_size, stored_size = excluded.stored_size, created_at = excluded.created_at, \
-     expires_at = excluded.expires_at, last_access = excluded.last_access";
-const DELETE_SQL: &str = "DELETE FROM cache_entries WHERE full_key = ?1 \
-     RETURNING namespace, stored_size, raw_size, length(value), expires_at";
-const DELETE_EXPIRED_KEY_SQL: &str = "DELETE FROM cache_entries WHERE full_key = ?1 AND expires_at <= ?2 \
-     RETURNING namespace, stored_size, raw_size, length(value)";
-const PURGE_SQL: &str = "DELETE FROM cache_entries WHERE rowid IN \
-     (SELECT rowid FROM cache_entries WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2) \
-     RETURNING namespace, stored_size, raw_size, length(value)";
-const DELETE_ROWID_SQL: &str = "DELETE FROM cache_entries WHERE rowid = ?1";
-const USAGE_SQL: &str = "SELECT namespace, count(*), sum(stored_size), sum(raw_size), sum(length(value)) \
-     FROM cache_entries GROUP BY namespace";
-
-// Victim queries: ?1 namespace, ?2 the key being written (never its own victim), ?3 now, ?4 limit.
-// Each is served by one of the schema's cache_* indexes.
-const EXPIRED_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at <= ?3 \
-     ORDER BY expires_at LIMIT ?4";
-const LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 \
-     AND (expires_at IS NULL OR expires_at > ?3) ORDER BY last_access, rowid LIMIT ?4";
-const LFU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 \
-     AND (expires_at IS NULL OR expires_at > ?3) ORDER BY access_count, last_access, rowid LIMIT ?4";
-const VOLATILE_LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
-     ORDER BY last_access, rowid LIMIT ?4";
-const VOLATILE_TTL_VICTIMS_SQL: &str = "SELECT rowid, namespace, stored_size, raw_size, length(value) \
-     FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
-     ORDER BY expires_at, rowid LIMIT ?4";
-
-/// A row as `get` reads it.
-struct StoredValue {
-    value: Vec<u8>,
-    encoding: i64,
-    raw_size: i64,
-    charged: i64,
-    expires_at: Option<Millis>,
-}
-
-fn read_value(conn: &Connection, full_key: &str) -> rusqlite::Result<Option<StoredValue>> {
-    conn.prepare_cached(GET_SQL)?
-        .query_row([full_key], |r| {
-            Ok(StoredValue {
-                value: r.get(0)?,
-                encoding: r.get(1)?,
-                raw_size: r.get(2)?,
-                charged: r.get(3)?,
-                expires_at: r.get(4)?,
-            })
-        })
-        .optional()
-}
-
-/// Writes batched hits; runs first in every write transaction of the cache.
-fn flush_accesses(
-    tx: &Transaction<'_>,
-    accesses: &HashMap<String, Access>,
-) -> rusqlite::Result<()> {
-    if accesses.is_empty() {
-        return Ok(());
-    }
-    let mut stmt = tx.prepare_cached(TOUCH_SQL)?;
-    for (key, access) in accesses {
-        stmt.execute(params![key, access.last, access.count])?;
-    }
-    Ok(())
-}
-
-/// Deletes rows picked by `victims_sql` until `need` bytes are freed or no candidate is left.
-/// Returns the bytes still missing.
-fn drain(
-    tx: &Transaction<'_>,
-    room: &Room<'_>,
-    victims_sql: &str,
-    mut need: u64,
-    why: Removal,
-    change: &mut Change,
-) -> Result<u64, CacheError> {
-    let mut select = tx.prepare_cached(victims_sql)?;
-    let mut delete = tx.prepare_cached(DELETE_ROWID_SQL)?;
-    loop {
-        let batch = select
-            .query_map(
-                params![
-                    i64::from(room.namespace.id()),
-                    room.full_key,
-                    room.now,
-                    VICTIM_BATCH
-                ],
-                |r| Ok((r.get::<_, i64>(0)?, RowSize::from_row(r, 1)?)),
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        if batch.is_empty() {
-            return Ok(need);
-        }
-        for (rowid, size) in batch {
-            delete.execute([rowid])?;
-            change.remove(size, why);
-            need = need.saturating_sub(to_u64(size.charged));
-            if need == 0 {
-                return Ok(0);
-            }
-        }
-    }
-}
-
-/// Frees at least `need` bytes of `namespace` for the entry being written under `full_key`:
-/// expired entries first, then victims of the namespace's policy. Returns `false` when the
-/// policy runs out of candidates; the caller then fails, and its transaction rolls back every
-/// deletion made here.
-fn make_room(
-    tx: &Transaction<'_>,
-    namespace: Namespace,
-    full_key: &str,
-    now: Millis,
-    need: u64,
-    change: &mut Change,
-) -> Result<bool, CacheError> {
-    let room = Room {
-        namespace,
-        full_key,
-        now,
-    };
-    let need = drain(
-        tx,
-        &room,
-        EXPIRED_VICTIMS_SQL,
-        need,
-        Removal::Expired,
-        change,
-    )?;
-    if need == 0 {
-        return Ok(true);
-    }
-    let victims_sql = match namespace.eviction() {
-        EvictionPolicy::AllkeysLru => LRU_VICTIMS_SQL,
-        EvictionPolicy::AllkeysLfu => LFU_VICTIMS_SQL,
-        EvictionPolicy::VolatileLru => VOLATILE_LRU_VICTIMS_SQL,
-        EvictionPolicy::VolatileTtl => VOLATILE_TTL_VICTIMS_SQL,
-        EvictionPolicy::Noeviction => return Ok(false),
-    };
-    let need = drain(tx, &room, victims_sql, need, Removal::Evicted, change)?;
-    Ok(need == 0)
-}
-
-/// Where room is being made.
-struct Room<'a> {
-    namespace: Namespace,
-    /// The key being written: never its own victim.
-    full_key: &'a str,
-    now: Millis,
 }
 
 impl Cache {
@@ -844,65 +609,6 @@ impl Cache {
         });
         if let Err(error) = result {
             tracing::warn!(%error, "could not remove expired cache entries; purge will retry");
-        }
-    }
-
-    fn apply(&self, ledger: &mut [Usage; NS_COUNT], change: &Change) {
-        for (ns, (usage, delta)) in ledger.iter_mut().zip(&change.usage).enumerate() {
-            usage.entries = usage.entries.saturating_add_signed(delta.entries);
-            usage.charged = usage.charged.saturating_add_signed(delta.charged);
-            usage.raw = usage.raw.saturating_add_signed(delta.raw);
-            usage.stored = usage.stored.saturating_add_signed(delta.stored);
-            if let Some(&n) = change.evicted.get(ns).filter(|n| **n > 0) {
-                self.stats.evicted(ns, n);
-            }
-            if let Some(&n) = change.expired.get(ns).filter(|n| **n > 0) {
-                self.stats.expired(ns, n);
-            }
-        }
-    }
-
-    fn record_access(&self, full_key: &str, now: Millis) {
-        let full = {
-            let mut accesses = lock(&self.accesses);
-            if let Some(a) = accesses.get_mut(full_key) {
-                a.last = a.last.max(now);
-                a.count = a.count.saturating_add(1);
-                false
-            } else {
-                accesses.insert(
-                    full_key.to_owned(),
-                    Access {
-                        last: now,
-                        count: 1,
-                    },
-                );
-                accesses.len() >= MAX_PENDING_ACCESSES
-            }
-        };
-        if full {
-            // Keep memory bounded when an app only reads: write the hints on their own.
-            if let Err(error) = self.flush_access_stats() {
-                tracing::warn!(%error, "could not write cache access statistics; kept for later");
-            }
-        }
-    }
-
-    fn take_accesses(&self) -> HashMap<String, Access> {
-        std::mem::take(&mut *lock(&self.accesses))
-    }
-
-    /// Puts back hints whose transaction rolled back, merging with hits recorded meanwhile.
-    fn restore_accesses(&self, taken: HashMap<String, Access>) {
-        let mut accesses = lock(&self.accesses);
-        for (key, a) in taken {
-            accesses
-                .entry(key)
-                .and_modify(|b| {
-                    b.last = b.last.max(a.last);
-                    b.count = b.count.saturating_add(a.count);
-                })
-                .or_insert(a);
         }
     }
 }

@@ -18,9 +18,12 @@ use std::time::Duration;
 
 use kryonix_protocol::wire::{Change as RemoteChange, Op};
 use kryonix_protocol::{TenantId, TenantKey};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::{Cache, CacheError, DELETE_SQL, Expiry, Removal, RowSize, codec, upsert};
+use super::ledger::{Change, Removal, RowSize};
+use super::sql::DELETE_SQL;
+use super::stats::{NS_COUNT, Usage};
+use super::{Cache, CacheError, Expiry, PreparedPut, codec, upsert};
 use crate::clock::{Millis, duration_ms};
 use crate::outbox::ItemState;
 use crate::store::Store;
@@ -40,8 +43,29 @@ pub struct ApplyReport {
     pub skipped: usize,
 }
 
+impl ApplyReport {
+    fn count(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Applied => self.applied += 1,
+            Outcome::Duplicate => self.duplicates += 1,
+            Outcome::Shadowed => self.shadowed += 1,
+            Outcome::Skipped => self.skipped += 1,
+        }
+    }
+}
+
+/// What became of one change of a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Applied,
+    Duplicate,
+    Shadowed,
+    Skipped,
+}
+
+/// One change of a page as prepared before the transaction.
 enum Prepared<'k> {
-    Put(super::PreparedPut<'k>),
+    Put(PreparedPut<'k>),
     Delete,
     Skip,
 }
@@ -57,18 +81,31 @@ impl Cache {
         cursor: &str,
     ) -> Result<ApplyReport, CacheError> {
         let now = self.clock.now_ms();
-        let keys: Vec<Option<TenantKey>> = changes
-            .iter()
-            .map(|c| match TenantKey::from_parts(tenant.as_str(), &c.namespace, &c.key) {
-                Ok(key) => Some(key),
-                Err(error) => {
-                    tracing::warn!(id = c.id, %error, "pull: change with an invalid key skipped");
-                    None
-                }
-            })
-            .collect();
+        let keys = page_keys(tenant, changes);
+        let prepared = self.prepare_page(changes, &keys, now);
+        self.write_rows(|tx, ledger, delta| {
+            let mut report = ApplyReport::default();
+            for ((change, key), prepared) in changes.iter().zip(&keys).zip(&prepared) {
+                let outcome = apply_change(tx, ledger, delta, change, key.as_ref(), prepared, now)?;
+                report.count(outcome);
+            }
+            tx.prepare_cached("DELETE FROM applied_changes WHERE applied_at < ?1")?
+                .execute([now - duration_ms(APPLIED_RETENTION)])?;
+            Store::meta_set(tx, cursor_key, cursor.as_bytes())?;
+            Ok(report)
+        })
+    }
+
+    /// Decodes, checks and compresses each change of a page before the write transaction (the
+    /// slow part needs no lock). A change that cannot be stored becomes `Skip`, logged here.
+    fn prepare_page<'k>(
+        &self,
+        changes: &[RemoteChange],
+        keys: &'k [Option<TenantKey>],
+        now: Millis,
+    ) -> Vec<Prepared<'k>> {
         let mut prepared = Vec::with_capacity(changes.len());
-        for (change, key) in changes.iter().zip(&keys) {
+        for (change, key) in changes.iter().zip(keys) {
             let Some(key) = key else {
                 prepared.push(Prepared::Skip);
                 continue;
@@ -84,81 +121,7 @@ impl Cache {
                 },
             });
         }
-        self.write_rows(|tx, ledger, delta| {
-            let mut report = ApplyReport::default();
-            for ((change, key), prepared) in changes.iter().zip(&keys).zip(&prepared) {
-                let seen: bool = tx
-                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM applied_changes WHERE id = ?1)")?
-                    .query_row([&change.id], |r| r.get(0))?;
-                if seen {
-                    report.duplicates += 1;
-                    continue;
-                }
-                tx.prepare_cached("INSERT INTO applied_changes (id, applied_at) VALUES (?1, ?2)")?
-                    .execute(params![&change.id, now])?;
-                let Some(key) = key else {
-                    report.skipped += 1;
-                    continue;
-                };
-                let shadowed: bool = tx
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM outbox WHERE namespace = ?1 AND key = ?2
-                                        AND state != ?3)",
-                    )?
-                    .query_row(
-                        params![key.namespace().id(), key.key(), ItemState::Dead],
-                        |r| r.get(0),
-                    )?;
-                if shadowed {
-                    report.shadowed += 1;
-                    continue;
-                }
-                match prepared {
-                    Prepared::Skip => report.skipped += 1,
-                    Prepared::Delete => {
-                        if let Some((row, _)) = tx
-                            .prepare_cached(DELETE_SQL)?
-                            .query_row([key.as_str()], |r| {
-                                Ok((RowSize::from_row(r, 0)?, r.get::<_, Option<Millis>>(4)?))
-                            })
-                            .optional()?
-                        {
-                            delta.remove(row, Removal::Deleted);
-                        }
-                        report.applied += 1;
-                    }
-                    Prepared::Put(put) => {
-                        // A savepoint per change: a value that does not fit is skipped without
-                        // undoing the rest of the page.
-                        let before = delta.clone();
-                        tx.execute_batch("SAVEPOINT remote_change")?;
-                        match upsert(tx, ledger, delta, put, now) {
-                            Ok(()) => {
-                                tx.execute_batch("RELEASE remote_change")?;
-                                report.applied += 1;
-                            }
-                            Err(CacheError::NamespaceFull { .. }) => {
-                                tx.execute_batch(
-                                    "ROLLBACK TO remote_change; RELEASE remote_change",
-                                )?;
-                                *delta = before;
-                                tracing::warn!(
-                                    id = change.id,
-                                    key = key.as_str(),
-                                    "pull: namespace full, change skipped"
-                                );
-                                report.skipped += 1;
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
-            }
-            tx.prepare_cached("DELETE FROM applied_changes WHERE applied_at < ?1")?
-                .execute([now - duration_ms(APPLIED_RETENTION)])?;
-            Store::meta_set(tx, cursor_key, cursor.as_bytes())?;
-            Ok(report)
-        })
+        prepared
     }
 
     fn prepare_remote<'k>(
@@ -181,6 +144,125 @@ impl Cache {
             .store
             .read(|conn| Store::meta_get(conn, key).map_err(CacheError::from))?;
         Ok(bytes.and_then(|b| String::from_utf8(b).ok()))
+    }
+}
+
+/// The validated key of each change of a page; `None` (logged) for a change whose key is invalid.
+fn page_keys(tenant: &TenantId, changes: &[RemoteChange]) -> Vec<Option<TenantKey>> {
+    changes
+        .iter()
+        .map(
+            |c| match TenantKey::from_parts(tenant.as_str(), &c.namespace, &c.key) {
+                Ok(key) => Some(key),
+                Err(error) => {
+                    tracing::warn!(id = c.id, %error, "pull: change with an invalid key skipped");
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
+/// Applies one change of a page inside its transaction. The id is recorded before anything
+/// else, so even a change that is skipped is not looked at again when the page comes back.
+fn apply_change(
+    tx: &Transaction<'_>,
+    ledger: &[Usage; NS_COUNT],
+    delta: &mut Change,
+    change: &RemoteChange,
+    key: Option<&TenantKey>,
+    prepared: &Prepared<'_>,
+    now: Millis,
+) -> Result<Outcome, CacheError> {
+    if !record_first_delivery(tx, &change.id, now)? {
+        return Ok(Outcome::Duplicate);
+    }
+    let Some(key) = key else {
+        return Ok(Outcome::Skipped);
+    };
+    if shadowed_by_local_write(tx, key)? {
+        return Ok(Outcome::Shadowed);
+    }
+    match prepared {
+        Prepared::Skip => Ok(Outcome::Skipped),
+        Prepared::Delete => {
+            delete_row(tx, delta, key)?;
+            Ok(Outcome::Applied)
+        }
+        Prepared::Put(put) => put_in_savepoint(tx, ledger, delta, put, &change.id, now),
+    }
+}
+
+/// Records `id` as applied; `false` when it already was (an earlier delivery of the page).
+fn record_first_delivery(tx: &Transaction<'_>, id: &str, now: Millis) -> rusqlite::Result<bool> {
+    let seen: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM applied_changes WHERE id = ?1)")?
+        .query_row([id], |r| r.get(0))?;
+    if seen {
+        return Ok(false);
+    }
+    tx.prepare_cached("INSERT INTO applied_changes (id, applied_at) VALUES (?1, ?2)")?
+        .execute(params![id, now])?;
+    Ok(true)
+}
+
+/// Whether the outbox still holds a write of this namespace and key that the server has not
+/// acknowledged (pending or in flight): the app's own value wins until then.
+fn shadowed_by_local_write(tx: &Transaction<'_>, key: &TenantKey) -> rusqlite::Result<bool> {
+    tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE namespace = ?1 AND key = ?2
+                        AND state != ?3)",
+    )?
+    .query_row(
+        params![key.namespace().id(), key.key(), ItemState::Dead],
+        |r| r.get(0),
+    )
+}
+
+/// Deletes the row under `key`, if any, counted as a deletion whatever its TTL (a local
+/// `delete` counts an expired row as an expiration instead).
+fn delete_row(tx: &Transaction<'_>, delta: &mut Change, key: &TenantKey) -> rusqlite::Result<()> {
+    if let Some((row, _)) = tx
+        .prepare_cached(DELETE_SQL)?
+        .query_row([key.as_str()], |r| {
+            Ok((RowSize::from_row(r, 0)?, r.get::<_, Option<Millis>>(4)?))
+        })
+        .optional()?
+    {
+        delta.remove(row, Removal::Deleted);
+    }
+    Ok(())
+}
+
+/// Writes a pulled value in a savepoint of its own: a value that does not fit a full
+/// `noeviction` namespace is skipped without undoing the rest of the page.
+fn put_in_savepoint(
+    tx: &Transaction<'_>,
+    ledger: &[Usage; NS_COUNT],
+    delta: &mut Change,
+    put: &PreparedPut<'_>,
+    id: &str,
+    now: Millis,
+) -> Result<Outcome, CacheError> {
+    let before = delta.clone();
+    tx.execute_batch("SAVEPOINT remote_change")?;
+    match upsert(tx, ledger, delta, put, now) {
+        Ok(()) => {
+            tx.execute_batch("RELEASE remote_change")?;
+            Ok(Outcome::Applied)
+        }
+        Err(CacheError::NamespaceFull { .. }) => {
+            tx.execute_batch("ROLLBACK TO remote_change; RELEASE remote_change")?;
+            // The savepoint undid the rows; the ledger's pending change must forget them too.
+            *delta = before;
+            tracing::warn!(
+                id,
+                key = put.key.as_str(),
+                "pull: namespace full, change skipped"
+            );
+            Ok(Outcome::Skipped)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -10,6 +10,7 @@ use kryonix_protocol::{DeviceClass, NetworkClass, TenantId};
 use proptest::prelude::*;
 use tempfile::TempDir;
 
+use super::access::MAX_PENDING_ACCESSES;
 use super::codec::tests::{noise, text};
 use super::*;
 use crate::clock::ManualClock;
