@@ -1,4 +1,4 @@
--- Exactly-once by sequence numbers (docs/adr/0022-sequenced-outbox.md): every item is numbered per
+-- Exactly-once by sequence numbers (docs/adr/0006-sequenced-outbox-and-the-hello.md): every item is numbered per
 -- producer and tier, and the server keeps only the last number it stored per producer and tier.
 
 -- The producers of this outbox. One is current; an older one lives on only while items it

@@ -18,3 +18,4 @@ mod s6_retry_after;
 mod s7_conflicts;
 mod s8_pull_once;
 mod s9_dead_letters;
+mod s10_restored_backup;
