@@ -279,12 +279,12 @@ final class KryonixSyncTests: XCTestCase {
     func testDeadLetters() async throws {
         let recorder = RecordingObserver()
         let agent = try open(config(network: wifi), observer: recorder)
-        let id = try agent.enqueue(namespace: .userCache, key: "huge", op: .put, payload: noise(300 * 1024, seed: 3), tier: .critical)
+        let id = try agent.enqueue(namespace: .userCache, key: "huge", op: .put, payload: noise(100 * 1024, seed: 3), tier: .critical)
         _ = try await agent.syncNow(tiers: [])
         let dead = try await poll("a dead letter") { try agent.deadLetters().first }
         XCTAssertEqual(dead.id, id)
         XCTAssertEqual(dead.key, "huge")
-        XCTAssertEqual(dead.payload.count, 300 * 1024)
+        XCTAssertEqual(dead.payload.count, 100 * 1024)
         _ = try await poll("on_dead_letter") { recorder.dead.first }
         try agent.retryDeadLetter(id: id)
         _ = try await agent.syncNow(tiers: [])

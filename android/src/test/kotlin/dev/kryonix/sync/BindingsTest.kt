@@ -308,10 +308,10 @@ fun main() {
     check("dead letters: list, retry, discard (the server refuses an oversized item)") {
         val rec = RecordingObserver()
         val agent = open(config(network = WIFI), observer = rec)
-        val id = agent.enqueue(Namespace.USER_CACHE, "huge", Op.PUT, incompressible(300 * 1024, 3), Tier.CRITICAL)
+        val id = agent.enqueue(Namespace.USER_CACHE, "huge", Op.PUT, incompressible(100 * 1024, 3), Tier.CRITICAL)
         agent.syncNow(emptyList())
         val dead = pollUntil("a dead letter") { agent.deadLetters().singleOrNull() }
-        expect(dead.id == id && dead.key == "huge" && dead.tier == Tier.CRITICAL && dead.payload.size == 300 * 1024) { "$dead" }
+        expect(dead.id == id && dead.key == "huge" && dead.tier == Tier.CRITICAL && dead.payload.size == 100 * 1024) { "$dead" }
         pollUntil("on_dead_letter") { rec.dead.firstOrNull() }
         agent.retryDeadLetter(id)
         agent.syncNow(emptyList())
