@@ -3,7 +3,8 @@
 //! Three measurements, each optional, each bounded in time:
 //!
 //! 1. **push**: N concurrent devices (default 100), each pushing batches of 100 items with
-//!    512-byte payloads for a fixed time; reports items/s and p50/p95/p99 push latency.
+//!    512-byte payloads for a fixed time; reports items/s and p50/p95/p99 push latency. Each
+//!    device is one producer numbering its items 1, 2, 3… as a device outbox does.
 //! 2. **raw ceiling** (`--redis-url`): the same items XADDed straight into the same Redis by as
 //!    many concurrent tasks, one pipeline per batch, for the same time; reports items/s and the
 //!    ratio push / raw.
@@ -76,7 +77,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     rounds: u32,
     /// With --redis-url: also push through the server's store code directly (no HTTP), to
-    /// separate the script's cost from the HTTP layer's. Its keys stay in Redis.
+    /// separate the push transaction's cost from the HTTP layer's. Its keys stay in Redis.
     #[arg(long)]
     store_ceiling: bool,
     /// Keep-alive connections to open and hold (0 skips the phase).
@@ -156,13 +157,16 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
             .map_err(|e| e.to_string())?;
         let client = client.clone();
         let url = url.clone();
-        // One request per device, reused: each batch only takes fresh item ids, so the
-        // generator, which shares the CPU with the server it measures, copies no payloads.
+        // One request per device, reused: each batch only takes fresh item ids and the next
+        // seqs, so the generator, which shares the CPU with the server it measures, copies no
+        // payloads. A fresh producer per run: seqs start at 1 whatever earlier runs stored.
         let body = payload(args.payload_bytes, device);
         let mut request = PushRequest {
+            producer: uuid::Uuid::now_v7().to_string(),
             items: (0..args.batch)
                 .map(|i| PushItem {
                     id: String::new(),
+                    seq: 0,
                     tier: args.tier,
                     namespace: Namespace::UserCache.name().to_owned(),
                     key: format!("item:{i}"),
@@ -189,6 +193,7 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
             });
             let mut hist = new_histogram()?;
             let mut totals = PushTotals::default();
+            let mut seq = 0u64;
             while Instant::now() < deadline {
                 if let Some(ticker) = ticker.as_mut() {
                     ticker.tick().await;
@@ -198,7 +203,9 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
                 }
                 // The protocol's own types, so the body is what a device sends by construction.
                 for item in &mut request.items {
+                    seq += 1;
                     item.id = uuid::Uuid::now_v7().to_string();
+                    item.seq = seq;
                 }
                 let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
                 let sent = Instant::now();
@@ -268,10 +275,10 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
     Ok(rate)
 }
 
-/// The server's own store code (the exactly-once script), called directly: no HTTP, no JSON.
-/// Separates what the script costs Redis from what the HTTP layer costs.
+/// The server's own store code (the exactly-once push transaction), called directly: no HTTP,
+/// no JSON. Separates what the push costs Redis from what the HTTP layer costs.
 async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
-    use kryonix_server::store::{NewItem, RedisStore};
+    use kryonix_server::store::{NewItem, PushOptions, RedisStore};
     let store = RedisStore::connect(redis_url, None)
         .await
         .map_err(|e| e.to_string())?;
@@ -286,12 +293,20 @@ async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
             let batch = args.batch;
             let body = payload(args.payload_bytes, device);
             let device_id = format!("loadgen-{device}");
+            let producer = uuid::Uuid::now_v7().to_string();
             tokio::spawn(async move {
+                let options = PushOptions {
+                    producer_ttl: kryonix_server::config::DEFAULT_PRODUCER_TTL,
+                    min_replicas_acked: 0,
+                    wait_timeout: Duration::from_millis(500),
+                };
                 let mut items = 0u64;
+                let mut seq = 0u64;
                 while Instant::now() < deadline {
                     let batch_items: Vec<NewItem> = (0..batch)
                         .map(|i| NewItem {
                             id: uuid::Uuid::now_v7().to_string(),
+                            seq: seq + 1 + i as u64,
                             tier,
                             namespace: Namespace::UserCache,
                             key: format!("item:{i}"),
@@ -301,16 +316,12 @@ async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
                             created_at_ms: 0,
                         })
                         .collect();
-                    let stored = store
-                        .push(
-                            &tenant,
-                            &device_id,
-                            &batch_items,
-                            Duration::from_secs(172_800),
-                        )
+                    seq += batch as u64;
+                    let outcome = store
+                        .push(&tenant, &device_id, &producer, &batch_items, &options)
                         .await
                         .map_err(|e| e.to_string())?;
-                    items += stored.iter().filter(|new| **new).count() as u64;
+                    items += outcome.stored.iter().filter(|new| **new).count() as u64;
                 }
                 Ok::<_, String>(items)
             })
@@ -323,7 +334,7 @@ async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
     let elapsed = started.elapsed().as_secs_f64();
     let rate = items as f64 / elapsed;
     println!(
-        "store: {items} items through the push script (no HTTP) in {elapsed:.1}s by {} tasks: {rate:.0} items/s",
+        "store: {items} items through the push transaction (no HTTP) in {elapsed:.1}s by {} tasks: {rate:.0} items/s",
         args.devices.max(1)
     );
     Ok(rate)
@@ -353,6 +364,7 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
             let batch = args.batch;
             let body = payload(args.payload_bytes, device);
             let device_id = format!("loadgen-{device}");
+            let producer = uuid::Uuid::now_v7().to_string();
             tokio::spawn(async move {
                 let mut items = 0u64;
                 while Instant::now() < deadline {
@@ -362,6 +374,8 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
                         let meta = serde_json::to_string(&ItemMetadata {
                             id: uuid::Uuid::now_v7().to_string(),
                             device_id: device_id.clone(),
+                            producer: producer.clone(),
+                            seq: items + 1 + i as u64,
                             tier: tier.number(),
                             namespace: Namespace::UserCache.name().to_owned(),
                             key: format!("item:{i}"),
@@ -563,7 +577,7 @@ async fn run(args: Args) -> Result<(), String> {
             }
             if args.store_ceiling {
                 let store = store_phase(&args, redis_url).await?;
-                println!("ratio: store script / raw = {:.2}", store / raw);
+                println!("ratio: store push / raw = {:.2}", store / raw);
                 store_ratios.push(store / raw);
             }
         }
@@ -574,7 +588,7 @@ async fn run(args: Args) -> Result<(), String> {
         }
         if let Some(m) = median(&mut store_ratios) {
             println!(
-                "median over {} rounds: store script / raw = {m:.2}",
+                "median over {} rounds: store push / raw = {m:.2}",
                 args.rounds
             );
         }

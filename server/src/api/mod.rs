@@ -3,7 +3,7 @@
 //! Layers, outermost first: metrics and logging (sees every final status), the request timeout
 //! (so graceful shutdown cannot hang on a stuck request), gzip of large answers, the protocol
 //! version check; then, on authenticated routes only, token verification and rate limiting.
-//! Handlers live in [`sync`] (push, pull, publish), [`cache`] and [`health`].
+//! Handlers live in [`sync`] (push, hello, pull, publish), [`cache`] and [`health`].
 
 pub mod cache;
 pub mod health;
@@ -89,6 +89,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let authenticated = Router::new()
         .route(routes::PUSH, post(sync::push))
+        .route(routes::HELLO, post(sync::hello))
         .route(routes::PULL, get(sync::pull))
         .route(routes::PUBLISH, post(sync::publish))
         .route(routes::CACHE_MULTI_GET, post(cache::multi_get))

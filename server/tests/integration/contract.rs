@@ -43,13 +43,12 @@ async fn push_is_exactly_once_and_ordered(backend: Backend) {
     let ids: Vec<String> = (0..20).map(|_| new_id()).collect();
     let batch: Vec<Value> = ids
         .iter()
-        .enumerate()
-        .map(|(i, id)| item(id, 2, "user_cache", &format!("k{i}"), b"v"))
+        .zip(1u64..)
+        .map(|(id, seq)| item(id, seq, 2, "user_cache", &format!("k{seq}"), b"v"))
         .collect();
-    assert_eq!(
-        server.push(&token, batch.clone()).await.statuses(),
-        vec!["accepted"; 20]
-    );
+    let first = server.push(&token, batch.clone()).await;
+    assert_eq!(first.statuses(), vec!["accepted"; 20]);
+    assert_eq!(first.last_seq(), [0, 20, 0, 0]);
     // A replay, and a batch overlapping the first: only the new items are stored.
     assert_eq!(
         server.push(&token, batch.clone()).await.statuses(),
@@ -57,34 +56,36 @@ async fn push_is_exactly_once_and_ordered(backend: Backend) {
     );
     let extra = new_id();
     let overlap = vec![
+        batch[18].clone(),
         batch[19].clone(),
-        item(&extra, 2, "user_cache", "new", b"v"),
-        batch[0].clone(),
+        item(&extra, 21, 2, "user_cache", "new", b"v"),
     ];
-    assert_eq!(
-        server.push(&token, overlap).await.statuses(),
-        ["duplicate", "accepted", "duplicate"]
-    );
+    let reply = server.push(&token, overlap).await;
+    assert_eq!(reply.statuses(), ["duplicate", "duplicate", "accepted"]);
+    assert_eq!(reply.last_seq(), [0, 21, 0, 0]);
     let mut expected = ids.clone();
     expected.push(extra);
     assert_eq!(server.stored_ids("acme", 2).await, expected);
     assert!(server.stored_ids("acme", 1).await.is_empty());
-    // A mixed batch: the bad item is rejected alone.
+    // A mixed batch: the bad item is rejected alone. Tiers count separately: tier 1 starts at 1.
     let good = new_id();
     let reply = server
         .push(
             &token,
             vec![
-                item(&new_id(), 9, "user_cache", "k", b"v"),
-                item(&good, 1, "user_cache", "k", b"v"),
+                item(&new_id(), 1, 9, "user_cache", "k", b"v"),
+                item(&good, 1, 1, "user_cache", "k", b"v"),
             ],
         )
         .await;
     assert_eq!(reply.statuses(), ["rejected", "accepted"]);
     assert_eq!(reply.value()["results"][0]["code"], "invalid_tier");
+    assert_eq!(reply.last_seq(), [1, 21, 0, 0]);
     assert_eq!(server.stored_ids("acme", 1).await, vec![good]);
-    // An empty batch is fine and stores nothing.
-    assert_eq!(server.push(&token, vec![]).await.status, StatusCode::OK);
+    // An empty batch is fine, stores nothing and says where the producer stands.
+    let empty = server.push(&token, vec![]).await;
+    assert_eq!(empty.status, StatusCode::OK);
+    assert_eq!(empty.last_seq(), [1, 21, 0, 0]);
 }
 
 async fn publish(server: &TestServer, device: Option<&str>, key: &str, value: &str) -> String {
@@ -414,7 +415,10 @@ async fn tenant_policy_is_enforced(backend: Backend) {
     .await;
     let frozen = server.token("frozen", "phone-1");
     server
-        .push(&frozen, vec![item(&new_id(), 1, "user_cache", "k", b"v")])
+        .push(
+            &frozen,
+            vec![item(&new_id(), 1, 1, "user_cache", "k", b"v")],
+        )
         .await
         .assert_error(StatusCode::FORBIDDEN, "forbidden");
     server
@@ -467,8 +471,8 @@ async fn tenant_policy_is_enforced(backend: Backend) {
         .push(
             &narrow,
             vec![
-                item(&new_id(), 1, "sessions", "k", b"v"),
-                item(&new_id(), 1, "user_cache", "k", b"v"),
+                item(&new_id(), 1, 1, "sessions", "k", b"v"),
+                item(&new_id(), 2, 1, "user_cache", "k", b"v"),
             ],
         )
         .await;

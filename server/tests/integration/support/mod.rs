@@ -141,14 +141,43 @@ impl TestServer {
         self.send(builder.body(body).unwrap()).await
     }
 
+    /// A push from [`PRODUCER`].
     pub async fn push(&self, token: &str, items: Vec<Value>) -> Reply {
+        self.push_as(token, PRODUCER, items).await
+    }
+
+    pub async fn push_as(&self, token: &str, producer: &str, items: Vec<Value>) -> Reply {
         self.call(
             Method::POST,
             "/v1/sync/push",
             Some(token),
-            Some(&json!({ "items": items })),
+            Some(&json!({ "producer": producer, "items": items })),
         )
         .await
+    }
+
+    pub async fn hello(&self, token: &str, producer: &str) -> Reply {
+        self.call(
+            Method::POST,
+            "/v1/sync/hello",
+            Some(token),
+            Some(&json!({ "producer": producer })),
+        )
+        .await
+    }
+
+    /// The `last_seq` of a successful hello.
+    pub async fn hello_last_seq(&self, token: &str, producer: &str) -> [u64; 4] {
+        let reply = self.hello(token, producer).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&reply.bytes)
+        );
+        let answer: kryonix_protocol::wire::HelloResponse = reply.json();
+        assert_eq!(answer.producer, producer);
+        answer.last_seq
     }
 
     /// Ids of the items stored in a tier's up stream, oldest first, read from the store itself
@@ -264,6 +293,12 @@ impl Reply {
             .and_then(|v| v.parse().ok())
     }
 
+    /// The `last_seq` of a push answer.
+    pub fn last_seq(&self) -> [u64; 4] {
+        let answer: kryonix_protocol::wire::PushResponse = self.json();
+        answer.last_seq
+    }
+
     /// Per-item statuses of a push answer.
     pub fn statuses(&self) -> Vec<String> {
         let v = self.value();
@@ -276,10 +311,14 @@ impl Reply {
     }
 }
 
+/// The producer of [`TestServer::push`].
+pub const PRODUCER: &str = "0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d";
+
 /// One pushed item as JSON.
-pub fn item(id: &str, tier: u8, namespace: &str, key: &str, payload: &[u8]) -> Value {
+pub fn item(id: &str, seq: u64, tier: u8, namespace: &str, key: &str, payload: &[u8]) -> Value {
     json!({
         "id": id,
+        "seq": seq,
         "tier": tier,
         "namespace": namespace,
         "key": key,
