@@ -213,6 +213,26 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
             "unsupported_protocol",
         ),
         (
+            "older protocol",
+            {
+                let mut r = raw(push_path, Method::POST, &token, push_body(json!([valid_item.clone()])));
+                r.headers_mut().insert("kryonix-protocol", "1".parse().unwrap());
+                r
+            },
+            StatusCode::BAD_REQUEST,
+            "unsupported_protocol",
+        ),
+        (
+            "older protocol on the hello",
+            {
+                let mut r = raw("/v1/sync/hello", Method::POST, &token, serde_json::to_vec(&json!({"producer": PRODUCER})).unwrap());
+                r.headers_mut().insert("kryonix-protocol", "1".parse().unwrap());
+                r
+            },
+            StatusCode::BAD_REQUEST,
+            "unsupported_protocol",
+        ),
+        (
             "a version 1 body",
             raw(
                 push_path,
@@ -395,4 +415,39 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
         );
     }
     assert_eq!(before, vec![0; 16]);
+}
+
+#[tokio::test]
+async fn only_the_current_protocol_version_is_served() {
+    let server = TestServer::with_redis(RedisOptions::default(), |_| {}).await;
+    let token = server.token("acme", "phone-1");
+    let body = serde_json::to_vec(
+        &json!({"producer": PRODUCER, "items": [item(&new_id(), 1, 1, "user_cache", "k", b"v")]}),
+    )
+    .unwrap();
+    for (version, status) in [
+        ("2", StatusCode::OK),
+        (" 2 ", StatusCode::OK),
+        ("1", StatusCode::BAD_REQUEST),
+        ("0", StatusCode::BAD_REQUEST),
+        ("3", StatusCode::BAD_REQUEST),
+    ] {
+        let mut request = raw("/v1/sync/push", Method::POST, &token, body.clone());
+        request
+            .headers_mut()
+            .insert("kryonix-protocol", version.parse().unwrap());
+        let reply = server.send(request).await;
+        assert_eq!(reply.status, status, "version {version:?}");
+        if status != StatusCode::OK {
+            assert_eq!(reply.code(), "unsupported_protocol");
+            let message = reply.value()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(message.contains("only 2 is spoken"), "{message}");
+        }
+    }
+    // Without the header (curl, scripts) the request is served.
+    let plain = raw("/v1/sync/push", Method::POST, &token, body);
+    assert_eq!(server.send(plain).await.status, StatusCode::OK);
 }
