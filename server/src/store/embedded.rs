@@ -668,6 +668,41 @@ impl EmbeddedStore {
         })
         .await
     }
+
+    /// A producer's last seqs and the time (ms since the epoch) it will be forgotten, when it is
+    /// known: what `HMGET` and `PEXPIRETIME` show on Redis. Reading does not refresh it. The
+    /// contract tests check expiry through it.
+    pub async fn producer_state(
+        &self,
+        tenant: &TenantId,
+        device: &str,
+        producer: &str,
+    ) -> Result<Option<([u64; 4], i64)>, StoreError> {
+        let tenant = tenant.as_str().to_owned();
+        let device = device.to_owned();
+        let producer = producer.to_owned();
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "SELECT last_seq_1, last_seq_2, last_seq_3, last_seq_4, expires_at_ms FROM producers
+                 WHERE tenant = ?1 AND device_id = ?2 AND producer = ?3 AND expires_at_ms > ?4",
+            )
+            .map_err(sql)?
+            .query_row(params![tenant, device, producer, now_ms()], |r| {
+                Ok((
+                    [
+                        seq_from_sql(r.get(0)?),
+                        seq_from_sql(r.get(1)?),
+                        seq_from_sql(r.get(2)?),
+                        seq_from_sql(r.get(3)?),
+                    ],
+                    r.get(4)?,
+                ))
+            })
+            .optional()
+            .map_err(sql)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -416,3 +416,67 @@ async fn a_wrongly_typed_stream_fails_the_push_before_anything_is_written() {
         ["duplicate", "duplicate"]
     );
 }
+
+#[tokio::test]
+async fn out_of_memory_aborts_the_transaction_and_writes_nothing() {
+    let server = TestServer::with_redis(
+        RedisOptions {
+            maxmemory: Some("2mb"),
+            ..RedisOptions::default()
+        },
+        |c| c.backpressure.check_interval = std::time::Duration::ZERO,
+    )
+    .await;
+    let token = server.token("acme", "phone-1");
+    let mut db0 = server.redis().db(0).await;
+    // Fill Redis until noeviction refuses a write.
+    let filler = vec![b'f'; 64 * 1024];
+    let mut filled = 0;
+    loop {
+        assert!(filled < 200, "Redis never ran out of memory");
+        let set: redis::RedisResult<()> = db0.set(format!("filler:{filled}"), &filler).await;
+        match set {
+            Ok(()) => filled += 1,
+            Err(err) => {
+                assert_eq!(err.code(), Some("OOM"), "{err}");
+                break;
+            }
+        }
+    }
+
+    // Tier 1 is never refused by a watermark: this batch reaches the store, where Redis refuses
+    // every command queued after MULTI and EXEC aborts.
+    let batch = vec![
+        item(&new_id(), 1, 1, "user_cache", "a", b"1"),
+        item(&new_id(), 2, 1, "user_cache", "b", b"2"),
+    ];
+    let reply = server.push(&token, batch.clone()).await;
+    reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "backpressure");
+    assert_eq!(reply.retry_after(), Some(1));
+    let mut db11 = server.redis().db(11).await;
+    let keys: Vec<String> = db11.keys("*").await.unwrap();
+    assert!(keys.is_empty(), "nothing is written: {keys:?}");
+    // Reads still work: the device's hello is answered.
+    assert_eq!(server.hello_last_seq(&token, PRODUCER).await, [0; 4]);
+
+    let metrics = server.call(Method::GET, "/metrics", None, None).await;
+    let text = String::from_utf8_lossy(&metrics.bytes).into_owned();
+    assert!(
+        text.contains(r#"kryonix_store_errors_total{kind="out_of_memory"}"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"kryonix_store_errors_total{kind="internal"}"#),
+        "{text}"
+    );
+
+    // Once a backend has made room, the device's retry stores the batch once.
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut db0).await.unwrap();
+    let retry = server.push(&token, batch.clone()).await;
+    assert_eq!(retry.statuses(), ["accepted", "accepted"]);
+    assert_eq!(
+        server.push(&token, batch).await.statuses(),
+        ["duplicate", "duplicate"]
+    );
+    assert_eq!(server.stored_ids("acme", 1).await.len(), 2);
+}

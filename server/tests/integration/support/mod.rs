@@ -216,6 +216,47 @@ impl TestServer {
         }
     }
 
+    /// A producer's last seqs and when it will be forgotten (ms since the epoch), read from the
+    /// store without refreshing it (Redis: HMGET and PEXPIRETIME; embedded: its table); `None`
+    /// when the store does not know it.
+    pub async fn producer_state(
+        &self,
+        tenant: &str,
+        device: &str,
+        producer: &str,
+    ) -> Option<([u64; 4], i64)> {
+        match &self.redis {
+            Some(redis) => {
+                let mut con = redis.db(11).await;
+                let key = format!("tenant:{tenant}:mobile_sync:producer:{device}:{producer}");
+                let (fields, expires): (Vec<Option<u64>>, i64) = redis::pipe()
+                    .cmd("HMGET")
+                    .arg(&key)
+                    .arg(&["1", "2", "3", "4"][..])
+                    .cmd("PEXPIRETIME")
+                    .arg(&key)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                // -2: no such key.
+                (expires != -2).then(|| {
+                    let mut last = [0; 4];
+                    for (slot, field) in last.iter_mut().zip(fields) {
+                        *slot = field.unwrap_or(0);
+                    }
+                    (last, expires)
+                })
+            }
+            None => match &self.state.store {
+                kryonix_server::store::Store::Embedded(store) => store
+                    .producer_state(&TenantId::new(tenant).unwrap(), device, producer)
+                    .await
+                    .unwrap(),
+                kryonix_server::store::Store::Redis(_) => unreachable!(),
+            },
+        }
+    }
+
     /// Serves on 127.0.0.1:0 over real TCP; returns the address, a shutdown trigger and the
     /// server task.
     pub async fn serve_tcp(
@@ -327,6 +368,28 @@ pub fn item(id: &str, seq: u64, tier: u8, namespace: &str, key: &str, payload: &
         "encoding": "identity",
         "created_at_ms": 1_764_000_000_000_i64,
     })
+}
+
+/// A batch of `count` new items of one tier with seqs from `first`, and their ids.
+pub fn batch(first: u64, count: u64, tier: u8) -> (Vec<String>, Vec<Value>) {
+    (first..first + count)
+        .map(|seq| {
+            let id = new_id();
+            let item = item(&id, seq, tier, "user_cache", &format!("k{seq}"), b"v");
+            (id, item)
+        })
+        .unzip()
+}
+
+/// Milliseconds since the epoch, as the stores' expiry times count them.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
 }
 
 /// A unique item id.
