@@ -12,6 +12,9 @@
 //!    one request on each, holds them, checks a sample still answers, and reports the server's
 //!    resident memory (`--server-pid`) before and after.
 //!
+//! `--memory` runs instead a fourth measurement, alone: the sync Redis memory that exactly-once
+//! leaves per device once the items are consumed (see [`memory`]).
+//!
 //! It only ever targets the loopback interface: a load generator pointed at someone else's host
 //! by mistake is an attack.
 
@@ -30,6 +33,8 @@ use kryonix_server::store::redis::ItemMetadata;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod memory;
+
 // The same allocator as the server (see its main.rs): the generator shares the CPU with the
 // server it measures, so it should spend as little as possible on allocation.
 #[global_allocator]
@@ -47,9 +52,10 @@ struct Args {
     /// Base URL of the server (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// The server's signing secret, to mint one device token per simulated device.
+    /// The server's signing secret, to mint one device token per simulated device (needed by
+    /// the push phase).
     #[arg(long, env = "KRYONIX_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: String,
+    jwt_secret: Option<String>,
     #[arg(long, default_value = "loadgen")]
     tenant: String,
     /// Concurrent devices (0 skips the push phase).
@@ -89,6 +95,20 @@ struct Args {
     /// Server process id, to report its resident memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Run only the memory measurement against --redis-url: push --memory-items items from
+    /// --memory-devices devices through the store's push, trim the up streams as a backend would
+    /// (XTRIM MAXLEN 0), print used_memory before and after and the bytes left per device, then
+    /// delete what it wrote. Uses --batch and --payload-bytes.
+    #[arg(long)]
+    memory: bool,
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_items: u64,
+    #[arg(long, default_value_t = 1_000)]
+    memory_devices: u64,
+    /// Tiers each device uses, batch after batch (1 to 4): a producer record holds one seq per
+    /// tier used.
+    #[arg(long, default_value_t = 4)]
+    memory_tiers: u8,
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -555,8 +575,27 @@ async fn run(args: Args) -> Result<(), String> {
             ));
         }
     }
+    if args.memory {
+        let redis_url = args
+            .redis_url
+            .as_deref()
+            .ok_or("--memory needs --redis-url")?;
+        let plan = memory::Plan {
+            items: args.memory_items,
+            devices: args.memory_devices,
+            tiers: args.memory_tiers,
+            batch: args.batch,
+            payload_bytes: args.payload_bytes,
+        };
+        return memory::run(&plan, redis_url).await;
+    }
     let tenant = TenantId::new(args.tenant.clone()).map_err(|e| e.to_string())?;
-    let keys_ = TokenKeys::new(args.jwt_secret.as_bytes(), Duration::from_secs(30));
+    let secret = match (&args.jwt_secret, args.devices) {
+        (Some(secret), _) => secret.clone(),
+        (None, 0) => String::new(),
+        (None, _) => return Err("the push phase needs --jwt-secret (or KRYONIX_JWT_SECRET)".into()),
+    };
+    let keys_ = TokenKeys::new(secret.as_bytes(), Duration::from_secs(30));
     // Rounds interleave the phases, so a neighbour's load on a shared machine hits them alike;
     // the medians of the per-round ratios are the figures to compare.
     let mut push_ratios = Vec::new();
