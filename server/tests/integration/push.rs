@@ -391,7 +391,10 @@ async fn a_wrongly_typed_stream_fails_the_push_before_anything_is_written() {
         item(&first, 1, 2, "user_cache", "a", b"1"),
         item(&second, 1, 1, "user_cache", "b", b"2"),
     ];
+    let clients = connected_clients(&mut db11).await;
     let reply = server.push(&token, batch.clone()).await;
+    // The failed transaction's connection (it still held its WATCH) was closed, not pooled.
+    wait_for_clients(&mut db11, clients).await;
     // An unexpected Redis state: a generic 500 that names nothing internal.
     reply.assert_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
     assert!(!String::from_utf8_lossy(&reply.bytes).contains("string"));
@@ -408,6 +411,8 @@ async fn a_wrongly_typed_stream_fails_the_push_before_anything_is_written() {
     let _: () = db11.del("tenant:acme:mobile_sync:up:t1").await.unwrap();
     let retry = server.push(&token, batch.clone()).await;
     assert_eq!(retry.statuses(), ["accepted", "accepted"]);
+    // A transaction that ended cleanly leaves its connection in the pool for the next push.
+    wait_for_clients(&mut db11, clients + 1).await;
     assert_eq!(retry.last_seq(), [1, 1, 0, 0]);
     assert_eq!(server.stored_ids("acme", 1).await, vec![second]);
     assert_eq!(server.stored_ids("acme", 2).await, vec![first]);
@@ -415,6 +420,35 @@ async fn a_wrongly_typed_stream_fails_the_push_before_anything_is_written() {
         server.push(&token, batch).await.statuses(),
         ["duplicate", "duplicate"]
     );
+    wait_for_clients(&mut db11, clients + 1).await;
+}
+
+async fn connected_clients(con: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(con)
+        .await
+        .unwrap();
+    kryonix_server::store::redis::parse_info(&info)["connected_clients"]
+        .parse()
+        .unwrap()
+}
+
+/// Waits (with a deadline) until Redis counts exactly `expected` connections: closing one is
+/// asynchronous.
+async fn wait_for_clients(con: &mut redis::aio::MultiplexedConnection, expected: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = connected_clients(con).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{now} connections, expected {expected}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
