@@ -423,6 +423,44 @@ async fn a_wrongly_typed_stream_fails_the_push_before_anything_is_written() {
     wait_for_clients(&mut db11, clients + 1).await;
 }
 
+#[tokio::test]
+async fn a_pooled_connection_closed_by_redis_is_replaced_without_failing_the_push() {
+    // One memory reading for the whole test: the push should touch only its own connection.
+    let server = TestServer::with_redis(RedisOptions::default(), |c| {
+        c.backpressure.check_interval = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let token = server.token("acme", "phone-1");
+    let first = server
+        .push(&token, vec![item(&new_id(), 1, 1, "user_cache", "a", b"1")])
+        .await;
+    assert_eq!(first.statuses(), ["accepted"]);
+    // Redis drops every other client (a restart or a failover looks the same from here): the
+    // pooled connection is dead when the next push leases it.
+    let mut db11 = server.redis().db(11).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut db11)
+        .await
+        .unwrap();
+    assert!(killed >= 1);
+    let second = server
+        .push(&token, vec![item(&new_id(), 2, 1, "user_cache", "b", b"2")])
+        .await;
+    assert_eq!(
+        second.statuses(),
+        ["accepted"],
+        "{}",
+        String::from_utf8_lossy(&second.bytes)
+    );
+    assert_eq!(second.last_seq(), [2, 0, 0, 0]);
+    assert_eq!(server.stored_ids("acme", 1).await.len(), 2);
+}
+
 async fn connected_clients(con: &mut redis::aio::MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("clients")
