@@ -560,9 +560,11 @@ mod tests {
             .read(|c| {
                 Ok::<_, StoreError>((
                     c.query_row("SELECT tier_seq FROM outbox", [], |r| r.get(0))?,
-                    c.query_row("SELECT next_seq FROM outbox_tiers WHERE tier = 1", [], |r| {
-                        r.get(0)
-                    })?,
+                    c.query_row(
+                        "SELECT next_seq FROM outbox_tiers WHERE tier = 1",
+                        [],
+                        |r| r.get(0),
+                    )?,
                     c.query_row("SELECT id FROM outbox_producers", [], |r| r.get(0))?,
                 ))
             })

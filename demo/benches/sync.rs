@@ -183,12 +183,15 @@ fn wakeups_per_hour(dir: &std::path::Path) {
                                         outcome: ItemOutcome::Accepted,
                                     })
                                     .collect(),
+                                last_seq: [0; 4],
                             },
                             elapsed: Duration::from_millis(40),
                             bytes: 1_000,
                             raw_bytes: 3_000,
                         });
                     }
+                    // A simulated server that has never seen this producer.
+                    Action::Hello => events.push(Event::HelloAnswered { last_seq: [0; 4] }),
                     Action::SleepUntil(at) => sleep_until = at,
                     _ => {}
                 }
@@ -209,6 +212,7 @@ fn wire_bytes() {
     let items: Vec<PushItem> = (0..100)
         .map(|i| PushItem {
             id: uuid::Uuid::now_v7().to_string(),
+            seq: i as u64 + 1,
             tier: 1,
             namespace: "user_cache".into(),
             key: format!("note:{i}"),
@@ -218,7 +222,11 @@ fn wire_bytes() {
             created_at_ms: 1_764_000_000_000,
         })
         .collect();
-    let json = serde_json::to_vec(&PushRequest { items }).unwrap();
+    let json = serde_json::to_vec(&PushRequest {
+        producer: uuid::Uuid::now_v7().simple().to_string(),
+        items,
+    })
+    .unwrap();
     let gzip = codec::encode(Encoding::Gzip, &json).unwrap();
     println!(
         "bytes on the wire per item (100-item push of ~150-byte JSON payloads): {:.0} plain, {:.0} gzip (ratio {:.2})",

@@ -3,13 +3,17 @@
 //! Three measurements, each optional, each bounded in time:
 //!
 //! 1. **push**: N concurrent devices (default 100), each pushing batches of 100 items with
-//!    512-byte payloads for a fixed time; reports items/s and p50/p95/p99 push latency.
+//!    512-byte payloads for a fixed time; reports items/s and p50/p95/p99 push latency. Each
+//!    device is one producer numbering its items 1, 2, 3… as a device outbox does.
 //! 2. **raw ceiling** (`--redis-url`): the same items XADDed straight into the same Redis by as
 //!    many concurrent tasks, one pipeline per batch, for the same time; reports items/s and the
 //!    ratio push / raw.
 //! 3. **idle connections** (`--idle-connections`): opens that many keep-alive connections, makes
 //!    one request on each, holds them, checks a sample still answers, and reports the server's
 //!    resident memory (`--server-pid`) before and after.
+//!
+//! `--memory` runs instead a fourth measurement, alone: the sync Redis memory that exactly-once
+//! leaves per device once the items are consumed (see [`memory`]).
 //!
 //! It only ever targets the loopback interface: a load generator pointed at someone else's host
 //! by mistake is an attack.
@@ -29,6 +33,8 @@ use kryonix_server::store::redis::ItemMetadata;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod memory;
+
 // The same allocator as the server (see its main.rs): the generator shares the CPU with the
 // server it measures, so it should spend as little as possible on allocation.
 #[global_allocator]
@@ -46,9 +52,10 @@ struct Args {
     /// Base URL of the server (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// The server's signing secret, to mint one device token per simulated device.
+    /// The server's signing secret, to mint one device token per simulated device (needed by
+    /// the push phase).
     #[arg(long, env = "KRYONIX_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: String,
+    jwt_secret: Option<String>,
     #[arg(long, default_value = "loadgen")]
     tenant: String,
     /// Concurrent devices (0 skips the push phase).
@@ -76,7 +83,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     rounds: u32,
     /// With --redis-url: also push through the server's store code directly (no HTTP), to
-    /// separate the script's cost from the HTTP layer's. Its keys stay in Redis.
+    /// separate the push transaction's cost from the HTTP layer's. Its keys stay in Redis.
     #[arg(long)]
     store_ceiling: bool,
     /// Keep-alive connections to open and hold (0 skips the phase).
@@ -88,6 +95,20 @@ struct Args {
     /// Server process id, to report its resident memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Run only the memory measurement against --redis-url: push --memory-items items from
+    /// --memory-devices devices through the store's push, trim the up streams as a backend would
+    /// (XTRIM MAXLEN 0), print used_memory before and after and the bytes left per device, then
+    /// delete what it wrote. Uses --batch and --payload-bytes.
+    #[arg(long)]
+    memory: bool,
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_items: u64,
+    #[arg(long, default_value_t = 1_000)]
+    memory_devices: u64,
+    /// Tiers each device uses, batch after batch (1 to 4): a producer record holds one seq per
+    /// tier used.
+    #[arg(long, default_value_t = 4)]
+    memory_tiers: u8,
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -156,13 +177,16 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
             .map_err(|e| e.to_string())?;
         let client = client.clone();
         let url = url.clone();
-        // One request per device, reused: each batch only takes fresh item ids, so the
-        // generator, which shares the CPU with the server it measures, copies no payloads.
+        // One request per device, reused: each batch only takes fresh item ids and the next
+        // seqs, so the generator, which shares the CPU with the server it measures, copies no
+        // payloads. A fresh producer per run: seqs start at 1 whatever earlier runs stored.
         let body = payload(args.payload_bytes, device);
         let mut request = PushRequest {
+            producer: uuid::Uuid::now_v7().to_string(),
             items: (0..args.batch)
                 .map(|i| PushItem {
                     id: String::new(),
+                    seq: 0,
                     tier: args.tier,
                     namespace: Namespace::UserCache.name().to_owned(),
                     key: format!("item:{i}"),
@@ -189,6 +213,7 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
             });
             let mut hist = new_histogram()?;
             let mut totals = PushTotals::default();
+            let mut seq = 0u64;
             while Instant::now() < deadline {
                 if let Some(ticker) = ticker.as_mut() {
                     ticker.tick().await;
@@ -198,7 +223,9 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
                 }
                 // The protocol's own types, so the body is what a device sends by construction.
                 for item in &mut request.items {
+                    seq += 1;
                     item.id = uuid::Uuid::now_v7().to_string();
+                    item.seq = seq;
                 }
                 let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
                 let sent = Instant::now();
@@ -268,10 +295,10 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
     Ok(rate)
 }
 
-/// The server's own store code (the exactly-once script), called directly: no HTTP, no JSON.
-/// Separates what the script costs Redis from what the HTTP layer costs.
+/// The server's own store code (the exactly-once push transaction), called directly: no HTTP,
+/// no JSON. Separates what the push costs Redis from what the HTTP layer costs.
 async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
-    use kryonix_server::store::{NewItem, RedisStore};
+    use kryonix_server::store::{NewItem, PushOptions, RedisStore};
     let store = RedisStore::connect(redis_url, None)
         .await
         .map_err(|e| e.to_string())?;
@@ -286,12 +313,20 @@ async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
             let batch = args.batch;
             let body = payload(args.payload_bytes, device);
             let device_id = format!("loadgen-{device}");
+            let producer = uuid::Uuid::now_v7().to_string();
             tokio::spawn(async move {
+                let options = PushOptions {
+                    producer_ttl: kryonix_server::config::DEFAULT_PRODUCER_TTL,
+                    min_replicas_acked: 0,
+                    wait_timeout: Duration::from_millis(500),
+                };
                 let mut items = 0u64;
+                let mut seq = 0u64;
                 while Instant::now() < deadline {
                     let batch_items: Vec<NewItem> = (0..batch)
                         .map(|i| NewItem {
                             id: uuid::Uuid::now_v7().to_string(),
+                            seq: seq + 1 + i as u64,
                             tier,
                             namespace: Namespace::UserCache,
                             key: format!("item:{i}"),
@@ -301,16 +336,12 @@ async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
                             created_at_ms: 0,
                         })
                         .collect();
-                    let stored = store
-                        .push(
-                            &tenant,
-                            &device_id,
-                            &batch_items,
-                            Duration::from_secs(172_800),
-                        )
+                    seq += batch as u64;
+                    let outcome = store
+                        .push(&tenant, &device_id, &producer, &batch_items, &options)
                         .await
                         .map_err(|e| e.to_string())?;
-                    items += stored.iter().filter(|new| **new).count() as u64;
+                    items += outcome.stored.iter().filter(|new| **new).count() as u64;
                 }
                 Ok::<_, String>(items)
             })
@@ -323,7 +354,7 @@ async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
     let elapsed = started.elapsed().as_secs_f64();
     let rate = items as f64 / elapsed;
     println!(
-        "store: {items} items through the push script (no HTTP) in {elapsed:.1}s by {} tasks: {rate:.0} items/s",
+        "store: {items} items through the push transaction (no HTTP) in {elapsed:.1}s by {} tasks: {rate:.0} items/s",
         args.devices.max(1)
     );
     Ok(rate)
@@ -353,6 +384,7 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
             let batch = args.batch;
             let body = payload(args.payload_bytes, device);
             let device_id = format!("loadgen-{device}");
+            let producer = uuid::Uuid::now_v7().to_string();
             tokio::spawn(async move {
                 let mut items = 0u64;
                 while Instant::now() < deadline {
@@ -362,6 +394,8 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
                         let meta = serde_json::to_string(&ItemMetadata {
                             id: uuid::Uuid::now_v7().to_string(),
                             device_id: device_id.clone(),
+                            producer: producer.clone(),
+                            seq: items + 1 + i as u64,
                             tier: tier.number(),
                             namespace: Namespace::UserCache.name().to_owned(),
                             key: format!("item:{i}"),
@@ -541,8 +575,27 @@ async fn run(args: Args) -> Result<(), String> {
             ));
         }
     }
+    if args.memory {
+        let redis_url = args
+            .redis_url
+            .as_deref()
+            .ok_or("--memory needs --redis-url")?;
+        let plan = memory::Plan {
+            items: args.memory_items,
+            devices: args.memory_devices,
+            tiers: args.memory_tiers,
+            batch: args.batch,
+            payload_bytes: args.payload_bytes,
+        };
+        return memory::run(&plan, redis_url).await;
+    }
     let tenant = TenantId::new(args.tenant.clone()).map_err(|e| e.to_string())?;
-    let keys_ = TokenKeys::new(args.jwt_secret.as_bytes(), Duration::from_secs(30));
+    let secret = match (&args.jwt_secret, args.devices) {
+        (Some(secret), _) => secret.clone(),
+        (None, 0) => String::new(),
+        (None, _) => return Err("the push phase needs --jwt-secret (or KRYONIX_JWT_SECRET)".into()),
+    };
+    let keys_ = TokenKeys::new(secret.as_bytes(), Duration::from_secs(30));
     // Rounds interleave the phases, so a neighbour's load on a shared machine hits them alike;
     // the medians of the per-round ratios are the figures to compare.
     let mut push_ratios = Vec::new();
@@ -563,7 +616,7 @@ async fn run(args: Args) -> Result<(), String> {
             }
             if args.store_ceiling {
                 let store = store_phase(&args, redis_url).await?;
-                println!("ratio: store script / raw = {:.2}", store / raw);
+                println!("ratio: store push / raw = {:.2}", store / raw);
                 store_ratios.push(store / raw);
             }
         }
@@ -574,7 +627,7 @@ async fn run(args: Args) -> Result<(), String> {
         }
         if let Some(m) = median(&mut store_ratios) {
             println!(
-                "median over {} rounds: store script / raw = {m:.2}",
+                "median over {} rounds: store push / raw = {m:.2}",
                 args.rounds
             );
         }

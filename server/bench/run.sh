@@ -4,6 +4,7 @@
 #
 #   cargo build --release -p kryonix-server -p kryonix-loadgen
 #   server/bench/run.sh   # DURATION=10 ROUNDS=3 DEVICES=100 PACE="1 2 3" IDLE=10000 QUIET_LOAD=1.0
+#                         # MEMORY_ITEMS=1000000 MEMORY_DEVICES=1000 (MEMORY_ITEMS=0 skips it)
 #
 # Prints the loadgen's figures; docs/benchmarks.md (section "Server") records them.
 set -euo pipefail
@@ -15,6 +16,8 @@ ROUNDS="${ROUNDS:-3}"
 DEVICES="${DEVICES:-100}"
 PACE="${PACE:-1 2 3}"
 IDLE="${IDLE:-10000}"
+MEMORY_ITEMS="${MEMORY_ITEMS:-1000000}"
+MEMORY_DEVICES="${MEMORY_DEVICES:-1000}"
 QUIET_LOAD="${QUIET_LOAD:-1.0}"
 REDIS_PORT="${REDIS_PORT:-6391}"
 HTTP_PORT="${HTTP_PORT:-18081}"
@@ -53,7 +56,7 @@ echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; $
 
 LOADGEN=("$BIN/kryonix-loadgen" --url "http://127.0.0.1:$HTTP_PORT")
 
-echo "== saturation: $DEVICES devices pushing back to back, the raw XADD ceiling, the push script alone"
+echo "== saturation: $DEVICES devices pushing back to back, the raw XADD ceiling, the push transaction alone"
 "${LOADGEN[@]}" --redis-url "redis://127.0.0.1:$REDIS_PORT" --store-ceiling --rounds "$ROUNDS" \
   --devices "$DEVICES" --batch 100 --payload-bytes 512 --duration-secs "$DURATION"
 
@@ -67,6 +70,14 @@ echo "== idle: $IDLE keep-alive connections"
 "${LOADGEN[@]}" --devices 0 --idle-connections "$IDLE" --idle-hold-secs 10 \
   --server-pid "$(cat "$WORK/server.pid")"
 
+if [ "$MEMORY_ITEMS" -gt 0 ]; then
+  echo "== memory: $MEMORY_ITEMS items from $MEMORY_DEVICES devices, trimmed as a backend would; what is left per device"
+  "${LOADGEN[@]}" --memory --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+    --memory-items "$MEMORY_ITEMS" --memory-devices "$MEMORY_DEVICES"
+fi
+
 echo "== redis after the run"
 redis-cli -p "$REDIS_PORT" info memory | grep -E '^used_memory_human'
-redis-cli -p "$REDIS_PORT" info commandstats | grep -E 'cmdstat_(evalsha|xadd|set):'
+# The push transaction: WATCH + HMGET + TYPE, then MULTI / XADD per item / HSET / PEXPIRE / EXEC.
+redis-cli -p "$REDIS_PORT" info commandstats \
+  | grep -E 'cmdstat_(xadd|watch|hmget|type|multi|exec|unwatch|hset|pexpire|wait):'

@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// Requests running longer are answered 503.
     #[arg(long, env = "KRYONIX_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
+    /// How long the server remembers the sequences of a producer that neither pushes nor says
+    /// hello, in seconds (the exactly-once window of an idle device).
+    #[arg(long, env = "KRYONIX_PRODUCER_TTL_SECS")]
+    pub producer_ttl_secs: Option<u64>,
     /// How often (at most) the sync store's memory is read for back-pressure, in milliseconds.
     #[arg(long, env = "KRYONIX_MEMORY_CHECK_INTERVAL_MS")]
     pub memory_check_interval_ms: Option<u64>,
@@ -172,8 +176,8 @@ impl ServeArgs {
         if let Some(secs) = self.request_timeout_secs.or(file.request_timeout_secs) {
             c.request_timeout = Duration::from_secs(secs);
         }
-        if let Some(secs) = file.dedup_ttl_secs {
-            c.dedup_ttl = Duration::from_secs(secs);
+        if let Some(secs) = self.producer_ttl_secs.or(file.producer_ttl_secs) {
+            c.producer_ttl = Duration::from_secs(secs);
         }
         if let Some(secs) = file.down_retention_secs {
             c.down_retention = Duration::from_secs(secs);
@@ -212,7 +216,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(
             file,
-            "redis_url = \"redis://file:6379\"\nmax_push_items = 10\njwt_secret = \"{}\"\n[tenants.acme]\nread_only = true",
+            "redis_url = \"redis://file:6379\"\nmax_push_items = 10\nproducer_ttl_secs = 60\njwt_secret = \"{}\"\n[tenants.acme]\nread_only = true",
             "s".repeat(32)
         )
         .unwrap();
@@ -231,6 +235,7 @@ mod tests {
         let c = args.settle().unwrap();
         assert_eq!(c.redis_url.as_deref(), Some("redis://file:6379"));
         assert_eq!(c.max_push_items, 50);
+        assert_eq!(c.producer_ttl, Duration::from_secs(60));
         assert!(c.policy("acme").read_only);
         assert!(!c.policy("other").read_only);
         c.validate().unwrap();

@@ -123,8 +123,9 @@ pub struct ServerConfig {
     pub max_value_bytes: usize,
     /// A request taking longer is answered 503 (and graceful shutdown cannot hang on it).
     pub request_timeout: Duration,
-    /// How long a dedup marker lives: the exactly-once window.
-    pub dedup_ttl: Duration,
+    /// How long the server remembers an idle producer's sequences: exactly-once holds for a
+    /// producer that pushes or says hello at least this often.
+    pub producer_ttl: Duration,
     /// How long published changes stay in the down streams.
     pub down_retention: Duration,
     pub backpressure: BackpressureConfig,
@@ -132,6 +133,10 @@ pub struct ServerConfig {
     pub tenants: BTreeMap<String, TenantPolicy>,
     pub log_json: bool,
 }
+
+/// How long an idle producer is remembered by default: 30 days. Long enough for a phone left
+/// in a drawer over a holiday; the cost is one small hash per device, not per item.
+pub const DEFAULT_PRODUCER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Shortest accepted signing secret: HS256 keys shorter than the hash are weak.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -153,7 +158,7 @@ impl ServerConfig {
             max_body_bytes: 8 * 1024 * 1024,
             max_value_bytes: MAX_VALUE_BYTES,
             request_timeout: Duration::from_secs(30),
-            dedup_ttl: Namespace::MobileSync.default_ttl(),
+            producer_ttl: DEFAULT_PRODUCER_TTL,
             down_retention: Namespace::MobileSync.default_ttl(),
             backpressure: BackpressureConfig::default(),
             default_policy: TenantPolicy::default(),
@@ -186,9 +191,9 @@ impl ServerConfig {
                 "backpressure watermarks must be in (0, 1] and fall from tier 2 to tier 4".into(),
             ));
         }
-        if self.dedup_ttl.is_zero() {
+        if self.producer_ttl.is_zero() {
             return Err(ConfigError::Invalid(
-                "dedup_ttl_secs must be positive".into(),
+                "producer_ttl_secs must be positive".into(),
             ));
         }
         Ok(())
@@ -212,7 +217,7 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     pub max_value_bytes: Option<usize>,
     pub request_timeout_secs: Option<u64>,
-    pub dedup_ttl_secs: Option<u64>,
+    pub producer_ttl_secs: Option<u64>,
     pub down_retention_secs: Option<u64>,
     /// Watermarks of tiers 2, 3, 4.
     pub backpressure_watermarks: Option<[f64; 3]>,
@@ -269,6 +274,14 @@ mod tests {
         assert_eq!(file.default_policy.unwrap().rate_per_sec, 50);
     }
 
+    /// The documented example must keep parsing as settings are renamed.
+    #[test]
+    fn the_example_file_in_deploy_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kryonix-server.toml");
+        let file = FileConfig::load(&path).unwrap();
+        assert_eq!(file.producer_ttl_secs, Some(30 * 24 * 3600));
+    }
+
     #[test]
     fn unknown_fields_and_namespaces_are_refused() {
         assert!(FileConfig::parse("lisen = \"x\"").is_err());
@@ -289,5 +302,13 @@ mod tests {
         cfg.validate().unwrap();
         cfg.backpressure.watermarks = [0.5, 0.8, 0.9];
         assert!(cfg.validate().is_err());
+        let mut cfg = ServerConfig::new("x".repeat(32));
+        cfg.producer_ttl = Duration::ZERO;
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("producer_ttl_secs")
+        );
     }
 }

@@ -20,7 +20,7 @@ pub enum AppError {
     /// 400: the body, query or a header does not parse.
     #[error("{0}")]
     Malformed(String),
-    /// 400: the client speaks a newer protocol major version.
+    /// 400: the client speaks another protocol version (older or newer).
     #[error("{0}")]
     UnsupportedProtocol(String),
     /// 401: missing, forged or expired token.

@@ -5,7 +5,7 @@
 //! | key | database | type |
 //! |---|---|---|
 //! | `tenant:{t}:mobile_sync:up:t{tier}` | 11 | stream of pushed items, one per tier |
-//! | `tenant:{t}:mobile_sync:seen:{item id}` | 11 | dedup marker (`1`), expires after the dedup window |
+//! | `tenant:{t}:mobile_sync:producer:{device}:{producer}` | 11 | hash: last stored seq per tier (fields `1`–`4`), expires after the producer's idle time |
 //! | `tenant:{t}:mobile_sync:down` | 11 | stream of changes for every device |
 //! | `tenant:{t}:mobile_sync:down:device:{device}` | 11 | stream of changes for one device |
 //! | `tenant:{t}:mobile_sync:down:last-id` | 11 | last down entry id: one id sequence for all down streams |
@@ -24,9 +24,15 @@ pub fn up_stream(tenant: &TenantId, tier: Tier) -> Result<TenantKey, KeyError> {
     )
 }
 
-/// The dedup marker of one pushed item.
-pub fn seen_marker(tenant: &TenantId, item_id: &str) -> Result<TenantKey, KeyError> {
-    TenantKey::new(tenant, Namespace::MobileSync, &format!("seen:{item_id}"))
+/// The sequence record of one producer (a device outbox) of one device: the last seq stored per
+/// tier. The device is part of the key so that two devices can never share a record, whatever
+/// producer ids they send.
+pub fn producer(tenant: &TenantId, device: &str, producer: &str) -> Result<TenantKey, KeyError> {
+    TenantKey::new(
+        tenant,
+        Namespace::MobileSync,
+        &format!("producer:{device}:{producer}"),
+    )
 }
 
 /// The tenant-wide down stream.
@@ -88,8 +94,8 @@ mod tests {
             "tenant:acme:mobile_sync:up:t4"
         );
         assert_eq!(
-            seen_marker(&t, "0193").unwrap().as_str(),
-            "tenant:acme:mobile_sync:seen:0193"
+            producer(&t, "p1", "0193-ab_c").unwrap().as_str(),
+            "tenant:acme:mobile_sync:producer:p1:0193-ab_c"
         );
         assert_eq!(
             down_stream(&t).unwrap().as_str(),

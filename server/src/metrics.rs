@@ -43,6 +43,11 @@ struct TierLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProducerLabel {
+    producer: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TenantLabel {
     tenant: String,
 }
@@ -62,6 +67,8 @@ pub struct Metrics {
     store_errors: Family<KindLabel, Counter>,
     rate_limited: Family<ScopeLabel, Counter>,
     backpressured: Family<TierLabel, Counter>,
+    push_conflicts: Counter,
+    hellos: Family<ProducerLabel, Counter>,
     known_tenants: BTreeSet<String>,
 }
 
@@ -118,6 +125,18 @@ impl Metrics {
             "Push requests answered 503 for memory pressure, by highest tier number in the batch",
             backpressured.clone(),
         );
+        let push_conflicts = Counter::default();
+        registry.register(
+            "push_conflicts",
+            "Push transactions started over because a concurrent push of the same producer changed its record",
+            push_conflicts.clone(),
+        );
+        let hellos = Family::<ProducerLabel, Counter>::default();
+        registry.register(
+            "hellos",
+            "Hellos by whether the server knew the producer (known) or had nothing for it (unknown: new, or forgotten after its idle time)",
+            hellos.clone(),
+        );
         Self {
             registry,
             requests,
@@ -128,6 +147,8 @@ impl Metrics {
             store_errors,
             rate_limited,
             backpressured,
+            push_conflicts,
+            hellos,
             known_tenants: known_tenants.into_iter().collect(),
         }
     }
@@ -190,6 +211,16 @@ impl Metrics {
 
     pub fn backpressured(&self, tier: u8) {
         self.backpressured.get_or_create(&TierLabel { tier }).inc();
+    }
+
+    pub fn push_conflicts(&self, n: u64) {
+        self.push_conflicts.inc_by(n);
+    }
+
+    /// Counts a hello; `known`: the server had stored something for the producer.
+    pub fn hello(&self, known: bool) {
+        let producer = if known { "known" } else { "unknown" };
+        self.hellos.get_or_create(&ProducerLabel { producer }).inc();
     }
 
     /// The text exposition format.

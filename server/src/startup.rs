@@ -1,11 +1,11 @@
 //! Start-up: open the store the configuration names and decide whether it is safe to serve.
 //!
 //! The sync store must not evict: an evicted stream entry is an accepted item lost, an evicted
-//! dedup marker is a duplicate stored. So the server reads `INFO` on the mobile_sync connection
-//! (it works where `CONFIG` is renamed, as on managed Redis) and refuses to start unless
-//! `maxmemory_policy` is `noeviction` — or the operator said `--allow-evicting-sync-store`, which
-//! is logged loudly and repeated by `/readyz`. AOF off is a warning: acknowledged pushes then
-//! survive a Redis restart only as far as RDB snapshots go.
+//! producer record lets a resent batch be stored twice. So the server reads `INFO` on the
+//! mobile_sync connection (it works where `CONFIG` is renamed, as on managed Redis) and refuses
+//! to start unless `maxmemory_policy` is `noeviction` — or the operator said
+//! `--allow-evicting-sync-store`, which is logged loudly and repeated by `/readyz`. AOF off is a
+//! warning: acknowledged pushes then survive a Redis restart only as far as RDB snapshots go.
 
 use crate::config::ServerConfig;
 use crate::store::{EmbeddedStore, RedisStore, Store, StoreError, SyncStoreFacts};
@@ -14,7 +14,7 @@ use crate::store::{EmbeddedStore, RedisStore, Store, StoreError, SyncStoreFacts}
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(
-        "the mobile_sync Redis uses maxmemory-policy {policy:?}, which can evict accepted items and dedup markers. \
+        "the mobile_sync Redis uses maxmemory-policy {policy:?}, which can evict accepted items and producer sequence records. \
          Fix: set `maxmemory-policy noeviction` on that instance (redis.conf or CONFIG SET), or point \
          --sync-redis-url at a dedicated noeviction instance. To start anyway, pass --allow-evicting-sync-store \
          (exactly-once is then not guaranteed)."

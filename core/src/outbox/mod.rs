@@ -311,6 +311,9 @@ pub enum Write {
     /// The pending items of these tiers are due now (the app asked): backoffs and waits for a
     /// tier's next slot are cut short. Order, attempts and states are unchanged.
     MakeDue(TierSet),
+    /// The tier's pending items wait until at least `at` (the session's hello failed before
+    /// they could be sent): no attempt counted.
+    Defer { tier: Tier, at: Millis },
 }
 
 /// What [`Outbox::apply`] did.
@@ -494,6 +497,14 @@ impl Outbox {
                 }
                 Write::Release { tier } => {
                     applied.released = back_to_pending(tx, *tier, now, None, false)?;
+                }
+                Write::Defer { tier, at } => {
+                    applied.rescheduled = tx
+                        .prepare_cached(
+                            "UPDATE outbox SET next_attempt_at = max(next_attempt_at, ?3)
+                             WHERE state = ?1 AND tier = ?2",
+                        )?
+                        .execute(params![ItemState::Pending, tier.number(), at])?;
                 }
                 Write::Reconcile { last_seq } => {
                     let (producer, renumbered) = reconcile(tx, last_seq)?;

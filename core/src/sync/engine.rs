@@ -673,17 +673,16 @@ impl SyncEngine {
         let tier = match in_flight {
             InFlight::Push(tier) => tier,
             InFlight::Hello(tier) => {
-                // Nothing is in flight in the outbox to reschedule: hold every request instead,
-                // on the schedule of the tier that wanted to push.
-                if kind == FailureKind::Unauthorized {
+                // Nothing is in flight in the outbox: the tier that wanted to push waits as if
+                // its push had failed (an app's request still cuts the wait short).
+                let at = if kind == FailureKind::Unauthorized {
                     self.status.unauthorized = true;
                     self.wake = None;
-                    let slot = self.slot_after(now, tier);
-                    self.not_before = self.not_before.max(slot);
+                    self.slot_after(now, tier)
                 } else {
-                    let at = self.retry_time(now, tier);
-                    self.not_before = self.not_before.max(at);
-                }
+                    self.retry_time(now, tier)
+                };
+                actions.push(Action::Outbox(Write::Defer { tier, at }));
                 return;
             }
             InFlight::Pull => {

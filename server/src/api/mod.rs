@@ -3,7 +3,7 @@
 //! Layers, outermost first: metrics and logging (sees every final status), the request timeout
 //! (so graceful shutdown cannot hang on a stuck request), gzip of large answers, the protocol
 //! version check; then, on authenticated routes only, token verification and rate limiting.
-//! Handlers live in [`sync`] (push, pull, publish), [`cache`] and [`health`].
+//! Handlers live in [`sync`] (push, hello, pull, publish), [`cache`] and [`health`].
 
 pub mod cache;
 pub mod health;
@@ -89,6 +89,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let authenticated = Router::new()
         .route(routes::PUSH, post(sync::push))
+        .route(routes::HELLO, post(sync::hello))
         .route(routes::PULL, get(sync::pull))
         .route(routes::PUBLISH, post(sync::publish))
         .route(routes::CACHE_MULTI_GET, post(cache::multi_get))
@@ -142,7 +143,9 @@ async fn timeout(State(state): State<AppState>, request: Request, next: Next) ->
     }
 }
 
-/// Refuses clients of a newer protocol major version.
+/// Refuses clients of any other protocol version, older ones too: version 2 changed what a push
+/// means (sequences instead of per-item markers), so a version 1 device must not be served as if
+/// it spoke 2. A request without the header is served (tools such as curl).
 async fn check_protocol(request: Request, next: Next) -> Response {
     if let Some(value) = request.headers().get(PROTOCOL_HEADER) {
         let version = value
@@ -150,10 +153,15 @@ async fn check_protocol(request: Request, next: Next) -> Response {
             .ok()
             .and_then(|v| v.trim().parse::<u32>().ok());
         match version {
-            Some(v) if v <= PROTOCOL_VERSION => {}
+            Some(PROTOCOL_VERSION) => {}
             Some(v) => {
+                let relation = if v > PROTOCOL_VERSION {
+                    "newer than"
+                } else {
+                    "older than"
+                };
                 return AppError::UnsupportedProtocol(format!(
-                    "protocol version {v} is newer than this server's ({PROTOCOL_VERSION})"
+                    "protocol version {v} is {relation} this server's ({PROTOCOL_VERSION}); only {PROTOCOL_VERSION} is spoken"
                 ))
                 .into_response();
             }

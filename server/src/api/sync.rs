@@ -1,17 +1,19 @@
-//! Push (device → server), pull (server → device) and publish (backend → devices).
+//! Push and hello (device → server), pull (server → device) and publish (backend → devices).
 //!
 //! Push validates item by item: a bad item is `rejected` with a code while the rest of its batch
-//! is stored; only problems with the request as a whole (auth, body, batch size, back-pressure)
-//! fail the request, and then nothing is written. Publish is all-or-nothing: a backend gets one
-//! error for the whole request and can fix and resend it.
+//! is stored; only problems with the request as a whole (auth, body, producer, batch size,
+//! back-pressure) fail the request, and then nothing is written. Exactly-once rests on each
+//! item's `seq` within its producer and tier: the store keeps the last one stored and appends
+//! only above it. The hello tells a device where the server stands with its producer. Publish is
+//! all-or-nothing: a backend gets one error for the whole request and can fix and resend it.
 
 use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Query, State, rejection::QueryRejection};
 use kryonix_protocol::wire::{
-    ItemOutcome, MAX_PULL_LIMIT, PublishRequest, PublishResponse, PullResponse, PushRequest,
-    PushResponse, PushResult, error_code,
+    HelloRequest, HelloResponse, ItemOutcome, MAX_PRODUCER_LEN, MAX_PULL_LIMIT, PublishRequest,
+    PublishResponse, PullResponse, PushRequest, PushResponse, PushResult, error_code,
 };
 use kryonix_protocol::{KeyError, Namespace, TenantId, TenantKey, Tier};
 use serde::Deserialize;
@@ -21,7 +23,8 @@ use crate::auth::{Scope, valid_subject};
 use crate::backpressure::Admission;
 use crate::config::TenantPolicy;
 use crate::error::AppError;
-use crate::store::{Cursor, NewChange, NewItem};
+use crate::keys;
+use crate::store::{Cursor, NewChange, NewItem, PushOptions, PushOutcome, tier_slot};
 
 /// Longest client item id: UUIDs (36) and ULIDs (26) fit with room to spare.
 pub const MAX_ITEM_ID_LEN: usize = 64;
@@ -33,6 +36,28 @@ fn valid_item_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Producer ids become part of a Redis key: a short, safe alphabet.
+fn valid_producer(producer: &str) -> bool {
+    !producer.is_empty()
+        && producer.len() <= MAX_PRODUCER_LEN
+        && producer
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+/// Refuses a bad producer id as a whole-request error: nothing of the request is written.
+fn check_producer(caller: &Caller, producer: &str) -> Result<(), AppError> {
+    if !valid_producer(producer) {
+        return Err(AppError::Malformed(format!(
+            "producer must be 1 to {MAX_PRODUCER_LEN} characters of A-Z a-z 0-9 - _"
+        )));
+    }
+    // Every part is valid on its own; a very long tenant id can still make the record's key
+    // longer than the key rules allow.
+    keys::producer(&caller.0.tenant, &caller.0.subject, producer)?;
+    Ok(())
 }
 
 fn reject(code: &str, reason: impl Into<String>) -> ItemOutcome {
@@ -64,6 +89,12 @@ fn validate_item(
     }
     let tier =
         Tier::try_from(item.tier).map_err(|e| reject(error_code::INVALID_TIER, e.to_string()))?;
+    if item.seq == 0 {
+        return Err(reject(
+            error_code::INVALID_SEQ,
+            "seq starts at 1 in each tier of a producer",
+        ));
+    }
     let namespace = Namespace::from_name(&item.namespace)
         .map_err(|e| reject(error_code::UNKNOWN_NAMESPACE, e.to_string()))?;
     TenantKey::new(tenant, namespace, &item.key)
@@ -82,6 +113,7 @@ fn validate_item(
     }
     Ok(NewItem {
         id: item.id,
+        seq: item.seq,
         tier,
         namespace,
         key: item.key,
@@ -106,14 +138,15 @@ pub async fn push(
     let batch = validate_batch(&state, &caller, request)?;
     let tenant = &caller.0.tenant;
     admit(&state, &batch.valid).await?;
-    let stored = store_batch(&state, &caller, &batch.valid).await?;
-    let response = answer(&state, tenant, batch, stored);
+    let outcome = store_batch(&state, &caller, &batch).await?;
+    let response = answer(&state, tenant, batch, outcome);
     state.metrics.push_seconds(started.elapsed().as_secs_f64());
     Ok(Json(response))
 }
 
 /// A push request after validation.
 struct Batch {
+    producer: String,
     /// Every item's id, in request order.
     ids: Vec<String>,
     /// Per item, in request order: its tier (valid: stored below) or its rejection, so the
@@ -123,8 +156,10 @@ struct Batch {
     valid: Vec<NewItem>,
 }
 
-/// Refuses a request that fails as a whole (scope, read-only tenant, batch size), then validates
-/// its items one by one: a bad item is rejected on its own.
+/// Refuses a request that fails as a whole (scope, read-only tenant, producer, batch size), then
+/// validates its items one by one: a bad item is rejected on its own, and an item whose `seq` is
+/// not above the previous valid item of its tier in the batch is rejected `invalid_seq` (the
+/// store relies on each tier's items coming in increasing order).
 fn validate_batch(
     state: &AppState,
     caller: &Caller,
@@ -135,6 +170,7 @@ fn validate_batch(
     if policy.read_only {
         return Err(AppError::Forbidden("the tenant is read-only".into()));
     }
+    check_producer(caller, &request.producer)?;
     let max = state.config.max_push_items;
     if request.items.len() > max {
         return Err(AppError::TooLarge(format!(
@@ -144,13 +180,33 @@ fn validate_batch(
     }
     let tenant = &caller.0.tenant;
     let mut batch = Batch {
+        producer: request.producer,
         ids: Vec::with_capacity(request.items.len()),
         slots: Vec::with_capacity(request.items.len()),
         valid: Vec::with_capacity(request.items.len()),
     };
+    // The seq of the previous valid item of each tier in this batch.
+    let mut previous = [0u64; 4];
     for item in request.items {
         batch.ids.push(item.id.clone());
-        match validate_item(tenant, policy, state.config.max_value_bytes, item) {
+        let checked =
+            validate_item(tenant, policy, state.config.max_value_bytes, item).and_then(|item| {
+                let slot = &mut previous[tier_slot(item.tier)];
+                if item.seq <= *slot {
+                    return Err(reject(
+                        error_code::INVALID_SEQ,
+                        format!(
+                            "seq {} is not above {}, the previous item of tier {} in this batch",
+                            item.seq,
+                            *slot,
+                            item.tier.number()
+                        ),
+                    ));
+                }
+                *slot = item.seq;
+                Ok(item)
+            });
+        match checked {
             Ok(item) => {
                 batch.slots.push(Ok(item.tier.number()));
                 batch.valid.push(item);
@@ -179,20 +235,27 @@ async fn admit(state: &AppState, valid: &[NewItem]) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Stores the valid items; returns per item whether it is new. A store out of memory refuses the
-/// batch as back-pressure; with `min_replicas_acked`, waits for the replicas before answering.
+/// Stores the valid items; returns per item whether it is new, and the producer's last seqs. A
+/// store out of memory refuses the batch as back-pressure; with `min_replicas_acked`, the store
+/// waits for the replicas and too few answer 503.
 async fn store_batch(
     state: &AppState,
     caller: &Caller,
-    valid: &[NewItem],
-) -> Result<Vec<bool>, AppError> {
+    batch: &Batch,
+) -> Result<PushOutcome, AppError> {
     let tenant = &caller.0.tenant;
-    let stored = match state
+    let valid = &batch.valid;
+    let options = PushOptions {
+        producer_ttl: state.config.producer_ttl,
+        min_replicas_acked: state.config.min_replicas_acked,
+        wait_timeout: state.config.wait_timeout,
+    };
+    let outcome = match state
         .store
-        .push(tenant, &caller.0.subject, valid, state.config.dedup_ttl)
+        .push(tenant, &caller.0.subject, &batch.producer, valid, &options)
         .await
     {
-        Ok(stored) => stored,
+        Ok(outcome) => outcome,
         Err(err) => {
             if let (crate::store::StoreError::OutOfMemory, Some(lowest)) =
                 (&err, valid.iter().map(|i| i.tier).max())
@@ -206,29 +269,29 @@ async fn store_batch(
             return Err(state.store_error(err));
         }
     };
-
-    if state.config.min_replicas_acked > 0 && !valid.is_empty() {
-        let wanted = state.config.min_replicas_acked;
-        let acked = state
-            .store
-            .wait_replicas(wanted, state.config.wait_timeout)
-            .await
-            .map_err(|e| state.store_error(e))?;
-        if acked < wanted {
-            // The items are on the primary; the device retries and gets `duplicate` once the
-            // replicas have caught up or a new primary has them.
-            tracing::warn!(acked, wanted, "push not acknowledged by enough replicas");
-            return Err(AppError::Unavailable(format!(
-                "the write reached {acked} of {wanted} required replicas; retry later"
-            )));
-        }
+    if outcome.conflicts > 0 {
+        state.metrics.push_conflicts(u64::from(outcome.conflicts));
     }
-    Ok(stored)
+    let wanted = options.min_replicas_acked;
+    if wanted > 0 && !valid.is_empty() && outcome.replicas_acked < wanted {
+        // The items are on the primary; the device retries and gets `duplicate` once the
+        // replicas have caught up or a new primary has them.
+        tracing::warn!(
+            acked = outcome.replicas_acked,
+            wanted,
+            "push not acknowledged by enough replicas"
+        );
+        return Err(AppError::Unavailable(format!(
+            "the write reached {} of {wanted} required replicas; retry later",
+            outcome.replicas_acked
+        )));
+    }
+    Ok(outcome)
 }
 
-/// One result per item in request order, and the item metrics.
-fn answer(state: &AppState, tenant: &TenantId, batch: Batch, stored: Vec<bool>) -> PushResponse {
-    let mut stored = stored.into_iter();
+/// One result per item in request order, the producer's last seqs, and the item metrics.
+fn answer(state: &AppState, tenant: &TenantId, batch: Batch, outcome: PushOutcome) -> PushResponse {
+    let mut stored = outcome.stored.into_iter();
     let mut new_count = 0u64;
     // Indexed by tier (0 = no valid tier) and outcome.
     let mut counts = [[0u64; 3]; 5];
@@ -268,7 +331,37 @@ fn answer(state: &AppState, tenant: &TenantId, batch: Batch, stored: Vec<bool>) 
         }
     }
     state.metrics.tenant_items(tenant.as_str(), new_count);
-    PushResponse { results }
+    PushResponse {
+        results,
+        last_seq: outcome.last_seq,
+    }
+}
+
+/// `POST /v1/sync/hello`: where the server stands with a producer (its last stored seq per
+/// tier, 0 when it never stored anything or forgot the producer after its idle time). Keeps the
+/// producer known for another idle time.
+pub async fn hello(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<HelloRequest>,
+) -> Result<Json<HelloResponse>, AppError> {
+    caller.require(Scope::Device)?;
+    check_producer(&caller, &request.producer)?;
+    let last_seq = state
+        .store
+        .hello(
+            &caller.0.tenant,
+            &caller.0.subject,
+            &request.producer,
+            state.config.producer_ttl,
+        )
+        .await
+        .map_err(|e| state.store_error(e))?;
+    state.metrics.hello(last_seq != [0; 4]);
+    Ok(Json(HelloResponse {
+        producer: request.producer,
+        last_seq,
+    }))
 }
 
 /// `GET /v1/sync/pull` query.
@@ -388,5 +481,16 @@ mod tests {
         assert!(!valid_item_id("a:b"));
         assert!(!valid_item_id("a b"));
         assert!(!valid_item_id(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn producer_alphabet() {
+        assert!(valid_producer("0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d"));
+        assert!(valid_producer("phone_1-A"));
+        assert!(valid_producer(&"p".repeat(MAX_PRODUCER_LEN)));
+        for bad in ["", "a.b", "a:b", "a b", "é", "a/b"] {
+            assert!(!valid_producer(bad), "{bad:?}");
+        }
+        assert!(!valid_producer(&"p".repeat(MAX_PRODUCER_LEN + 1)));
     }
 }

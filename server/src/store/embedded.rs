@@ -4,10 +4,15 @@
 //! It is not a production store: one process owns the file, there is no replication, and it
 //! does not scale past one instance. The server says so at start-up and in `/readyz`.
 //!
-//! Semantics kept from Redis: a push batch commits in one transaction (dedup markers with an
-//! expiry, then the up-stream rows); both down streams share one sequence, so one integer orders
-//! them; cache entries expire (checked on read, swept on write); GCRA state per tenant and device.
-//! Calls run on tokio's blocking pool because SQLite calls block.
+//! Semantics kept from Redis: a push batch commits in one transaction (the up-stream rows of the
+//! items above their producer's last seq, and the producer's new last seqs and expiry; an
+//! expired producer row counts as absent, like a Redis key past its TTL); both down streams share
+//! one sequence, so one integer orders them; cache entries expire (checked on read, swept on
+//! write); GCRA state per tenant and device. Calls run on tokio's blocking pool because SQLite
+//! calls block.
+//!
+//! The schema is versioned with `PRAGMA user_version` and migrated in place when the store opens
+//! (version 1 kept a dedup marker per item in a `seen` table; version 2 keeps the producers).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -18,18 +23,41 @@ use kryonix_protocol::{Encoding, Namespace, TenantId};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
-    Cached, Cursor, NewChange, NewItem, Page, RateDecision, Rates, StoreError, SyncStoreFacts,
-    decision, gcra,
+    Cached, Cursor, NewChange, NewItem, Page, PushOptions, PushOutcome, RateDecision, Rates,
+    StoreError, SyncStoreFacts, decision, gcra, tier_slot,
 };
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS seen (
+/// The schema version this code reads and writes.
+const SCHEMA_VERSION: i64 = 2;
+
+/// The producers table: one row per (tenant, device, producer), the last stored seq per tier.
+const PRODUCERS: &str = "
+CREATE TABLE producers (
     tenant TEXT NOT NULL,
-    item_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    producer TEXT NOT NULL,
+    last_seq_1 INTEGER NOT NULL,
+    last_seq_2 INTEGER NOT NULL,
+    last_seq_3 INTEGER NOT NULL,
+    last_seq_4 INTEGER NOT NULL,
     expires_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (tenant, item_id)
+    PRIMARY KEY (tenant, device_id, producer)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS up_stream (
+CREATE INDEX producers_by_expiry ON producers (expires_at_ms);
+";
+
+/// Version 1 to 2: per-producer sequences replace the per-item dedup markers. Rows stored before
+/// keep an empty producer and seq 0.
+const MIGRATE_1_TO_2: &str = "
+DROP TABLE seen;
+ALTER TABLE up_stream ADD COLUMN producer TEXT NOT NULL DEFAULT '';
+ALTER TABLE up_stream ADD COLUMN item_seq INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Version 2 from an empty file. `up_stream` ends with the columns the migration adds, so a
+/// migrated file and a new one have the same layout.
+const SCHEMA: &str = "
+CREATE TABLE up_stream (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
     tier INTEGER NOT NULL,
@@ -41,10 +69,12 @@ CREATE TABLE IF NOT EXISTS up_stream (
     encoding TEXT NOT NULL,
     payload BLOB NOT NULL,
     created_at_ms INTEGER NOT NULL,
-    received_at_ms INTEGER NOT NULL
+    received_at_ms INTEGER NOT NULL,
+    producer TEXT NOT NULL DEFAULT '',
+    item_seq INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS up_stream_by_tier ON up_stream (tenant, tier, seq);
-CREATE TABLE IF NOT EXISTS down_stream (
+CREATE INDEX up_stream_by_tier ON up_stream (tenant, tier, seq);
+CREATE TABLE down_stream (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
     device_id TEXT,
@@ -56,8 +86,8 @@ CREATE TABLE IF NOT EXISTS down_stream (
     ttl_secs INTEGER,
     published_at_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS down_stream_by_target ON down_stream (tenant, device_id, seq);
-CREATE TABLE IF NOT EXISTS cache (
+CREATE INDEX down_stream_by_target ON down_stream (tenant, device_id, seq);
+CREATE TABLE cache (
     db INTEGER NOT NULL,
     key TEXT NOT NULL,
     value BLOB NOT NULL,
@@ -65,12 +95,87 @@ CREATE TABLE IF NOT EXISTS cache (
     expires_at_ms INTEGER NOT NULL,
     PRIMARY KEY (db, key)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rate (
+CREATE TABLE rate (
     key TEXT PRIMARY KEY,
     tat_us INTEGER NOT NULL
 ) WITHOUT ROWID;
-PRAGMA user_version = 1;
 ";
+
+/// Brings the file to [`SCHEMA_VERSION`] in one transaction; refuses a newer file untouched.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
+    let steps = match version {
+        0 => format!("{SCHEMA}{PRODUCERS}"),
+        1 => format!("{MIGRATE_1_TO_2}{PRODUCERS}"),
+        SCHEMA_VERSION => return Ok(()),
+        newer => {
+            return Err(StoreError::Internal(format!(
+                "{} has schema version {newer}, newer than this server's {SCHEMA_VERSION}; it was not changed",
+                path.display()
+            )));
+        }
+    };
+    let tx = conn.transaction().map_err(sql)?;
+    tx.execute_batch(&steps).map_err(sql)?;
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
+        .map_err(sql)?;
+    tx.commit().map_err(sql)?;
+    if version != 0 {
+        tracing::info!(
+            path = %path.display(),
+            from = version,
+            to = SCHEMA_VERSION,
+            "embedded store schema migrated"
+        );
+    }
+    Ok(())
+}
+
+/// Sequences are `u64` on the wire and `INTEGER` (`i64`) in SQLite: stored bit for bit, so every
+/// value a device may send round-trips, and compared only in Rust, as `u64`.
+fn seq_to_sql(seq: u64) -> i64 {
+    i64::from_ne_bytes(seq.to_ne_bytes())
+}
+
+fn seq_from_sql(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}
+
+/// The producer's last seqs, when it has an unexpired row.
+fn read_producer(
+    tx: &Transaction<'_>,
+    key: (&str, &str, &str),
+    now: i64,
+) -> Result<Option<[u64; 4]>, StoreError> {
+    let (tenant, device, producer) = key;
+    tx.prepare_cached(
+        "SELECT last_seq_1, last_seq_2, last_seq_3, last_seq_4 FROM producers
+         WHERE tenant = ?1 AND device_id = ?2 AND producer = ?3 AND expires_at_ms > ?4",
+    )
+    .map_err(sql)?
+    .query_row(params![tenant, device, producer, now], |r| {
+        Ok([
+            seq_from_sql(r.get(0)?),
+            seq_from_sql(r.get(1)?),
+            seq_from_sql(r.get(2)?),
+            seq_from_sql(r.get(3)?),
+        ])
+    })
+    .optional()
+    .map_err(sql)
+}
+
+/// Forgets producers past their expiry, as Redis does with keys past their TTL.
+fn sweep_producers(tx: &Transaction<'_>, now: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM producers WHERE expires_at_ms <= ?1",
+        params![now],
+    )
+    .map_err(sql)?;
+    Ok(())
+}
 
 /// The SQLite development store.
 #[derive(Debug, Clone)]
@@ -101,12 +206,12 @@ fn millis(d: Duration) -> i64 {
 impl EmbeddedStore {
     /// Opens (or creates) the store file; `:memory:` gives a throw-away store.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(sql)?;
+        let mut conn = Connection::open(path).map_err(sql)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
         )
         .map_err(sql)?;
-        conn.execute_batch(SCHEMA).map_err(sql)?;
+        migrate(&mut conn, path)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: path.display().to_string(),
@@ -149,31 +254,35 @@ impl EmbeddedStore {
         &self,
         tenant: &TenantId,
         device: &str,
+        producer: &str,
         items: &[NewItem],
-        dedup_ttl: Duration,
-    ) -> Result<Vec<bool>, StoreError> {
+        options: &PushOptions,
+    ) -> Result<PushOutcome, StoreError> {
         let tenant = tenant.as_str().to_owned();
         let device = device.to_owned();
+        let producer = producer.to_owned();
         let items = items.to_vec();
+        let ttl = options.producer_ttl;
         self.write(move |tx| {
             let now = now_ms();
-            let expires = now.saturating_add(millis(dedup_ttl));
-            // An expired marker no longer protects its id, exactly like a Redis key past its TTL.
-            tx.execute("DELETE FROM seen WHERE expires_at_ms <= ?1", params![now])
+            sweep_producers(tx, now)?;
+            let known = read_producer(tx, (&tenant, &device, &producer), now)?;
+            let before = known.unwrap_or([0; 4]);
+            let mut last = before;
+            let mut stored = Vec::with_capacity(items.len());
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO up_stream (tenant, tier, item_id, device_id, namespace, key, op, encoding, payload, created_at_ms, received_at_ms, producer, item_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                )
                 .map_err(sql)?;
-            let mut out = Vec::with_capacity(items.len());
             for item in &items {
-                let inserted = tx
-                    .execute(
-                        "INSERT OR IGNORE INTO seen (tenant, item_id, expires_at_ms) VALUES (?1, ?2, ?3)",
-                        params![tenant, item.id, expires],
-                    )
-                    .map_err(sql)?;
-                if inserted == 1 {
-                    tx.execute(
-                        "INSERT INTO up_stream (tenant, tier, item_id, device_id, namespace, key, op, encoding, payload, created_at_ms, received_at_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                        params![
+                let slot = &mut last[tier_slot(item.tier)];
+                let new = item.seq > *slot;
+                if new {
+                    *slot = item.seq;
+                    insert
+                        .execute(params![
                             tenant,
                             item.tier.number(),
                             item.id,
@@ -184,14 +293,68 @@ impl EmbeddedStore {
                             item.encoding.as_str(),
                             item.payload,
                             item.created_at_ms,
-                            now
-                        ],
-                    )
-                    .map_err(sql)?;
+                            now,
+                            producer,
+                            seq_to_sql(item.seq),
+                        ])
+                        .map_err(sql)?;
                 }
-                out.push(inserted == 1);
+                stored.push(new);
             }
-            Ok(out)
+            // Like Redis: a producer that stores nothing and is not known leaves no row.
+            if known.is_some() || last != before {
+                tx.execute(
+                    "INSERT INTO producers (tenant, device_id, producer, last_seq_1, last_seq_2, last_seq_3, last_seq_4, expires_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (tenant, device_id, producer) DO UPDATE SET
+                         last_seq_1 = excluded.last_seq_1, last_seq_2 = excluded.last_seq_2,
+                         last_seq_3 = excluded.last_seq_3, last_seq_4 = excluded.last_seq_4,
+                         expires_at_ms = excluded.expires_at_ms",
+                    params![
+                        tenant,
+                        device,
+                        producer,
+                        seq_to_sql(last[0]),
+                        seq_to_sql(last[1]),
+                        seq_to_sql(last[2]),
+                        seq_to_sql(last[3]),
+                        now.saturating_add(millis(ttl)),
+                    ],
+                )
+                .map_err(sql)?;
+            }
+            Ok(PushOutcome {
+                stored,
+                last_seq: last,
+                replicas_acked: 0,
+                conflicts: 0,
+            })
+        })
+        .await
+    }
+
+    pub async fn hello(
+        &self,
+        tenant: &TenantId,
+        device: &str,
+        producer: &str,
+        ttl: Duration,
+    ) -> Result<[u64; 4], StoreError> {
+        let tenant = tenant.as_str().to_owned();
+        let device = device.to_owned();
+        let producer = producer.to_owned();
+        self.write(move |tx| {
+            let now = now_ms();
+            sweep_producers(tx, now)?;
+            let Some(last) = read_producer(tx, (&tenant, &device, &producer), now)? else {
+                return Ok([0; 4]);
+            };
+            tx.execute(
+                "UPDATE producers SET expires_at_ms = ?4 WHERE tenant = ?1 AND device_id = ?2 AND producer = ?3",
+                params![tenant, device, producer, now.saturating_add(millis(ttl))],
+            )
+            .map_err(sql)?;
+            Ok(last)
         })
         .await
     }
@@ -504,5 +667,224 @@ impl EmbeddedStore {
                 .map_err(sql)
         })
         .await
+    }
+
+    /// A producer's last seqs and the time (ms since the epoch) it will be forgotten, when it is
+    /// known: what `HMGET` and `PEXPIRETIME` show on Redis. Reading does not refresh it. The
+    /// contract tests check expiry through it.
+    pub async fn producer_state(
+        &self,
+        tenant: &TenantId,
+        device: &str,
+        producer: &str,
+    ) -> Result<Option<([u64; 4], i64)>, StoreError> {
+        let tenant = tenant.as_str().to_owned();
+        let device = device.to_owned();
+        let producer = producer.to_owned();
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "SELECT last_seq_1, last_seq_2, last_seq_3, last_seq_4, expires_at_ms FROM producers
+                 WHERE tenant = ?1 AND device_id = ?2 AND producer = ?3 AND expires_at_ms > ?4",
+            )
+            .map_err(sql)?
+            .query_row(params![tenant, device, producer, now_ms()], |r| {
+                Ok((
+                    [
+                        seq_from_sql(r.get(0)?),
+                        seq_from_sql(r.get(1)?),
+                        seq_from_sql(r.get(2)?),
+                        seq_from_sql(r.get(3)?),
+                    ],
+                    r.get(4)?,
+                ))
+            })
+            .optional()
+            .map_err(sql)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kryonix_protocol::Tier;
+    use kryonix_protocol::wire::Op;
+
+    use super::*;
+
+    /// The version 1 schema as it shipped, to prove the migration.
+    const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS seen (
+    tenant TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, item_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS up_stream (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    tier INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    op TEXT NOT NULL,
+    encoding TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS up_stream_by_tier ON up_stream (tenant, tier, seq);
+CREATE TABLE IF NOT EXISTS down_stream (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    device_id TEXT,
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    op TEXT NOT NULL,
+    encoding TEXT NOT NULL,
+    value BLOB NOT NULL,
+    ttl_secs INTEGER,
+    published_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS down_stream_by_target ON down_stream (tenant, device_id, seq);
+CREATE TABLE IF NOT EXISTS cache (
+    db INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    encoding INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (db, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rate (
+    key TEXT PRIMARY KEY,
+    tat_us INTEGER NOT NULL
+) WITHOUT ROWID;
+PRAGMA user_version = 1;
+";
+
+    fn item(seq: u64) -> NewItem {
+        NewItem {
+            id: format!("item-{seq}"),
+            seq,
+            tier: Tier::Critical,
+            namespace: Namespace::UserCache,
+            key: "k".into(),
+            op: Op::Put,
+            payload: b"v".to_vec(),
+            encoding: Encoding::Identity,
+            created_at_ms: 0,
+        }
+    }
+
+    fn options() -> PushOptions {
+        PushOptions {
+            producer_ttl: Duration::from_secs(60),
+            min_replicas_acked: 0,
+            wait_timeout: Duration::from_millis(1),
+        }
+    }
+
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_version_1_file_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sqlite3");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute(
+                "INSERT INTO seen (tenant, item_id, expires_at_ms) VALUES ('acme', 'old', 99999999999999)",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO up_stream (tenant, tier, item_id, device_id, namespace, key, op, encoding, payload, created_at_ms, received_at_ms)
+                 VALUES ('acme', 1, 'old', 'phone-1', 'user_cache', 'k', 'put', 'identity', x'76', 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        assert_eq!(user_version(&path), 1);
+
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+        let tenant = TenantId::new("acme").unwrap();
+        // What was stored stays; new items follow it with their producer and seq.
+        let outcome = store
+            .push(&tenant, "phone-1", "p-1", &[item(1), item(2)], &options())
+            .await
+            .unwrap();
+        assert_eq!(outcome.stored, [true, true]);
+        assert_eq!(outcome.last_seq, [2, 0, 0, 0]);
+        assert_eq!(
+            store.up_stream_ids(&tenant, Tier::Critical).await.unwrap(),
+            ["old", "item-1", "item-2"]
+        );
+        let conn = Connection::open(&path).unwrap();
+        let seen: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'seen'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seen, 0, "the markers are gone");
+        let old: (String, i64) = conn
+            .query_row(
+                "SELECT producer, item_seq FROM up_stream WHERE item_id = 'old'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(old, (String::new(), 0));
+        drop(store);
+
+        // Opening again changes nothing, and the producer is still known.
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(
+            store
+                .hello(&tenant, "phone-1", "p-1", Duration::from_secs(60))
+                .await
+                .unwrap(),
+            [2, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn a_newer_file_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v9.sqlite3");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE future (x INTEGER); PRAGMA user_version = 9;")
+            .unwrap();
+        let err = EmbeddedStore::open(&path).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+        assert_eq!(user_version(&path), 9);
+    }
+
+    #[tokio::test]
+    async fn sequences_round_trip_above_i64() {
+        let store = EmbeddedStore::open(Path::new(":memory:")).unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let big = [item(u64::MAX - 1), item(u64::MAX)];
+        let outcome = store
+            .push(&tenant, "phone-1", "p-1", &big, &options())
+            .await
+            .unwrap();
+        assert_eq!(outcome.stored, [true, true]);
+        let again = store
+            .push(&tenant, "phone-1", "p-1", &big, &options())
+            .await
+            .unwrap();
+        assert_eq!(again.stored, [false, false]);
+        assert_eq!(again.last_seq, [u64::MAX, 0, 0, 0]);
     }
 }

@@ -1,8 +1,8 @@
 //! Storage behind the HTTP API: Redis in production, an embedded SQLite file for development.
 //!
-//! Both stores offer the same operations with the same semantics (exactly-once push with dedup
-//! markers, down streams read after an opaque cursor, a TTL cache per namespace, GCRA rate
-//! limits), and one contract test suite runs against both. Handlers validate input before they
+//! Both stores offer the same operations with the same semantics (exactly-once push by
+//! per-producer sequence numbers, down streams read after an opaque cursor, a TTL cache per
+//! namespace, GCRA rate limits), and one contract test suite runs against both. Handlers validate input before they
 //! call a store, so a store only ever sees valid tenants, namespaces and keys. [`Store`] is an
 //! enum rather than a trait object: two variants, no boxing of async calls.
 
@@ -50,6 +50,9 @@ impl StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewItem {
     pub id: String,
+    /// Position in its producer's tier, at least 1; the items of one tier in a batch come in
+    /// strictly increasing `seq` order (the handler rejects the others).
+    pub seq: u64,
     pub tier: Tier,
     pub namespace: Namespace,
     pub key: String,
@@ -57,6 +60,41 @@ pub struct NewItem {
     pub payload: Vec<u8>,
     pub encoding: Encoding,
     pub created_at_ms: i64,
+}
+
+/// Index of a tier in a `last_seq` array (tier 1 at 0).
+pub fn tier_slot(tier: Tier) -> usize {
+    match tier {
+        Tier::Critical => 0,
+        Tier::Preferences => 1,
+        Tier::Application => 2,
+        Tier::Background => 3,
+    }
+}
+
+/// How a push is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushOptions {
+    /// How long the producer's sequences are remembered after this push.
+    pub producer_ttl: Duration,
+    /// Replicas that must confirm the writes (Redis `WAIT`, on the connection that made them)
+    /// before the push returns; 0 = no wait.
+    pub min_replicas_acked: u32,
+    pub wait_timeout: Duration,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Per item, in order: stored now (`true`) or stored earlier (`false`, a duplicate).
+    pub stored: Vec<bool>,
+    /// The producer's last stored seq per tier after the push (index 0 is tier 1; 0 = none).
+    pub last_seq: [u64; 4],
+    /// Replicas that confirmed the writes when `min_replicas_acked > 0` (0 otherwise, and always
+    /// 0 on the embedded store, which has no replicas).
+    pub replicas_acked: u32,
+    /// How many times a concurrent push of the same producer made this one start over.
+    pub conflicts: u32,
 }
 
 /// One validated published change.
@@ -148,18 +186,36 @@ impl Store {
         }
     }
 
-    /// Stores the items that are new, in order, atomically per batch; returns per item whether it
-    /// was new (`true`) or already stored (`false`).
+    /// Stores, atomically per batch and in order, the items whose `seq` is above the last one
+    /// stored for their (tenant, device, producer, tier), and advances those last seqs with them;
+    /// refreshes the producer's expiry. `producer` is already validated, and the items of a tier
+    /// come in increasing `seq` order.
     pub async fn push(
         &self,
         tenant: &TenantId,
         device: &str,
+        producer: &str,
         items: &[NewItem],
-        dedup_ttl: Duration,
-    ) -> Result<Vec<bool>, StoreError> {
+        options: &PushOptions,
+    ) -> Result<PushOutcome, StoreError> {
         match self {
-            Self::Redis(s) => s.push(tenant, device, items, dedup_ttl).await,
-            Self::Embedded(s) => s.push(tenant, device, items, dedup_ttl).await,
+            Self::Redis(s) => s.push(tenant, device, producer, items, options).await,
+            Self::Embedded(s) => s.push(tenant, device, producer, items, options).await,
+        }
+    }
+
+    /// The producer's last stored seq per tier (index 0 is tier 1; all 0 when the producer is
+    /// unknown or was forgotten); refreshes its expiry when it is known.
+    pub async fn hello(
+        &self,
+        tenant: &TenantId,
+        device: &str,
+        producer: &str,
+        ttl: Duration,
+    ) -> Result<[u64; 4], StoreError> {
+        match self {
+            Self::Redis(s) => s.hello(tenant, device, producer, ttl).await,
+            Self::Embedded(s) => s.hello(tenant, device, producer, ttl).await,
         }
     }
 
@@ -255,15 +311,6 @@ impl Store {
         match self {
             Self::Redis(s) => s.memory_pressure().await,
             Self::Embedded(_) => Ok(None),
-        }
-    }
-
-    /// Waits until `replicas` replicas have the writes made so far (Redis `WAIT`); returns how
-    /// many confirmed. The embedded store has no replicas and returns 0.
-    pub async fn wait_replicas(&self, replicas: u32, timeout: Duration) -> Result<u32, StoreError> {
-        match self {
-            Self::Redis(s) => s.wait_replicas(replicas, timeout).await,
-            Self::Embedded(_) => Ok(0),
         }
     }
 

@@ -23,17 +23,22 @@ async fn lower_tiers_are_refused_first_and_nothing_accepted_is_lost() {
     let token = server.token("acme", "phone-1");
     let payload = vec![b'p'; 512];
     let mut accepted: BTreeMap<u8, Vec<String>> = BTreeMap::new();
+    // One counter for every tier: each tier's seqs still increase (gaps are allowed).
+    let next_seq = std::cell::Cell::new(1u64);
 
     // Push one batch of a tier; Ok(ids) when stored, Err(reply) when refused.
     let push_batch = |tier: u8| {
         let server = &server;
         let token = &token;
         let payload = &payload;
+        let first = next_seq.get();
+        next_seq.set(first + BATCH as u64);
         async move {
             let ids: Vec<String> = (0..BATCH).map(|_| new_id()).collect();
             let items = ids
                 .iter()
-                .map(|id| item(id, tier, "analytics_temp", "events", payload))
+                .zip(first..)
+                .map(|(id, seq)| item(id, seq, tier, "analytics_temp", "events", payload))
                 .collect();
             let reply = server.push(token, items).await;
             if reply.status == StatusCode::OK {

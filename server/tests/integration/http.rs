@@ -10,7 +10,7 @@ use kryonix_protocol::wire::{PullResponse, PushResponse};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{RedisOptions, RedisServer, SECRET, TestServer, b64, item, new_id};
+use crate::support::{PRODUCER, RedisOptions, RedisServer, SECRET, TestServer, b64, item, new_id};
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -33,7 +33,7 @@ async fn gzip_bodies_are_accepted_and_gzip_answers_offered() {
     let client = reqwest::Client::new();
     let token = server.token("acme", "phone-1");
     let ids: Vec<String> = (0..50).map(|_| new_id()).collect();
-    let body = json!({"items": ids.iter().map(|id| item(id, 1, "user_cache", "k", &[b'a'; 200])).collect::<Vec<_>>()});
+    let body = json!({"producer": PRODUCER, "items": ids.iter().zip(1u64..).map(|(id, seq)| item(id, seq, 1, "user_cache", "k", &[b'a'; 200])).collect::<Vec<_>>()});
     let plain = serde_json::to_vec(&body).unwrap();
     let packed = gzip(&plain);
     assert!(packed.len() < plain.len() / 4);
@@ -53,6 +53,7 @@ async fn gzip_bodies_are_accepted_and_gzip_answers_offered() {
     let answer: PushResponse =
         serde_json::from_slice(&gunzip(&reply.bytes().await.unwrap())).unwrap();
     assert!(answer.results.iter().all(|r| r.outcome.is_stored()));
+    assert_eq!(answer.last_seq, [50, 0, 0, 0]);
     assert_eq!(server.stored_ids("acme", 1).await, ids);
 
     // A small answer, or a client that does not ask, gets identity.
@@ -99,9 +100,10 @@ async fn graceful_shutdown_lets_an_in_flight_push_finish() {
     let (addr, stop, task) = server.serve_tcp().await;
     let token = server.token("acme", "phone-1");
     let id = new_id();
-    let body =
-        serde_json::to_vec(&json!({"items": [item(&id, 1, "user_cache", "k", b"in flight")]}))
-            .unwrap();
+    let body = serde_json::to_vec(
+        &json!({"producer": PRODUCER, "items": [item(&id, 1, 1, "user_cache", "k", b"in flight")]}),
+    )
+    .unwrap();
     let (head, tail) = body.split_at(body.len() / 2);
 
     // Send the headers and half the body: the push is now in flight.
@@ -170,15 +172,20 @@ async fn metrics_count_requests_items_and_latency() {
         .push(
             &token,
             vec![
-                item(&id, 2, "user_cache", "k", b"v"),
-                item(&id, 2, "user_cache", "k", b"v"),
-                item(&new_id(), 0, "user_cache", "k", b"v"),
+                item(&id, 1, 2, "user_cache", "k", b"v"),
+                item(&new_id(), 1, 0, "user_cache", "k", b"v"),
             ],
         )
         .await;
+    // A replay of the first item: a duplicate.
+    server
+        .push(&token, vec![item(&id, 1, 2, "user_cache", "k", b"v")])
+        .await;
+    assert_eq!(server.hello_last_seq(&token, PRODUCER).await, [0, 1, 0, 0]);
+    assert_eq!(server.hello_last_seq(&token, "never-pushed").await, [0; 4]);
     let other = server.token("unlisted", "phone-1");
     server
-        .push(&other, vec![item(&new_id(), 1, "user_cache", "k", b"v")])
+        .push(&other, vec![item(&new_id(), 1, 1, "user_cache", "k", b"v")])
         .await;
     let reply = server.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -190,13 +197,16 @@ async fn metrics_count_requests_items_and_latency() {
     );
     let text = String::from_utf8(reply.bytes.to_vec()).unwrap();
     for expected in [
-        r#"kryonix_http_requests_total{route="/v1/sync/push",method="POST",status="200"} 2"#,
+        r#"kryonix_http_requests_total{route="/v1/sync/push",method="POST",status="200"} 3"#,
+        r#"kryonix_http_requests_total{route="/v1/sync/hello",method="POST",status="200"} 2"#,
+        r#"kryonix_hellos_total{producer="known"} 1"#,
+        r#"kryonix_hellos_total{producer="unknown"} 1"#,
         r#"kryonix_push_items_total{tier="2",outcome="accepted"} 1"#,
         r#"kryonix_push_items_total{tier="2",outcome="duplicate"} 1"#,
         r#"kryonix_push_items_total{tier="0",outcome="rejected"} 1"#,
         r#"kryonix_tenant_push_items_total{tenant="acme"} 1"#,
         r#"kryonix_tenant_push_items_total{tenant="_other"} 1"#,
-        "kryonix_push_duration_seconds_count 2",
+        "kryonix_push_duration_seconds_count 3",
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }

@@ -20,7 +20,7 @@ async fn tenant_a_cannot_reach_tenant_b_anywhere() {
         server
             .push(
                 &b_device,
-                vec![item(&b_item, 1, "user_cache", "secret", b"b-data")]
+                vec![item(&b_item, 1, 1, "user_cache", "secret", b"b-data")]
             )
             .await
             .statuses(),
@@ -79,12 +79,12 @@ async fn tenant_a_cannot_reach_tenant_b_anywhere() {
     assert_eq!(pull.status, StatusCode::OK);
     assert_eq!(pull.value()["changes"], json!([]));
 
-    // A pushing B's item id is a new item of A, not a duplicate of B's.
+    // A pushing B's item id, producer and seq is a new item of A, not a duplicate of B's.
     assert_eq!(
         server
             .push(
                 &a_device,
-                vec![item(&b_item, 1, "user_cache", "secret", b"a-data")]
+                vec![item(&b_item, 1, 1, "user_cache", "secret", b"a-data")]
             )
             .await
             .statuses(),

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use serde_json::json;
 
-use crate::support::{RedisOptions, SECRET, TestServer, b64, item, new_id};
+use crate::support::{PRODUCER, RedisOptions, SECRET, TestServer, b64, item, new_id};
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -33,7 +33,10 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
     .await;
     let token = server.token("acme", "phone-1");
     let service = server.service_token("acme");
-    let valid_item = item(&new_id(), 1, "user_cache", "k", b"v");
+    let valid_item = item(&new_id(), 1, 1, "user_cache", "k", b"v");
+    let push_body = |items: serde_json::Value| -> Vec<u8> {
+        serde_json::to_vec(&json!({"producer": PRODUCER, "items": items})).unwrap()
+    };
 
     // A forged token: right shape, signed with another secret.
     let forged = {
@@ -84,7 +87,7 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
                 push_path,
                 Method::POST,
                 &token,
-                serde_json::to_vec(&json!({"items": [{"id": 1, "tier": "one"}]})).unwrap(),
+                push_body(json!([{"id": 1, "seq": 1, "tier": "one"}])),
             ),
             StatusCode::BAD_REQUEST,
             "malformed",
@@ -95,11 +98,10 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
                 push_path,
                 Method::POST,
                 &token,
-                serde_json::to_vec(&json!({"items": [{
-                    "id": new_id(), "tier": 1, "namespace": "user_cache", "key": "k",
+                push_body(json!([{
+                    "id": new_id(), "seq": 1, "tier": 1, "namespace": "user_cache", "key": "k",
                     "op": "put", "payload": "!!!not base64", "created_at_ms": 0
-                }]}))
-                .unwrap(),
+                }])),
             ),
             StatusCode::BAD_REQUEST,
             "malformed",
@@ -110,11 +112,10 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
                 push_path,
                 Method::POST,
                 &token,
-                serde_json::to_vec(&json!({"items": [{
-                    "id": new_id(), "tier": 1, "namespace": "user_cache", "key": "k",
+                push_body(json!([{
+                    "id": new_id(), "seq": 1, "tier": 1, "namespace": "user_cache", "key": "k",
                     "op": "merge", "payload": "", "created_at_ms": 0
-                }]}))
-                .unwrap(),
+                }])),
             ),
             StatusCode::BAD_REQUEST,
             "malformed",
@@ -125,8 +126,7 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
                 push_path,
                 Method::POST,
                 &token,
-                serde_json::to_vec(&json!({"items": [item(&new_id(), 1, "user_cache", "k", &vec![b'x'; 20 * 1024])]}))
-                    .unwrap(),
+                push_body(json!([item(&new_id(), 1, 1, "user_cache", "k", &vec![b'x'; 20 * 1024])])),
             ),
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
@@ -138,7 +138,7 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
                     push_path,
                     Method::POST,
                     &token,
-                    gzip(&serde_json::to_vec(&json!({"items": [], "pad": "x".repeat(100_000)})).unwrap()),
+                    gzip(&serde_json::to_vec(&json!({"producer": PRODUCER, "items": [], "pad": "x".repeat(100_000)})).unwrap()),
                 );
                 r.headers_mut()
                     .insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
@@ -154,7 +154,7 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
                     push_path,
                     Method::POST,
                     &token,
-                    serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap(),
+                    push_body(json!([valid_item.clone()])),
                 );
                 r.headers_mut()
                     .insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
@@ -169,8 +169,7 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
                 push_path,
                 Method::POST,
                 &token,
-                serde_json::to_vec(&json!({"items": (0..101).map(|i| item(&new_id(), 1, "user_cache", &format!("k{i}"), b"")).collect::<Vec<_>>()}))
-                    .unwrap(),
+                push_body(json!((1..=101).map(|i| item(&new_id(), i, 1, "user_cache", &format!("k{i}"), b"")).collect::<Vec<_>>())),
             ),
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
@@ -180,38 +179,73 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
             Request::builder()
                 .method(Method::POST)
                 .uri(push_path)
-                .body(Body::from(serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap()))
+                .body(Body::from(push_body(json!([valid_item.clone()]))))
                 .unwrap(),
             StatusCode::UNAUTHORIZED,
             "unauthorized",
         ),
         (
             "forged token",
-            raw(push_path, Method::POST, &forged, serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap()),
+            raw(push_path, Method::POST, &forged, push_body(json!([valid_item.clone()]))),
             StatusCode::UNAUTHORIZED,
             "unauthorized",
         ),
         (
             "expired token",
-            raw(push_path, Method::POST, &expired, serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap()),
+            raw(push_path, Method::POST, &expired, push_body(json!([valid_item.clone()]))),
             StatusCode::UNAUTHORIZED,
             "unauthorized",
         ),
         (
             "alg none token",
-            raw(push_path, Method::POST, &unsigned, serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap()),
+            raw(push_path, Method::POST, &unsigned, push_body(json!([valid_item.clone()]))),
             StatusCode::UNAUTHORIZED,
             "unauthorized",
         ),
         (
             "newer protocol",
             {
-                let mut r = raw(push_path, Method::POST, &token, serde_json::to_vec(&json!({"items": [valid_item.clone()]})).unwrap());
-                r.headers_mut().insert("kryonix-protocol", "2".parse().unwrap());
+                let mut r = raw(push_path, Method::POST, &token, push_body(json!([valid_item.clone()])));
+                r.headers_mut().insert("kryonix-protocol", "3".parse().unwrap());
                 r
             },
             StatusCode::BAD_REQUEST,
             "unsupported_protocol",
+        ),
+        (
+            "older protocol",
+            {
+                let mut r = raw(push_path, Method::POST, &token, push_body(json!([valid_item.clone()])));
+                r.headers_mut().insert("kryonix-protocol", "1".parse().unwrap());
+                r
+            },
+            StatusCode::BAD_REQUEST,
+            "unsupported_protocol",
+        ),
+        (
+            "older protocol on the hello",
+            {
+                let mut r = raw("/v1/sync/hello", Method::POST, &token, serde_json::to_vec(&json!({"producer": PRODUCER})).unwrap());
+                r.headers_mut().insert("kryonix-protocol", "1".parse().unwrap());
+                r
+            },
+            StatusCode::BAD_REQUEST,
+            "unsupported_protocol",
+        ),
+        (
+            "a version 1 body",
+            raw(
+                push_path,
+                Method::POST,
+                &token,
+                serde_json::to_vec(&json!({"items": [{
+                    "id": new_id(), "tier": 1, "namespace": "user_cache", "key": "k",
+                    "op": "put", "payload": "", "created_at_ms": 0
+                }]}))
+                .unwrap(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed",
         ),
         (
             "cache key over 250 bytes",
@@ -381,4 +415,39 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
         );
     }
     assert_eq!(before, vec![0; 16]);
+}
+
+#[tokio::test]
+async fn only_the_current_protocol_version_is_served() {
+    let server = TestServer::with_redis(RedisOptions::default(), |_| {}).await;
+    let token = server.token("acme", "phone-1");
+    let body = serde_json::to_vec(
+        &json!({"producer": PRODUCER, "items": [item(&new_id(), 1, 1, "user_cache", "k", b"v")]}),
+    )
+    .unwrap();
+    for (version, status) in [
+        ("2", StatusCode::OK),
+        (" 2 ", StatusCode::OK),
+        ("1", StatusCode::BAD_REQUEST),
+        ("0", StatusCode::BAD_REQUEST),
+        ("3", StatusCode::BAD_REQUEST),
+    ] {
+        let mut request = raw("/v1/sync/push", Method::POST, &token, body.clone());
+        request
+            .headers_mut()
+            .insert("kryonix-protocol", version.parse().unwrap());
+        let reply = server.send(request).await;
+        assert_eq!(reply.status, status, "version {version:?}");
+        if status != StatusCode::OK {
+            assert_eq!(reply.code(), "unsupported_protocol");
+            let message = reply.value()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(message.contains("only 2 is spoken"), "{message}");
+        }
+    }
+    // Without the header (curl, scripts) the request is served.
+    let plain = raw("/v1/sync/push", Method::POST, &token, body);
+    assert_eq!(server.send(plain).await.status, StatusCode::OK);
 }

@@ -1,8 +1,7 @@
 //! Push invariants over generated batches (embedded store, so each case is cheap): one result per
-//! item in request order; exactly the valid first occurrences are stored, in order; a replay
-//! stores nothing.
-
-use std::collections::HashSet;
+//! item in request order; an item is stored exactly when it is valid and its seq is above both
+//! the last stored seq of its tier and the previous valid item of its tier in the batch; stored
+//! items keep their order; a replay stores nothing.
 
 use proptest::prelude::*;
 use serde_json::Value;
@@ -12,6 +11,7 @@ use crate::support::{Backend, TestServer, item};
 #[derive(Debug, Clone)]
 struct Gen {
     id: String,
+    seq: u64,
     tier: u8,
     namespace: &'static str,
     key: String,
@@ -34,12 +34,15 @@ fn gen_item() -> impl Strategy<Value = Gen> {
             (0u8..12).prop_map(|n| format!("id-{n}")),
             Just("bad:id".to_owned())
         ],
+        // A small seq space, so batches repeat, reorder and replay seqs, and send 0.
+        0u64..10,
         0u8..6,
         prop_oneof![Just("user_cache"), Just("api_cache"), Just("bogus")],
         prop_oneof!["[a-z:]{1,20}", Just(String::new()), Just("k".repeat(240))],
     )
-        .prop_map(|(id, tier, namespace, key)| Gen {
+        .prop_map(|(id, seq, tier, namespace, key)| Gen {
             id,
+            seq,
             tier,
             namespace,
             key,
@@ -55,30 +58,43 @@ proptest! {
         runtime.block_on(async {
             let server = TestServer::start(Backend::Embedded, |_| {}).await;
             let token = server.token("acme", "phone-1");
-            let mut seen: HashSet<String> = HashSet::new();
+            // The model: the last stored seq per tier, and the stored ids per tier.
+            let mut last = [0u64; 5];
             let mut expected: [Vec<String>; 5] = Default::default();
             for batch in &batches {
                 let json: Vec<Value> = batch
                     .iter()
-                    .map(|g| item(&g.id, g.tier, g.namespace, &g.key, b"p"))
+                    .map(|g| item(&g.id, g.seq, g.tier, g.namespace, &g.key, b"p"))
                     .collect();
                 let reply = server.push(&token, json.clone()).await;
                 prop_assert_eq!(reply.status, axum::http::StatusCode::OK);
                 let v = reply.value();
                 let results = v["results"].as_array().unwrap();
                 prop_assert_eq!(results.len(), batch.len());
+                let mut previous = [0u64; 5];
                 for (g, r) in batch.iter().zip(results) {
                     prop_assert_eq!(r["id"].as_str().unwrap(), g.id.as_str());
                     let status = r["status"].as_str().unwrap();
+                    let tier = usize::from(g.tier);
                     if !g.is_valid() {
                         prop_assert_eq!(status, "rejected");
-                    } else if seen.insert(g.id.clone()) {
-                        prop_assert_eq!(status, "accepted");
-                        expected[usize::from(g.tier)].push(g.id.clone());
+                    } else if g.seq <= previous[tier] {
+                        // seq 0 included: `previous` starts at 0.
+                        prop_assert_eq!(status, "rejected");
+                        prop_assert_eq!(r["code"].as_str().unwrap(), "invalid_seq");
                     } else {
-                        prop_assert_eq!(status, "duplicate");
+                        previous[tier] = g.seq;
+                        if g.seq > last[tier] {
+                            prop_assert_eq!(status, "accepted");
+                            last[tier] = g.seq;
+                            expected[tier].push(g.id.clone());
+                        } else {
+                            prop_assert_eq!(status, "duplicate");
+                        }
                     }
                 }
+                let answered: [u64; 4] = reply.last_seq();
+                prop_assert_eq!(&answered[..], &last[1..]);
                 // A replay of the same batch stores nothing new.
                 let replay = server.push(&token, json).await.value();
                 for r in replay["results"].as_array().unwrap() {
@@ -95,7 +111,8 @@ proptest! {
 
 fn valid_body() -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
-        "items": [item("id-1", 1, "user_cache", "k:1", b"payload"), item("id-2", 4, "api_cache", "k:2", b"")]
+        "producer": "0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d",
+        "items": [item("id-1", 1, 1, "user_cache", "k:1", b"payload"), item("id-2", 7, 4, "api_cache", "k:2", b"")]
     }))
     .unwrap()
 }

@@ -1,10 +1,17 @@
 //! Push against a real Redis, checked in Redis itself with a plain client.
 
+use std::collections::HashMap;
+
 use axum::http::{Method, StatusCode};
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::support::{RedisOptions, TestServer, item, new_id};
+use crate::support::{PRODUCER, RedisOptions, TestServer, item, new_id};
+
+/// The producer record of `phone-1` of `acme` for [`PRODUCER`].
+fn record() -> String {
+    format!("tenant:acme:mobile_sync:producer:phone-1:{PRODUCER}")
+}
 
 #[tokio::test]
 async fn pushed_items_land_in_their_tier_stream_in_db_11() {
@@ -18,17 +25,26 @@ async fn pushed_items_land_in_their_tier_stream_in_db_11() {
                 item(
                     &ids[0],
                     1,
+                    1,
                     "user_cache",
                     "profile:42",
                     b"{\"name\":\"Ada\"}",
                 ),
-                item(&ids[1], 4, "analytics_temp", "events", b"click"),
-                item(&ids[2], 1, "user_cache", "profile:43", &[0, 159, 146, 150]),
+                item(&ids[1], 1, 4, "analytics_temp", "events", b"click"),
+                item(
+                    &ids[2],
+                    2,
+                    1,
+                    "user_cache",
+                    "profile:43",
+                    &[0, 159, 146, 150],
+                ),
             ],
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.statuses(), ["accepted", "accepted", "accepted"]);
+    assert_eq!(reply.last_seq(), [2, 0, 0, 1]);
     let results = reply.value();
     assert_eq!(results["results"][0]["id"], ids[0].as_str());
 
@@ -56,6 +72,8 @@ async fn pushed_items_land_in_their_tier_stream_in_db_11() {
         json!({
             "id": ids[0],
             "device_id": "phone-1",
+            "producer": PRODUCER,
+            "seq": 1,
             "tier": 1,
             "namespace": "user_cache",
             "key": "profile:42",
@@ -76,12 +94,20 @@ async fn pushed_items_land_in_their_tier_stream_in_db_11() {
     let t2: i64 = db11.xlen("tenant:acme:mobile_sync:up:t2").await.unwrap();
     assert_eq!(t2, 0);
 
-    // Each item has a dedup marker living 48 h.
-    for id in &ids {
-        let marker = format!("tenant:acme:mobile_sync:seen:{id}");
-        let ttl: i64 = db11.ttl(&marker).await.unwrap();
-        assert!((172_000..=172_800).contains(&ttl), "marker ttl {ttl}");
-    }
+    // One record for the producer: the last seq of the tiers it used, living 30 days.
+    let fields: HashMap<String, u64> = db11.hgetall(record()).await.unwrap();
+    assert_eq!(
+        fields,
+        HashMap::from([("1".to_owned(), 2), ("4".to_owned(), 1)])
+    );
+    let pttl: i64 = db11.pttl(record()).await.unwrap();
+    let days_30 = 30 * 24 * 3600 * 1000;
+    assert!(
+        (days_30 - 60_000..=days_30).contains(&pttl),
+        "record pttl {pttl}"
+    );
+    let keys: Vec<String> = db11.keys("*").await.unwrap();
+    assert_eq!(keys.len(), 3, "two streams and the record: {keys:?}");
 
     // Nothing leaked into other databases but the (disabled) rate limiter's.
     let counts = server.redis().key_counts().await;
@@ -96,38 +122,34 @@ async fn pushed_items_land_in_their_tier_stream_in_db_11() {
 async fn a_replayed_batch_is_duplicate_and_adds_no_entry() {
     let server = TestServer::with_redis(RedisOptions::default(), |_| {}).await;
     let token = server.token("acme", "phone-1");
-    let batch: Vec<_> = (0..5)
-        .map(|i| item(&new_id(), 2, "user_cache", &format!("k{i}"), b"v"))
+    let batch: Vec<_> = (1..=5)
+        .map(|seq| item(&new_id(), seq, 2, "user_cache", &format!("k{seq}"), b"v"))
         .collect();
     let first = server.push(&token, batch.clone()).await;
     assert_eq!(first.statuses(), vec!["accepted"; 5]);
     let replay = server.push(&token, batch.clone()).await;
     assert_eq!(replay.status, StatusCode::OK);
     assert_eq!(replay.statuses(), vec!["duplicate"; 5]);
+    assert_eq!(replay.last_seq(), [0, 5, 0, 0]);
 
-    // Same ids from another device of the same tenant: still duplicates (the id is the key).
-    let other = server.token("acme", "phone-2");
-    assert_eq!(
-        server.push(&other, batch.clone()).await.statuses(),
-        vec!["duplicate"; 5]
-    );
-
-    // The same id twice inside one batch is stored once.
-    let id = new_id();
+    // The same seq twice inside one batch: the second is refused, not stored.
     let twice = server
         .push(
             &token,
             vec![
-                item(&id, 2, "user_cache", "x", b"1"),
-                item(&id, 2, "user_cache", "x", b"2"),
+                item(&new_id(), 6, 2, "user_cache", "x", b"1"),
+                item(&new_id(), 6, 2, "user_cache", "x", b"2"),
             ],
         )
         .await;
-    assert_eq!(twice.statuses(), ["accepted", "duplicate"]);
+    assert_eq!(twice.statuses(), ["accepted", "rejected"]);
+    assert_eq!(twice.value()["results"][1]["code"], "invalid_seq");
 
     let mut db11 = server.redis().db(11).await;
     let len: i64 = db11.xlen("tenant:acme:mobile_sync:up:t2").await.unwrap();
     assert_eq!(len, 6);
+    let last: Option<u64> = db11.hget(record(), "2").await.unwrap();
+    assert_eq!(last, Some(6));
 }
 
 #[tokio::test]
@@ -150,15 +172,30 @@ async fn a_mixed_batch_stores_only_the_valid_items() {
         .push(
             &token,
             vec![
-                item(&good[0], 1, "user_cache", "a", b"ok"),
-                item(&new_id(), 7, "user_cache", "b", b"bad tier"),
-                item(&new_id(), 1, "no_such_ns", "c", b"bad namespace"),
-                item(&new_id(), 1, "user_cache", &long_key, b"key over 250 bytes"),
-                item("not:an:id", 1, "user_cache", "d", b"bad id"),
-                item(&new_id(), 1, "sessions", "e", b"namespace not allowed"),
-                item(&new_id(), 1, "user_cache", "f", &[7; 65]),
-                item(&new_id(), 1, "user_cache", "bad\u{1}key", b"control char"),
-                item(&good[1], 1, "user_cache", "g", b"ok too"),
+                item(&good[0], 1, 1, "user_cache", "a", b"ok"),
+                item(&new_id(), 2, 7, "user_cache", "b", b"bad tier"),
+                item(&new_id(), 3, 1, "no_such_ns", "c", b"bad namespace"),
+                item(
+                    &new_id(),
+                    4,
+                    1,
+                    "user_cache",
+                    &long_key,
+                    b"key over 250 bytes",
+                ),
+                item("not:an:id", 5, 1, "user_cache", "d", b"bad id"),
+                item(&new_id(), 6, 1, "sessions", "e", b"namespace not allowed"),
+                item(&new_id(), 7, 1, "user_cache", "f", &[7; 65]),
+                item(
+                    &new_id(),
+                    8,
+                    1,
+                    "user_cache",
+                    "bad\u{1}key",
+                    b"control char",
+                ),
+                item(&new_id(), 0, 1, "user_cache", "h", b"seq 0"),
+                item(&good[1], 9, 1, "user_cache", "g", b"ok too"),
             ],
         )
         .await;
@@ -187,14 +224,16 @@ async fn a_mixed_batch_stores_only_the_valid_items() {
             "forbidden",
             "too_large",
             "invalid_key",
+            "invalid_seq",
             "accepted"
         ]
     );
+    assert_eq!(reply.last_seq(), [9, 0, 0, 0]);
     assert_eq!(server.stored_ids("acme", 1).await, good.to_vec());
-    // Only the two accepted items got markers (plus their stream).
+    // The stream and the producer's record, nothing per item.
     let mut db11 = server.redis().db(11).await;
     let keys: Vec<String> = db11.keys("*").await.unwrap();
-    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(keys.len(), 2, "{keys:?}");
 }
 
 fn test_policy() -> kryonix_server::config::TenantPolicy {
@@ -216,10 +255,13 @@ async fn wait_for_replicas_answers_503_until_enough_replicas_confirm() {
     })
     .await;
     let token = server.token("acme", "phone-1");
-    let batch = vec![item(&new_id(), 1, "user_cache", "a", b"1")];
+    let batch = vec![item(&new_id(), 1, 1, "user_cache", "a", b"1")];
     let reply = server.push(&token, batch.clone()).await;
     reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     assert!(reply.retry_after().is_some());
+    // The retry finds the item stored (a duplicate) and still waits for the replica: the
+    // record's refreshed expiry is a write of its own connection that WAIT counts, and it comes
+    // after the item in the replication stream.
     let again = server.push(&token, batch).await;
     again.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     assert_eq!(server.stored_ids("acme", 1).await.len(), 1);
@@ -235,7 +277,8 @@ async fn a_backend_consumes_the_up_stream_with_a_consumer_group() {
         .push(
             &token,
             ids.iter()
-                .map(|id| item(id, 3, "file_metadata", "doc:1", b"{}"))
+                .zip(1u64..)
+                .map(|(id, seq)| item(id, seq, 3, "file_metadata", "doc:1", b"{}"))
                 .collect(),
         )
         .await;
@@ -264,15 +307,23 @@ async fn a_backend_consumes_the_up_stream_with_a_consumer_group() {
         .unwrap();
     let entries = &read.keys[0].ids;
     assert_eq!(entries.len(), 2);
-    let got: Vec<String> = entries
+    let got: Vec<(String, u64)> = entries
         .iter()
         .map(|e| {
             let meta: Vec<u8> = redis::from_redis_value_ref(&e.map["item"]).unwrap();
             let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
-            meta["id"].as_str().unwrap().to_owned()
+            assert_eq!(meta["producer"], PRODUCER);
+            (
+                meta["id"].as_str().unwrap().to_owned(),
+                meta["seq"].as_u64().unwrap(),
+            )
         })
         .collect();
-    assert_eq!(got, ids.to_vec());
+    assert_eq!(
+        got,
+        vec![(ids[0].clone(), 1), (ids[1].clone(), 2)],
+        "entries carry the item id and the seq, in order"
+    );
     let acked: i64 = redis::cmd("XACK")
         .arg(stream)
         .arg("backend")
@@ -298,7 +349,14 @@ async fn device_and_service_scopes_are_enforced() {
     let service = server.service_token("acme");
     let device = server.token("acme", "phone-1");
     server
-        .push(&service, vec![item(&new_id(), 1, "user_cache", "a", b"1")])
+        .push(
+            &service,
+            vec![item(&new_id(), 1, 1, "user_cache", "a", b"1")],
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    server
+        .hello(&service, PRODUCER)
         .await
         .assert_error(StatusCode::FORBIDDEN, "forbidden");
     server
@@ -318,41 +376,179 @@ async fn device_and_service_scopes_are_enforced() {
 }
 
 #[tokio::test]
-async fn a_failed_append_leaves_no_marker_and_the_retry_stores_it() {
+async fn a_wrongly_typed_stream_fails_the_push_before_anything_is_written() {
     let server = TestServer::with_redis(RedisOptions::default(), |_| {}).await;
     let token = server.token("acme", "phone-1");
     let mut db11 = server.redis().db(11).await;
-    // Sabotage the tier-1 stream: a plain string where the stream should be, so XADD fails.
+    // Sabotage the tier-1 stream: a plain string where the stream should be, so an XADD would
+    // fail, and inside EXEC the record would still advance past the lost item.
     let _: () = db11
         .set("tenant:acme:mobile_sync:up:t1", "not a stream")
         .await
         .unwrap();
     let (first, second) = (new_id(), new_id());
     let batch = vec![
-        item(&first, 2, "user_cache", "a", b"1"),
-        item(&second, 1, "user_cache", "b", b"2"),
+        item(&first, 1, 2, "user_cache", "a", b"1"),
+        item(&second, 1, 1, "user_cache", "b", b"2"),
     ];
+    let clients = connected_clients(&mut db11).await;
     let reply = server.push(&token, batch.clone()).await;
-    // An unexpected Redis error: a generic 500 that names nothing internal.
+    // The failed transaction's connection (it still held its WATCH) was closed, not pooled.
+    wait_for_clients(&mut db11, clients).await;
+    // An unexpected Redis state: a generic 500 that names nothing internal.
     reply.assert_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
-    assert!(!String::from_utf8_lossy(&reply.bytes).contains("WRONGTYPE"));
-    // The item before the failure is stored with its marker; the failed one has no marker.
-    assert_eq!(server.stored_ids("acme", 2).await, vec![first.clone()]);
-    let failed_marker: bool = db11
-        .exists(format!("tenant:acme:mobile_sync:seen:{second}"))
-        .await
-        .unwrap();
+    assert!(!String::from_utf8_lossy(&reply.bytes).contains("string"));
+    // The type check runs before MULTI: not even the item of the healthy tier is stored, and
+    // the producer has no record.
+    assert!(server.stored_ids("acme", 2).await.is_empty());
+    let exists: bool = db11.exists(record()).await.unwrap();
     assert!(
-        !failed_marker,
-        "a marker without an entry would lose the item"
+        !exists,
+        "a record ahead of the stored items would lose them"
     );
 
-    // Repaired, the device's retry stores the missing item once and nothing twice.
+    // Repaired, the device's retry stores both, once.
     let _: () = db11.del("tenant:acme:mobile_sync:up:t1").await.unwrap();
-    assert_eq!(
-        server.push(&token, batch).await.statuses(),
-        ["duplicate", "accepted"]
-    );
+    let retry = server.push(&token, batch.clone()).await;
+    assert_eq!(retry.statuses(), ["accepted", "accepted"]);
+    // A transaction that ended cleanly leaves its connection in the pool for the next push.
+    wait_for_clients(&mut db11, clients + 1).await;
+    assert_eq!(retry.last_seq(), [1, 1, 0, 0]);
     assert_eq!(server.stored_ids("acme", 1).await, vec![second]);
     assert_eq!(server.stored_ids("acme", 2).await, vec![first]);
+    assert_eq!(
+        server.push(&token, batch).await.statuses(),
+        ["duplicate", "duplicate"]
+    );
+    wait_for_clients(&mut db11, clients + 1).await;
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_by_redis_is_replaced_without_failing_the_push() {
+    // One memory reading for the whole test: the push should touch only its own connection.
+    let server = TestServer::with_redis(RedisOptions::default(), |c| {
+        c.backpressure.check_interval = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let token = server.token("acme", "phone-1");
+    let first = server
+        .push(&token, vec![item(&new_id(), 1, 1, "user_cache", "a", b"1")])
+        .await;
+    assert_eq!(first.statuses(), ["accepted"]);
+    // Redis drops every other client (a restart or a failover looks the same from here): the
+    // pooled connection is dead when the next push leases it.
+    let mut db11 = server.redis().db(11).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut db11)
+        .await
+        .unwrap();
+    assert!(killed >= 1);
+    let second = server
+        .push(&token, vec![item(&new_id(), 2, 1, "user_cache", "b", b"2")])
+        .await;
+    assert_eq!(
+        second.statuses(),
+        ["accepted"],
+        "{}",
+        String::from_utf8_lossy(&second.bytes)
+    );
+    assert_eq!(second.last_seq(), [2, 0, 0, 0]);
+    assert_eq!(server.stored_ids("acme", 1).await.len(), 2);
+}
+
+async fn connected_clients(con: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(con)
+        .await
+        .unwrap();
+    kryonix_server::store::redis::parse_info(&info)["connected_clients"]
+        .parse()
+        .unwrap()
+}
+
+/// Waits (with a deadline) until Redis counts exactly `expected` connections: closing one is
+/// asynchronous.
+async fn wait_for_clients(con: &mut redis::aio::MultiplexedConnection, expected: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = connected_clients(con).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{now} connections, expected {expected}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn out_of_memory_aborts_the_transaction_and_writes_nothing() {
+    let server = TestServer::with_redis(
+        RedisOptions {
+            maxmemory: Some("2mb"),
+            ..RedisOptions::default()
+        },
+        |c| c.backpressure.check_interval = std::time::Duration::ZERO,
+    )
+    .await;
+    let token = server.token("acme", "phone-1");
+    let mut db0 = server.redis().db(0).await;
+    // Fill Redis until noeviction refuses a write.
+    let filler = vec![b'f'; 64 * 1024];
+    let mut filled = 0;
+    loop {
+        assert!(filled < 200, "Redis never ran out of memory");
+        let set: redis::RedisResult<()> = db0.set(format!("filler:{filled}"), &filler).await;
+        match set {
+            Ok(()) => filled += 1,
+            Err(err) => {
+                assert_eq!(err.code(), Some("OOM"), "{err}");
+                break;
+            }
+        }
+    }
+
+    // Tier 1 is never refused by a watermark: this batch reaches the store, where Redis refuses
+    // every command queued after MULTI and EXEC aborts.
+    let batch = vec![
+        item(&new_id(), 1, 1, "user_cache", "a", b"1"),
+        item(&new_id(), 2, 1, "user_cache", "b", b"2"),
+    ];
+    let reply = server.push(&token, batch.clone()).await;
+    reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "backpressure");
+    assert_eq!(reply.retry_after(), Some(1));
+    let mut db11 = server.redis().db(11).await;
+    let keys: Vec<String> = db11.keys("*").await.unwrap();
+    assert!(keys.is_empty(), "nothing is written: {keys:?}");
+    // Reads still work: the device's hello is answered.
+    assert_eq!(server.hello_last_seq(&token, PRODUCER).await, [0; 4]);
+
+    let metrics = server.call(Method::GET, "/metrics", None, None).await;
+    let text = String::from_utf8_lossy(&metrics.bytes).into_owned();
+    assert!(
+        text.contains(r#"kryonix_store_errors_total{kind="out_of_memory"}"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"kryonix_store_errors_total{kind="internal"}"#),
+        "{text}"
+    );
+
+    // Once a backend has made room, the device's retry stores the batch once.
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut db0).await.unwrap();
+    let retry = server.push(&token, batch.clone()).await;
+    assert_eq!(retry.statuses(), ["accepted", "accepted"]);
+    assert_eq!(
+        server.push(&token, batch).await.statuses(),
+        ["duplicate", "duplicate"]
+    );
+    assert_eq!(server.stored_ids("acme", 1).await.len(), 2);
 }

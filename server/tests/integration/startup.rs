@@ -59,7 +59,7 @@ async fn sync_store_on_its_own_instance_gets_the_pushes() {
     server
         .push(
             &token,
-            vec![crate::support::item(&id, 1, "user_cache", "k", b"v")],
+            vec![crate::support::item(&id, 1, 1, "user_cache", "k", b"v")],
         )
         .await;
     assert_eq!(server.stored_ids("acme", 1).await, vec![id]);
@@ -115,6 +115,7 @@ async fn readyz_turns_503_when_redis_goes_away() {
             &token,
             vec![crate::support::item(
                 &crate::support::new_id(),
+                1,
                 1,
                 "user_cache",
                 "k",

@@ -9,6 +9,7 @@
 
 mod support;
 
+mod s10_restored_backup;
 mod s1_offline_drain;
 mod s2_server_killed;
 mod s3_device_killed;
@@ -18,4 +19,3 @@ mod s6_retry_after;
 mod s7_conflicts;
 mod s8_pull_once;
 mod s9_dead_letters;
-mod s10_restored_backup;

@@ -72,7 +72,11 @@ async fn a_restored_backup_loses_nothing_and_stores_nothing_twice() {
     copy_db(&saved, &db);
     {
         let agent = world.agent("phone-10", world.config("phone-10", &url), None);
-        assert_eq!(agent.outbox().stats().unwrap().depth(), 90, "the backup's queue");
+        assert_eq!(
+            agent.outbox().stats().unwrap().depth(),
+            90,
+            "the backup's queue"
+        );
         merge(&mut expected, enqueue(&agent, 75, &tiers, "s10-d"));
         agent.close().await.unwrap();
     }

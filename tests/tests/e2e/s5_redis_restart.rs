@@ -1,7 +1,7 @@
 //! Scenario 5: Redis (AOF, `appendfsync always`) is killed and restarted on the same port and
 //! directory in the middle of a drain. Everything the server acknowledged before the kill is
-//! still there after the restart, pushes in flight at the kill are retried, and the end state is
-//! every item exactly once.
+//! still there after the restart, pushes that met Redis down are refused (503) and retried, and
+//! the end state is every item exactly once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,12 +62,14 @@ async fn redis_restarted_mid_drain_loses_and_duplicates_nothing() {
     }
     assert_eq!(report.remaining, 0, "{report:?}");
     world.assert_exactly_once(&expected).await;
-    // The restart hit the drain: some push was answered 503 (Redis unavailable) and retried.
+    // The restart hit the drain (`before` < total above). A push that met Redis down was
+    // answered 503 and retried; the server's push connections reopen by themselves, so a
+    // restart between two pushes may also pass without a refusal. Either way: exactly once.
     let refused = proxy
         .exchanges()
         .iter()
         .filter(|e| e.request_line.starts_with("POST /v1/sync/push") && e.status == Some(503))
         .count();
-    assert!(refused >= 1, "no push met the restart");
+    eprintln!("scenario 5: {refused} pushes refused while Redis restarted");
     eprintln!("scenario 5: Redis restarted with {before} of 3000 items stored");
 }

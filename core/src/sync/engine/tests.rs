@@ -285,6 +285,9 @@ impl Sim {
             }
             Write::Release { tier } => format!("release t{}", tier.number()),
             Write::MakeDue(tiers) => format!("make {} due now", tier_list(*tiers)),
+            Write::Defer { tier, at } => {
+                format!("defer t{} to {}", tier.number(), self.at(*at).trim())
+            }
             Write::Reconcile { last_seq } => {
                 format!("reconcile numbering with the server's {last_seq:?}")
             }
@@ -910,4 +913,25 @@ fn transcript_slow_cellular_holds_tiers_three_and_four() {
     sim.send(Event::SyncRequested(TierSet::of(&[Tier::Background])));
     assert_eq!(sim.depth(), 1, "tier 3 was not asked for");
     assert_transcript("slow_cellular_holds_tiers_three_and_four", &sim);
+}
+
+#[test]
+fn transcript_a_failed_hello_defers_the_tier_until_the_app_asks() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.hello_failure = Some(FailureKind::Retryable { retry_after: None });
+    sim.enqueue(Tier::Critical, 1);
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    // The first hello fails; the tier waits 1 s like a failed push, then the hello goes again.
+    sim.run_until(t0 + 500);
+    assert_eq!(sim.depth(), 1);
+    assert!(sim.pushes.is_empty(), "no push before a hello was answered");
+    sim.hello_failure = Some(FailureKind::Unauthorized);
+    sim.run_until(t0 + 5_000);
+    assert!(sim.engine.status().unauthorized);
+    assert_eq!(sim.depth(), 1);
+    // Signed in again, the app asks: the wait for the slot is cut short.
+    sim.send(Event::SyncRequested(TierSet::ALL));
+    assert_eq!(sim.depth(), 0);
+    assert_transcript("a_failed_hello_defers_the_tier_until_the_app_asks", &sim);
 }

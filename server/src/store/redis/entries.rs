@@ -11,11 +11,14 @@ use kryonix_protocol::wire::{Change, Op};
 use crate::store::{Cached, NewItem, StoreError};
 
 /// The `item` field of an up stream entry (JSON): everything about the item but its payload,
-/// which is the entry's `payload` field, raw bytes.
+/// which is the entry's `payload` field, raw bytes. `producer` and `seq` say where the item
+/// stands in its device's sequence; `id` stays for backends' own idempotency.
 #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ItemMetadata {
     pub id: String,
     pub device_id: String,
+    pub producer: String,
+    pub seq: u64,
     pub tier: u8,
     pub namespace: String,
     pub key: String,
@@ -29,6 +32,8 @@ pub struct ItemMetadata {
 struct ItemMetadataRef<'a> {
     id: &'a str,
     device_id: &'a str,
+    producer: &'a str,
+    seq: u64,
     tier: u8,
     namespace: &'a str,
     key: &'a str,
@@ -37,10 +42,16 @@ struct ItemMetadataRef<'a> {
     created_at_ms: i64,
 }
 
-pub(super) fn item_metadata(item: &NewItem, device: &str) -> Result<String, StoreError> {
+pub(super) fn item_metadata(
+    item: &NewItem,
+    device: &str,
+    producer: &str,
+) -> Result<String, StoreError> {
     serde_json::to_string(&ItemMetadataRef {
         id: &item.id,
         device_id: device,
+        producer,
+        seq: item.seq,
         tier: item.tier.number(),
         namespace: item.namespace.name(),
         key: &item.key,
@@ -135,6 +146,7 @@ mod tests {
     fn item_metadata_format_is_stable() {
         let item = NewItem {
             id: "0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d".into(),
+            seq: 42,
             tier: kryonix_protocol::Tier::Application,
             namespace: Namespace::FileMetadata,
             key: "doc:7".into(),
@@ -143,13 +155,16 @@ mod tests {
             encoding: Encoding::Gzip,
             created_at_ms: 1_764_000_000_000,
         };
+        let producer = "0193a1f0-0000-7b61-9d1a-3f4e5a6b7c8d";
         assert_eq!(
-            item_metadata(&item, "phone-1").unwrap(),
-            r#"{"id":"0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d","device_id":"phone-1","tier":3,"namespace":"file_metadata","key":"doc:7","op":"delete","encoding":"gzip","created_at_ms":1764000000000}"#
+            item_metadata(&item, "phone-1", producer).unwrap(),
+            r#"{"id":"0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d","device_id":"phone-1","producer":"0193a1f0-0000-7b61-9d1a-3f4e5a6b7c8d","seq":42,"tier":3,"namespace":"file_metadata","key":"doc:7","op":"delete","encoding":"gzip","created_at_ms":1764000000000}"#
         );
         let back: ItemMetadata =
-            serde_json::from_str(&item_metadata(&item, "phone-1").unwrap()).unwrap();
+            serde_json::from_str(&item_metadata(&item, "phone-1", producer).unwrap()).unwrap();
         assert_eq!(back.tier, 3);
+        assert_eq!(back.seq, 42);
+        assert_eq!(back.producer, producer);
         assert_eq!(back.op, Op::Delete);
     }
 

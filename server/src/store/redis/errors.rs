@@ -10,6 +10,11 @@ pub fn classify(err: &RedisError) -> StoreError {
     if err.code() == Some("OOM") || err.to_string().contains("OOM command not allowed") {
         return StoreError::OutOfMemory;
     }
+    // A transaction whose queued commands Redis refused: EXEC aborts and nothing runs. Refused
+    // for memory, that is back-pressure like any OOM; the error lists the refusals.
+    if err.code() == Some("EXECABORT") && err.to_string().contains("OOM") {
+        return StoreError::OutOfMemory;
+    }
     if err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()

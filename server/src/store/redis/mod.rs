@@ -5,18 +5,21 @@
 //! [`ConnectionManager`]: a multiplexed connection that reconnects by itself, so a `SELECT` never
 //! races between concurrent requests.
 //!
-//! Writes that must be all-or-nothing run as Lua scripts, which Redis executes atomically. The
-//! push script claims each item's dedup marker and appends the item to its tier's up stream. A
-//! script is refused for memory only before its first write, so a push batch is either stored
-//! whole or not at all when Redis is full.
+//! The push is a `WATCH`/`MULTI`/`EXEC` transaction of native commands over the producer's
+//! sequence record (`push`), on connections of its own (`pool`), because `WATCH` is connection
+//! state. The other writes that must be all-or-nothing (publish, the rate check) run as Lua
+//! scripts, which Redis executes atomically.
 //!
 //! This module holds the connections and the operations; the rest is split by concern:
-//! `scripts` (the Lua scripts and how they run), `entries` (what is stored and how it is read
-//! back), `info` (`INFO` parsing) and `errors` (Redis errors as [`StoreError`]s).
+//! `push` (the push transaction), `pool` (its dedicated connections), `scripts` (the Lua scripts),
+//! `entries` (what is stored and how it is read back), `info` (`INFO` parsing) and `errors`
+//! (Redis errors as [`StoreError`]s).
 
 mod entries;
 mod errors;
 mod info;
+mod pool;
+mod push;
 mod scripts;
 
 use std::sync::Arc;
@@ -26,26 +29,30 @@ use kryonix_protocol::{Encoding, Namespace, TenantId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, RedisError, Script};
 
-use self::entries::{RawEntry, change_from_entry, decode_cached, item_metadata, parse_entry_id};
+use self::entries::{RawEntry, change_from_entry, decode_cached, parse_entry_id};
 use self::errors::{key_err, map};
-use self::scripts::{PUBLISH_SCRIPT, PUSH_SCRIPT, RATE_SCRIPT, eval_script};
+use self::pool::TxPool;
+use self::push::last_seq_from;
+use self::scripts::{PUBLISH_SCRIPT, RATE_SCRIPT};
 use super::{
-    Cached, Cursor, NewChange, NewItem, Page, RateDecision, Rates, StoreError, SyncStoreFacts,
-    decision,
+    Cached, Cursor, NewChange, NewItem, Page, PushOptions, PushOutcome, RateDecision, Rates,
+    StoreError, SyncStoreFacts, decision,
 };
 use crate::keys;
 
 pub use self::entries::ItemMetadata;
 pub use self::errors::classify;
 pub use self::info::{facts_from_info, parse_info};
+pub use self::pool::PUSH_CONNECTIONS;
 
 /// Redis behind the server.
 #[derive(Clone)]
 pub struct RedisStore {
     sync: ConnectionManager,
+    /// Dedicated connections to the sync database for the push transaction.
+    push_pool: Arc<TxPool>,
     /// One per namespace, indexed by namespace id.
     cache: Arc<Vec<ConnectionManager>>,
-    push_script: Arc<Script>,
     publish_script: Arc<Script>,
     rate_script: Arc<Script>,
 }
@@ -91,6 +98,8 @@ impl RedisStore {
             cache.push(manager(cache_url, keys::database(ns)).await?);
         }
         let sync_db = keys::database(Namespace::MobileSync);
+        let push_client = client_for_db(sync_url.unwrap_or(cache_url), sync_db)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let sync = match sync_url {
             Some(url) => manager(url, sync_db).await?,
             None => cache
@@ -100,8 +109,8 @@ impl RedisStore {
         };
         Ok(Self {
             sync,
+            push_pool: TxPool::new(push_client, PUSH_CONNECTIONS),
             cache: Arc::new(cache),
-            push_script: Arc::new(Script::new(PUSH_SCRIPT)),
             publish_script: Arc::new(Script::new(PUBLISH_SCRIPT)),
             rate_script: Arc::new(Script::new(RATE_SCRIPT)),
         })
@@ -118,59 +127,47 @@ impl RedisStore {
         &self,
         tenant: &TenantId,
         device: &str,
+        producer: &str,
         items: &[NewItem],
-        dedup_ttl: Duration,
-    ) -> Result<Vec<bool>, StoreError> {
+        options: &PushOptions,
+    ) -> Result<PushOutcome, StoreError> {
         if items.is_empty() {
-            return Ok(Vec::new());
+            // Nothing to store or to wait for: the answer only needs the producer's state.
+            let last_seq = self
+                .hello(tenant, device, producer, options.producer_ttl)
+                .await?;
+            return Ok(PushOutcome {
+                stored: Vec::new(),
+                last_seq,
+                replicas_acked: 0,
+                conflicts: 0,
+            });
         }
-        // Keys first, then arguments, as EVALSHA wants them. Built straight into one presized
-        // command: a ScriptInvocation would allocate every argument on its own and copy it
-        // twice, which showed up in profiles for 100-item batches.
-        let mut markers = Vec::with_capacity(items.len());
-        let mut streams = Vec::with_capacity(items.len());
-        let mut metadata = Vec::with_capacity(items.len());
-        let mut data_len = 0;
-        for item in items {
-            let marker = keys::seen_marker(tenant, &item.id).map_err(key_err)?;
-            let stream = keys::up_stream(tenant, item.tier).map_err(key_err)?;
-            let meta = item_metadata(item, device)?;
-            data_len +=
-                marker.as_str().len() + stream.as_str().len() + meta.len() + item.payload.len();
-            markers.push(marker);
-            streams.push(stream);
-            metadata.push(meta);
-        }
-        let ttl = dedup_ttl.as_secs().max(1).to_string();
-        let fill = |cmd: &mut redis::Cmd| {
-            cmd.arg(items.len() * 2);
-            for (marker, stream) in markers.iter().zip(&streams) {
-                cmd.arg(marker.as_str()).arg(stream.as_str());
-            }
-            cmd.arg(&ttl);
-            for (meta, item) in metadata.iter().zip(items) {
-                cmd.arg(meta).arg(item.payload.as_slice());
-            }
-        };
+        push::push(&self.push_pool, tenant, device, producer, items, options).await
+    }
+
+    /// Reads the producer's record and refreshes its expiry, in one pipeline on the shared
+    /// connection: no `WATCH`, so no dedicated connection is needed.
+    pub async fn hello(
+        &self,
+        tenant: &TenantId,
+        device: &str,
+        producer: &str,
+        ttl: Duration,
+    ) -> Result<[u64; 4], StoreError> {
+        let record = keys::producer(tenant, device, producer).map_err(key_err)?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(record.as_str())
+            .arg(&["1", "2", "3", "4"][..])
+            .cmd("PEXPIRE")
+            .arg(record.as_str())
+            .arg(ttl_ms)
+            .ignore();
         let mut con = self.sync.clone();
-        let stored: Vec<i64> = eval_script(
-            &mut con,
-            &self.push_script,
-            PUSH_SCRIPT,
-            4 + items.len() * 4,
-            data_len + 128,
-            fill,
-        )
-        .await
-        .map_err(map)?;
-        if stored.len() != items.len() {
-            return Err(StoreError::Internal(format!(
-                "push script answered {} results for {} items",
-                stored.len(),
-                items.len()
-            )));
-        }
-        Ok(stored.into_iter().map(|new| new == 1).collect())
+        let (fields,): (redis::Value,) = pipe.query_async(&mut con).await.map_err(map)?;
+        last_seq_from(fields)
     }
 
     pub async fn pull(
@@ -380,20 +377,6 @@ impl RedisStore {
             (Some(used), Some(max)) if max > 0 => Some(used as f64 / max as f64),
             _ => None,
         })
-    }
-
-    pub async fn wait_replicas(&self, replicas: u32, timeout: Duration) -> Result<u32, StoreError> {
-        let mut con = self.sync.clone();
-        let timeout_ms = u64::try_from(timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(replicas)
-            .arg(timeout_ms)
-            .query_async(&mut con)
-            .await
-            .map_err(map)?;
-        Ok(u32::try_from(acked).unwrap_or(0))
     }
 
     pub async fn sync_facts(&self) -> Result<SyncStoreFacts, StoreError> {

@@ -141,14 +141,43 @@ impl TestServer {
         self.send(builder.body(body).unwrap()).await
     }
 
+    /// A push from [`PRODUCER`].
     pub async fn push(&self, token: &str, items: Vec<Value>) -> Reply {
+        self.push_as(token, PRODUCER, items).await
+    }
+
+    pub async fn push_as(&self, token: &str, producer: &str, items: Vec<Value>) -> Reply {
         self.call(
             Method::POST,
             "/v1/sync/push",
             Some(token),
-            Some(&json!({ "items": items })),
+            Some(&json!({ "producer": producer, "items": items })),
         )
         .await
+    }
+
+    pub async fn hello(&self, token: &str, producer: &str) -> Reply {
+        self.call(
+            Method::POST,
+            "/v1/sync/hello",
+            Some(token),
+            Some(&json!({ "producer": producer })),
+        )
+        .await
+    }
+
+    /// The `last_seq` of a successful hello.
+    pub async fn hello_last_seq(&self, token: &str, producer: &str) -> [u64; 4] {
+        let reply = self.hello(token, producer).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&reply.bytes)
+        );
+        let answer: kryonix_protocol::wire::HelloResponse = reply.json();
+        assert_eq!(answer.producer, producer);
+        answer.last_seq
     }
 
     /// Ids of the items stored in a tier's up stream, oldest first, read from the store itself
@@ -180,6 +209,47 @@ impl TestServer {
                         &TenantId::new(tenant).unwrap(),
                         kryonix_protocol::Tier::try_from(tier).unwrap(),
                     )
+                    .await
+                    .unwrap(),
+                kryonix_server::store::Store::Redis(_) => unreachable!(),
+            },
+        }
+    }
+
+    /// A producer's last seqs and when it will be forgotten (ms since the epoch), read from the
+    /// store without refreshing it (Redis: HMGET and PEXPIRETIME; embedded: its table); `None`
+    /// when the store does not know it.
+    pub async fn producer_state(
+        &self,
+        tenant: &str,
+        device: &str,
+        producer: &str,
+    ) -> Option<([u64; 4], i64)> {
+        match &self.redis {
+            Some(redis) => {
+                let mut con = redis.db(11).await;
+                let key = format!("tenant:{tenant}:mobile_sync:producer:{device}:{producer}");
+                let (fields, expires): (Vec<Option<u64>>, i64) = redis::pipe()
+                    .cmd("HMGET")
+                    .arg(&key)
+                    .arg(&["1", "2", "3", "4"][..])
+                    .cmd("PEXPIRETIME")
+                    .arg(&key)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                // -2: no such key.
+                (expires != -2).then(|| {
+                    let mut last = [0; 4];
+                    for (slot, field) in last.iter_mut().zip(fields) {
+                        *slot = field.unwrap_or(0);
+                    }
+                    (last, expires)
+                })
+            }
+            None => match &self.state.store {
+                kryonix_server::store::Store::Embedded(store) => store
+                    .producer_state(&TenantId::new(tenant).unwrap(), device, producer)
                     .await
                     .unwrap(),
                 kryonix_server::store::Store::Redis(_) => unreachable!(),
@@ -264,6 +334,12 @@ impl Reply {
             .and_then(|v| v.parse().ok())
     }
 
+    /// The `last_seq` of a push answer.
+    pub fn last_seq(&self) -> [u64; 4] {
+        let answer: kryonix_protocol::wire::PushResponse = self.json();
+        answer.last_seq
+    }
+
     /// Per-item statuses of a push answer.
     pub fn statuses(&self) -> Vec<String> {
         let v = self.value();
@@ -276,10 +352,14 @@ impl Reply {
     }
 }
 
+/// The producer of [`TestServer::push`].
+pub const PRODUCER: &str = "0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d";
+
 /// One pushed item as JSON.
-pub fn item(id: &str, tier: u8, namespace: &str, key: &str, payload: &[u8]) -> Value {
+pub fn item(id: &str, seq: u64, tier: u8, namespace: &str, key: &str, payload: &[u8]) -> Value {
     json!({
         "id": id,
+        "seq": seq,
         "tier": tier,
         "namespace": namespace,
         "key": key,
@@ -288,6 +368,28 @@ pub fn item(id: &str, tier: u8, namespace: &str, key: &str, payload: &[u8]) -> V
         "encoding": "identity",
         "created_at_ms": 1_764_000_000_000_i64,
     })
+}
+
+/// A batch of `count` new items of one tier with seqs from `first`, and their ids.
+pub fn batch(first: u64, count: u64, tier: u8) -> (Vec<String>, Vec<Value>) {
+    (first..first + count)
+        .map(|seq| {
+            let id = new_id();
+            let item = item(&id, seq, tier, "user_cache", &format!("k{seq}"), b"v");
+            (id, item)
+        })
+        .unzip()
+}
+
+/// Milliseconds since the epoch, as the stores' expiry times count them.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
 }
 
 /// A unique item id.
