@@ -360,6 +360,28 @@ async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
     Ok(rate)
 }
 
+/// Deletes what the push and store phases appended (as a backend consuming them would trim
+/// them), so the rounds of a run do not fill the bench Redis.
+async fn clear_phase_streams(args: &Args, redis_url: &str) -> Result<(), String> {
+    let client =
+        kryonix_server::store::redis::client_for_db(redis_url, 11).map_err(|e| e.to_string())?;
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let tier = Tier::try_from(args.tier).map_err(|e| e.to_string())?;
+    for tenant in [args.tenant.as_str(), "loadgen-store"] {
+        let tenant = TenantId::new(tenant).map_err(|e| e.to_string())?;
+        let stream = keys::up_stream(&tenant, tier).map_err(|e| e.to_string())?;
+        redis::cmd("DEL")
+            .arg(stream.as_str())
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
     let client =
         kryonix_server::store::redis::client_for_db(redis_url, 11).map_err(|e| e.to_string())?;
@@ -367,10 +389,18 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
     // is too short for the last in line on a busy machine.
     let config =
         redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
-    let con = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| e.to_string())?;
+    // As many connections as the server's push pool: a baseline squeezed through one socket
+    // would flatter the ratio.
+    let mut cons = Vec::with_capacity(kryonix_server::store::redis::PUSH_CONNECTIONS);
+    for _ in 0..kryonix_server::store::redis::PUSH_CONNECTIONS {
+        cons.push(
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let con = cons.first().cloned().ok_or("no raw connection")?;
     let tenant = TenantId::new("loadgen-raw").map_err(|e| e.to_string())?;
     let tier = Tier::try_from(args.tier).map_err(|e| e.to_string())?;
     let stream = keys::up_stream(&tenant, tier).map_err(|e| e.to_string())?;
@@ -379,7 +409,7 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.devices.max(1))
         .map(|device| {
-            let mut con = con.clone();
+            let mut con = cons[device % cons.len()].clone();
             let stream = Arc::clone(&stream);
             let batch = args.batch;
             let body = payload(args.payload_bytes, device);
@@ -619,6 +649,7 @@ async fn run(args: Args) -> Result<(), String> {
                 println!("ratio: store push / raw = {:.2}", store / raw);
                 store_ratios.push(store / raw);
             }
+            clear_phase_streams(&args, redis_url).await?;
         }
     }
     if args.rounds > 1 {

@@ -10,7 +10,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-BIN="$ROOT/target/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-3}"
 DEVICES="${DEVICES:-100}"
