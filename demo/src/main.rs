@@ -525,15 +525,33 @@ async fn read_redis(url: &str, tenant: &TenantId) -> Result<Stored, DemoError> {
         .map_err(verify)?;
     let mut stored = Stored::new();
     for tier in Tier::ALL {
-        let key = kryonix_server::keys::up_stream(tenant, tier)
-            .map_err(|e| DemoError::Verify(e.to_string()))?;
-        let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
-            .arg(key.as_str())
-            .arg("-")
-            .arg("+")
+        // Every partition of the tier, as a backend finds them (the demo server has one).
+        let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("MATCH")
+            .arg(format!(
+                "{}:t{}",
+                kryonix_server::keys::up_stream_pattern(tenant),
+                tier.number()
+            ))
+            .arg("COUNT")
+            .arg(10_000)
+            .arg("TYPE")
+            .arg("stream")
             .query_async(&mut conn)
             .await
             .map_err(verify)?;
+        let mut entries: Vec<StreamEntry> = Vec::new();
+        for key in keys {
+            let mut part: Vec<StreamEntry> = redis::cmd("XRANGE")
+                .arg(key.as_str())
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .map_err(verify)?;
+            entries.append(&mut part);
+        }
         for (_, fields) in entries {
             let Some((_, item)) = fields.iter().find(|(name, _)| name == "item") else {
                 continue;

@@ -372,7 +372,7 @@ async fn clear_phase_streams(args: &Args, redis_url: &str) -> Result<(), String>
     let tier = Tier::try_from(args.tier).map_err(|e| e.to_string())?;
     for tenant in [args.tenant.as_str(), "loadgen-store"] {
         let tenant = TenantId::new(tenant).map_err(|e| e.to_string())?;
-        let stream = keys::up_stream(&tenant, tier).map_err(|e| e.to_string())?;
+        let stream = keys::up_stream(&tenant, 0, tier).map_err(|e| e.to_string())?;
         redis::cmd("DEL")
             .arg(stream.as_str())
             .query_async::<()>(&mut con)
@@ -403,7 +403,7 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
     let con = cons.first().cloned().ok_or("no raw connection")?;
     let tenant = TenantId::new("loadgen-raw").map_err(|e| e.to_string())?;
     let tier = Tier::try_from(args.tier).map_err(|e| e.to_string())?;
-    let stream = keys::up_stream(&tenant, tier).map_err(|e| e.to_string())?;
+    let stream = keys::up_stream(&tenant, 0, tier).map_err(|e| e.to_string())?;
     let stream = Arc::new(stream.as_str().to_owned());
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let started = Instant::now();

@@ -187,7 +187,7 @@ async fn warm_up(redis_url: &str, con: &mut MultiplexedConnection) -> Result<(),
 /// `XTRIM … MAXLEN 0` on every up stream of the tenant, as a backend does with what it consumed.
 async fn trim(con: &mut MultiplexedConnection, tenant: &TenantId) -> Result<(), String> {
     for tier in Tier::ALL {
-        let stream = keys::up_stream(tenant, tier).map_err(|e| e.to_string())?;
+        let stream = keys::up_stream(tenant, 0, tier).map_err(|e| e.to_string())?;
         let _: u64 = redis::cmd("XTRIM")
             .arg(stream.as_str())
             .arg("MAXLEN")
@@ -203,7 +203,7 @@ async fn trim(con: &mut MultiplexedConnection, tenant: &TenantId) -> Result<(), 
 async fn clean_up(con: &mut MultiplexedConnection, tenant: &TenantId) -> Result<u64, String> {
     let mut deleted = 0u64;
     for tier in Tier::ALL {
-        let stream = keys::up_stream(tenant, tier).map_err(|e| e.to_string())?;
+        let stream = keys::up_stream(tenant, 0, tier).map_err(|e| e.to_string())?;
         deleted += redis::cmd("DEL")
             .arg(stream.as_str())
             .query_async::<u64>(con)
@@ -359,6 +359,7 @@ async fn measure(
     );
     let key = keys::producer(
         tenant,
+        0,
         &device_id(plan.devices - 1),
         &uuid::Uuid::nil().to_string(),
     )

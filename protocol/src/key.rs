@@ -6,6 +6,8 @@
 //! - the whole key is at most [`MAX_KEY_LEN`] (250) bytes, a limit that keeps Redis keys and
 //!   SQLite index entries small and is checked on the final string;
 //! - tenant and namespace are non-empty and contain neither `:` nor control characters;
+//! - the tenant contains neither `{` nor `}`: the server puts the tenant in the Redis Cluster hash
+//!   tag of its sync keys (`{tenant:p3}`), and a brace in the tenant would move the tag;
 //! - the namespace is one of the sixteen names of the table;
 //! - the caller's key is non-empty and has no control characters; it *may* contain `:` (apps
 //!   build hierarchical keys such as `user:42:avatar`), because it is always the last part.
@@ -48,6 +50,8 @@ pub enum KeyError {
     ContainsSeparator(KeyPart),
     #[error("the {part} part contains a control character at byte {index}")]
     ControlCharacter { part: KeyPart, index: usize },
+    #[error("the {0} part contains '{{' or '}}', which are reserved for Redis Cluster hash tags")]
+    Brace(KeyPart),
     #[error("the key is {len} bytes long; the limit is {max}")]
     TooLong { len: usize, max: usize },
     #[error(transparent)]
@@ -63,6 +67,7 @@ impl KeyError {
             Self::Empty(_) => "key_empty",
             Self::ContainsSeparator(_) => "key_separator",
             Self::ControlCharacter { .. } => "key_control_character",
+            Self::Brace(_) => "key_brace",
             Self::TooLong { .. } => "key_too_long",
             Self::UnknownNamespace(_) => "unknown_namespace",
             Self::Malformed => "key_malformed",
@@ -80,6 +85,9 @@ fn check_part(part: KeyPart, value: &str, separator_allowed: bool) -> Result<(),
         }
         if !separator_allowed && c == SEPARATOR {
             return Err(KeyError::ContainsSeparator(part));
+        }
+        if part == KeyPart::Tenant && matches!(c, '{' | '}') {
+            return Err(KeyError::Brace(part));
         }
     }
     Ok(())
@@ -258,6 +266,13 @@ mod tests {
                 index: 1
             })
         );
+        assert_eq!(TenantId::new("a{b"), Err(KeyError::Brace(KeyPart::Tenant)));
+        assert_eq!(
+            TenantKey::from_parts("a}b", "sessions", "k"),
+            Err(KeyError::Brace(KeyPart::Tenant))
+        );
+        // An app's own key may hold braces: cache keys carry no hash tag of the server's.
+        assert!(TenantKey::new(&acme(), Namespace::Sessions, "{x}").is_ok());
         assert_eq!(
             TenantKey::new(&acme(), Namespace::Sessions, ""),
             Err(KeyError::Empty(KeyPart::Key))

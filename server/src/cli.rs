@@ -52,6 +52,21 @@ pub struct ServeArgs {
     /// A dedicated noeviction + AOF Redis for mobile_sync (DB 11).
     #[arg(long, env = "KRYONIX_SYNC_REDIS_URL")]
     pub sync_redis_url: Option<String>,
+    /// A Redis Cluster instead: some of its nodes, comma-separated
+    /// (redis://h1:7000,redis://h2:7001). Every namespace lives in database 0.
+    #[arg(long, env = "KRYONIX_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+    /// Sentinels naming the primary instead, comma-separated (redis://h1:26379,redis://h2:26379);
+    /// the server follows failovers by itself. --redis-url then only supplies credentials.
+    #[arg(long, env = "KRYONIX_SENTINEL", value_delimiter = ',')]
+    pub sentinel: Vec<String>,
+    /// The name the Sentinels monitor the primary under.
+    #[arg(long, env = "KRYONIX_SENTINEL_MASTER")]
+    pub sentinel_master: Option<String>,
+    /// Up-stream partitions per tenant (default 16 on a Cluster, 1 otherwise). A device's uploads
+    /// go to one partition by a stable hash of its id.
+    #[arg(long, env = "KRYONIX_UP_PARTITIONS")]
+    pub up_partitions: Option<u16>,
     /// SQLite file of the embedded development store.
     #[arg(long, env = "KRYONIX_EMBEDDED_PATH")]
     pub embedded_path: Option<PathBuf>,
@@ -144,6 +159,18 @@ impl ServeArgs {
         c.listen = self.listen.or(file.listen).unwrap_or(c.listen);
         c.redis_url = self.redis_url.clone().or(file.redis_url);
         c.sync_redis_url = self.sync_redis_url.clone().or(file.sync_redis_url);
+        c.redis_cluster = if self.redis_cluster.is_empty() {
+            file.redis_cluster.unwrap_or_default()
+        } else {
+            self.redis_cluster.clone()
+        };
+        c.sentinels = if self.sentinel.is_empty() {
+            file.sentinels.unwrap_or_default()
+        } else {
+            self.sentinel.clone()
+        };
+        c.sentinel_master = self.sentinel_master.clone().or(file.sentinel_master);
+        c.up_partitions = self.up_partitions.or(file.up_partitions);
         c.embedded_path = self
             .embedded_path
             .clone()

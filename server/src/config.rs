@@ -105,6 +105,15 @@ pub struct ServerConfig {
     pub redis_url: Option<String>,
     /// A dedicated (noeviction, AOF) Redis for mobile_sync.
     pub sync_redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`), instead of the URLs above.
+    pub redis_cluster: Vec<String>,
+    /// Sentinels (`redis://host:26379`) naming the primary, instead of the URLs above; the
+    /// primary is `sentinel_master`, and `redis_url` (if given) supplies its credentials.
+    pub sentinels: Vec<String>,
+    pub sentinel_master: Option<String>,
+    /// Up-stream partitions per tenant; `None`: 16 on a Cluster (a tenant spreads over the
+    /// shards), 1 elsewhere.
+    pub up_partitions: Option<u16>,
     /// SQLite file of the embedded development store.
     pub embedded_path: PathBuf,
     /// Start even when the sync store may evict: loses the exactly-once guarantee.
@@ -148,6 +157,10 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis_url: None,
             sync_redis_url: None,
+            redis_cluster: Vec::new(),
+            sentinels: Vec::new(),
+            sentinel_master: None,
+            up_partitions: None,
             embedded_path: PathBuf::from("kryonix-dev.sqlite3"),
             allow_evicting_sync_store: false,
             min_replicas_acked: 0,
@@ -165,6 +178,34 @@ impl ServerConfig {
             tenants: BTreeMap::new(),
             log_json: false,
         }
+    }
+
+    /// The Redis deployment the settings name; `None` runs the embedded development store.
+    pub fn topology(&self) -> Option<crate::store::redis::Topology> {
+        use crate::store::redis::Topology;
+        if !self.redis_cluster.is_empty() {
+            return Some(Topology::Cluster {
+                seeds: self.redis_cluster.clone(),
+            });
+        }
+        if let (false, Some(master)) = (self.sentinels.is_empty(), &self.sentinel_master) {
+            return Some(Topology::Sentinel {
+                sentinels: self.sentinels.clone(),
+                master: master.clone(),
+                node_url: self.redis_url.clone(),
+            });
+        }
+        let cache_url = self.redis_url.as_ref().or(self.sync_redis_url.as_ref())?;
+        Some(Topology::Standalone {
+            cache_url: cache_url.clone(),
+            sync_url: self.sync_redis_url.clone(),
+        })
+    }
+
+    /// Up-stream partitions per tenant, settled for the topology.
+    pub fn partitions(&self) -> u16 {
+        self.up_partitions
+            .unwrap_or(if self.redis_cluster.is_empty() { 1 } else { 16 })
     }
 
     /// The policy of one tenant.
@@ -191,10 +232,47 @@ impl ServerConfig {
                 "backpressure watermarks must be in (0, 1] and fall from tier 2 to tier 4".into(),
             ));
         }
+        self.validate_topology()?;
         if self.producer_ttl.is_zero() {
             return Err(ConfigError::Invalid(
                 "producer_ttl_secs must be positive".into(),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    /// Checks that the settings name one Redis deployment, completely (what `check` needs; it
+    /// runs without a signing secret).
+    pub fn validate_topology(&self) -> Result<(), ConfigError> {
+        let sources = [
+            self.redis_url.is_some() && self.sentinels.is_empty(),
+            !self.redis_cluster.is_empty(),
+            !self.sentinels.is_empty(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(ConfigError::Invalid(
+                "name one Redis deployment: --redis-url (and --sync-redis-url), --redis-cluster, or --sentinel with --sentinel-master".into(),
+            ));
+        }
+        if !self.redis_cluster.is_empty() && self.sync_redis_url.is_some() {
+            return Err(ConfigError::Invalid(
+                "--sync-redis-url does not apply to a Cluster: mobile_sync lives in the cluster's database 0".into(),
+            ));
+        }
+        if self.sentinels.is_empty() != self.sentinel_master.is_none() {
+            return Err(ConfigError::Invalid(
+                "--sentinel and --sentinel-master go together".into(),
+            ));
+        }
+        if let Some(p) = self.up_partitions {
+            if p == 0 || p > crate::keys::MAX_PARTITIONS {
+                return Err(ConfigError::Invalid(format!(
+                    "up_partitions must be 1 to {}",
+                    crate::keys::MAX_PARTITIONS
+                )));
+            }
         }
         Ok(())
     }
@@ -207,6 +285,10 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub redis_url: Option<String>,
     pub sync_redis_url: Option<String>,
+    pub redis_cluster: Option<Vec<String>>,
+    pub sentinels: Option<Vec<String>>,
+    pub sentinel_master: Option<String>,
+    pub up_partitions: Option<u16>,
     pub embedded_path: Option<PathBuf>,
     pub allow_evicting_sync_store: Option<bool>,
     pub min_replicas_acked: Option<u32>,

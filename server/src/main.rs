@@ -8,6 +8,7 @@ use kryonix_protocol::TenantId;
 use kryonix_server::auth::TokenKeys;
 use kryonix_server::cli::{Cli, Command, ServeArgs, TokenArgs};
 use kryonix_server::startup::{self, Finding};
+use kryonix_server::store::redis::RedisOptions;
 use kryonix_server::store::{RedisStore, Store};
 use kryonix_server::{AppState, run, shutdown_signal};
 use tracing_subscriber::EnvFilter;
@@ -112,21 +113,30 @@ async fn check(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(cache_url) = config
-        .redis_url
-        .as_deref()
-        .or(config.sync_redis_url.as_deref())
-    else {
-        println!("no Redis URL configured: `serve` would run on the embedded development store");
+    if let Err(err) = config.validate_topology() {
+        eprintln!("kryonix-server: {err}");
+        return ExitCode::from(2);
+    }
+    let Some(topology) = config.topology() else {
+        println!("no Redis configured: `serve` would run on the embedded development store");
         return ExitCode::SUCCESS;
     };
-    let store = match RedisStore::connect(cache_url, config.sync_redis_url.as_deref()).await {
+    let options = RedisOptions {
+        partitions: config.partitions(),
+        allow_evicting: config.allow_evicting_sync_store,
+    };
+    let store = match RedisStore::open(&topology, options).await {
         Ok(store) => Store::Redis(store),
         Err(err) => {
             println!("FAIL  cannot connect: {err}");
             return ExitCode::FAILURE;
         }
     };
+    println!(
+        "ok    {} Redis, {} up-stream partition(s) per tenant",
+        topology.kind(),
+        options.partitions
+    );
     let facts = match store.sync_facts().await {
         Ok(facts) => facts,
         Err(err) => {
@@ -134,8 +144,11 @@ async fn check(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(address) = &facts.address {
+        println!("ok    sync store at {address}");
+    }
     let mut refused = false;
-    for finding in startup::assess(&facts) {
+    for finding in startup::assess_all(&facts) {
         match finding {
             Finding::Ok(text) => println!("ok    {text}"),
             Finding::Warning(text) => println!("WARN  {text}"),

@@ -6,8 +6,13 @@
 //! to start unless `maxmemory_policy` is `noeviction` — or the operator said
 //! `--allow-evicting-sync-store`, which is logged loudly and repeated by `/readyz`. AOF off is a
 //! warning: acknowledged pushes then survive a Redis restart only as far as RDB snapshots go.
+//!
+//! On a Cluster the rule applies to every primary (each is checked, and named in the findings);
+//! under Sentinel it applies at start-up and again at every failover, to the new primary (see
+//! `store::redis::topology`).
 
 use crate::config::ServerConfig;
+use crate::store::redis::{RedisOptions, Topology};
 use crate::store::{EmbeddedStore, RedisStore, Store, StoreError, SyncStoreFacts};
 
 /// Why the server will not start.
@@ -25,9 +30,13 @@ pub enum StartupError {
     )]
     UnknownPolicy,
     #[error(
-        "the mobile_sync Redis runs in cluster mode, which has no database 11; use a standalone or Sentinel-managed instance for --sync-redis-url"
+        "{0} runs in cluster mode, which has no database 11: name its nodes with --redis-cluster instead of --redis-url"
     )]
-    Cluster,
+    Cluster(String),
+    #[error(
+        "the Redis Cluster is not serving every slot (cluster_state {0}); start the server once `CLUSTER INFO` says cluster_state:ok"
+    )]
+    ClusterDown(String),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
 }
@@ -72,10 +81,30 @@ pub fn assess(facts: &SyncStoreFacts) -> Vec<Finding> {
         Some(max) => out.push(Finding::Ok(format!("maxmemory {max} bytes"))),
         None => {}
     }
-    if facts.cluster_enabled == Some(true) {
-        out.push(Finding::Refusal(
-            "cluster_enabled: no database 11 in Redis Cluster".into(),
-        ));
+    out
+}
+
+/// Judges every node of the sync store: the headline facts, or each primary of a Cluster with
+/// its address in front of each finding.
+pub fn assess_all(facts: &SyncStoreFacts) -> Vec<Finding> {
+    if facts.nodes.is_empty() {
+        return assess(facts);
+    }
+    let mut out = Vec::new();
+    if let Some(state) = &facts.cluster_state {
+        out.push(if state == "ok" {
+            Finding::Ok("cluster_state ok".into())
+        } else {
+            Finding::Refusal(format!("cluster_state {state}: some slots are not served"))
+        });
+    }
+    for node in &facts.nodes {
+        let name = node.address.clone().unwrap_or_else(|| "?".into());
+        out.extend(assess(node).into_iter().map(|finding| match finding {
+            Finding::Ok(t) => Finding::Ok(format!("{name}: {t}")),
+            Finding::Warning(t) => Finding::Warning(format!("{name}: {t}")),
+            Finding::Refusal(t) => Finding::Refusal(format!("{name}: {t}")),
+        }));
     }
     out
 }
@@ -83,11 +112,7 @@ pub fn assess(facts: &SyncStoreFacts) -> Vec<Finding> {
 /// Opens the store and applies the safety rules. Returns the store and the warnings to repeat
 /// in `/readyz`.
 pub async fn open_store(config: &ServerConfig) -> Result<(Store, Vec<String>), StartupError> {
-    let cache_url = config
-        .redis_url
-        .as_deref()
-        .or(config.sync_redis_url.as_deref());
-    let Some(cache_url) = cache_url else {
+    let Some(topology) = config.topology() else {
         let store = EmbeddedStore::open(&config.embedded_path)?;
         let warning = format!(
             "DEVELOPMENT MODE: no Redis URL given, running on the embedded SQLite store at {}; not for production",
@@ -96,11 +121,27 @@ pub async fn open_store(config: &ServerConfig) -> Result<(Store, Vec<String>), S
         tracing::warn!("{warning}");
         return Ok((Store::Embedded(store), vec![warning]));
     };
-    let store =
-        Store::Redis(RedisStore::connect(cache_url, config.sync_redis_url.as_deref()).await?);
+    let options = RedisOptions {
+        partitions: config.partitions(),
+        allow_evicting: config.allow_evicting_sync_store,
+    };
+    let store = Store::Redis(RedisStore::open(&topology, options).await?);
     let facts = store.sync_facts().await?;
+    if facts.cluster_enabled == Some(true) && !matches!(topology, Topology::Cluster { .. }) {
+        return Err(StartupError::Cluster(
+            facts.address.clone().unwrap_or_else(|| "the Redis".into()),
+        ));
+    }
+    if let Some(state) = facts.cluster_state.as_deref().filter(|s| *s != "ok") {
+        return Err(StartupError::ClusterDown(state.to_owned()));
+    }
+    tracing::info!(
+        topology = topology.kind(),
+        partitions = options.partitions,
+        "sync store connected"
+    );
     let mut warnings = Vec::new();
-    for finding in assess(&facts) {
+    for finding in assess_all(&facts) {
         match finding {
             Finding::Ok(text) => tracing::info!("sync store: {text}"),
             Finding::Warning(text) => {
@@ -108,13 +149,13 @@ pub async fn open_store(config: &ServerConfig) -> Result<(Store, Vec<String>), S
                 warnings.push(text);
             }
             Finding::Refusal(text) => {
-                if facts.cluster_enabled == Some(true) {
-                    return Err(StartupError::Cluster);
-                }
                 if !config.allow_evicting_sync_store {
-                    return Err(match &facts.maxmemory_policy {
+                    let evicting = std::iter::once(&facts)
+                        .chain(&facts.nodes)
+                        .find_map(|f| f.maxmemory_policy.as_deref().filter(|p| *p != "noeviction"));
+                    return Err(match evicting {
                         Some(policy) => StartupError::EvictingSyncStore {
-                            policy: policy.clone(),
+                            policy: policy.to_owned(),
                         },
                         None => StartupError::UnknownPolicy,
                     });

@@ -1,5 +1,5 @@
 //! Reading what the server stored, straight from Redis with a plain client: the up streams
-//! `tenant:{t}:mobile_sync:up:t{tier}` in database 11 (names as in the server's `keys`
+//! `tenant:{t}:mobile_sync:up:{t:pN}:t{tier}` in database 11 (names as in the server's `keys`
 //! module). "Exactly once" is checked here, never by asking the server.
 
 use std::collections::HashMap;
@@ -12,9 +12,36 @@ use crate::{HarnessError, Result};
 /// The database of the `mobile_sync` namespace.
 pub const MOBILE_SYNC_DB: u8 = 11;
 
-/// The up stream of one tenant and tier.
-pub fn up_stream_key(tenant: &str, tier: u8) -> String {
-    format!("tenant:{tenant}:mobile_sync:up:t{tier}")
+/// The up streams of one tenant and tier: one per partition (`…:up:{tenant:pN}:t{tier}`),
+/// found with `SCAN … TYPE stream` as a backend finds them.
+pub async fn up_stream_keys(
+    con: &mut MultiplexedConnection,
+    tenant: &str,
+    tier: u8,
+) -> Result<Vec<String>> {
+    let pattern = format!("tenant:{tenant}:mobile_sync:up:*:t{tier}");
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(con)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
 }
 
 /// One stored item: its stream entry id and metadata.
@@ -39,51 +66,59 @@ pub fn parse_entry_id(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-/// Every entry of a tier's up stream, oldest first (`XRANGE - +`).
+/// Every entry of a tier's up streams (all partitions), oldest first by entry id.
 pub async fn up_entries(
     con: &mut MultiplexedConnection,
     tenant: &str,
     tier: u8,
 ) -> Result<Vec<UpEntry>> {
-    let raw: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
-        .arg(up_stream_key(tenant, tier))
-        .arg("-")
-        .arg("+")
-        .query_async(con)
-        .await?;
-    raw.into_iter()
-        .map(|(entry_id, flat)| {
-            let fields: HashMap<&[u8], &[u8]> = flat
-                .chunks(2)
-                .filter_map(|pair| match pair {
-                    [name, value] => Some((name.as_slice(), value.as_slice())),
-                    _ => None,
-                })
-                .collect();
-            let item = fields
-                .get(b"item".as_slice())
-                .ok_or_else(|| HarnessError::Http(format!("entry {entry_id} has no item field")))?;
-            let meta: ItemMetadata = serde_json::from_slice(item)
-                .map_err(|e| HarnessError::Http(format!("entry {entry_id}: {e}")))?;
-            let payload = fields
-                .get(b"payload".as_slice())
-                .map(|p| p.to_vec())
-                .unwrap_or_default();
-            Ok(UpEntry {
-                entry_id,
-                meta,
-                payload,
-            })
-        })
-        .collect()
+    let mut entries = Vec::new();
+    for key in up_stream_keys(con, tenant, tier).await? {
+        let raw: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(con)
+            .await?;
+        for (entry_id, flat) in raw {
+            entries.push(entry(entry_id, flat)?);
+        }
+    }
+    entries.sort_by_key(UpEntry::position);
+    Ok(entries)
 }
 
-/// `XLEN` of a tier's up stream.
+fn entry(entry_id: String, flat: Vec<Vec<u8>>) -> Result<UpEntry> {
+    let fields: HashMap<&[u8], &[u8]> = flat
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [name, value] => Some((name.as_slice(), value.as_slice())),
+            _ => None,
+        })
+        .collect();
+    let item = fields
+        .get(b"item".as_slice())
+        .ok_or_else(|| HarnessError::Http(format!("entry {entry_id} has no item field")))?;
+    let meta: ItemMetadata = serde_json::from_slice(item)
+        .map_err(|e| HarnessError::Http(format!("entry {entry_id}: {e}")))?;
+    let payload = fields
+        .get(b"payload".as_slice())
+        .map(|p| p.to_vec())
+        .unwrap_or_default();
+    Ok(UpEntry {
+        entry_id,
+        meta,
+        payload,
+    })
+}
+
+/// `XLEN` of a tier's up streams, summed over the partitions.
 pub async fn up_len(con: &mut MultiplexedConnection, tenant: &str, tier: u8) -> Result<u64> {
-    Ok(redis::cmd("XLEN")
-        .arg(up_stream_key(tenant, tier))
-        .query_async(con)
-        .await?)
+    let mut total = 0;
+    for key in up_stream_keys(con, tenant, tier).await? {
+        total += redis::cmd("XLEN").arg(&key).query_async::<u64>(con).await?;
+    }
+    Ok(total)
 }
 
 /// `XLEN` summed over the four tiers.

@@ -36,17 +36,16 @@ pub struct Readiness {
 /// `GET /readyz`: 200 when the store answers, 503 otherwise.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let facts = state.store.sync_facts().await;
-    let ready = facts.is_ok();
     if let Err(err) = &facts {
         tracing::warn!(%err, "readiness check failed");
     }
     let facts = facts.ok();
-    let memory_pressure = facts
-        .as_ref()
-        .and_then(|f| match (f.used_memory, f.maxmemory) {
-            (Some(used), Some(max)) if max > 0 => Some(used as f64 / max as f64),
-            _ => None,
-        });
+    // A Cluster with unserved slots, or a Sentinel primary that pushes are refused on, is not
+    // ready: a load balancer should send devices to an instance that can store their items.
+    let ready = facts.as_ref().is_some_and(|f| {
+        f.cluster_state.as_deref().is_none_or(|s| s == "ok") && f.refusing_pushes.is_none()
+    });
+    let memory_pressure = facts.as_ref().and_then(SyncStoreFacts::memory_pressure);
     let body = Readiness {
         ready,
         store: state.store.kind(),

@@ -163,12 +163,42 @@ pub struct Cached {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SyncStoreFacts {
     pub kind: &'static str,
+    /// `standalone`, `sentinel` or `cluster` for Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<&'static str>,
+    /// `host:port` of the node these facts are about (the current primary under Sentinel).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     pub redis_version: Option<String>,
     pub maxmemory_policy: Option<String>,
     pub maxmemory: Option<u64>,
     pub used_memory: Option<u64>,
     pub aof_enabled: Option<bool>,
     pub cluster_enabled: Option<bool>,
+    /// `CLUSTER INFO`'s `cluster_state` (`ok` or `fail`), on a Cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_state: Option<String>,
+    /// On a Cluster, the facts of every primary (the fields above are then the fullest one's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<SyncStoreFacts>,
+    /// Why pushes are refused right now (a Sentinel failover onto a primary that could evict).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusing_pushes: Option<String>,
+}
+
+impl SyncStoreFacts {
+    /// `used_memory / maxmemory`, when there is a limit; on a Cluster, the fullest primary's.
+    pub fn memory_pressure(&self) -> Option<f64> {
+        let own = match (self.used_memory, self.maxmemory) {
+            (Some(used), Some(max)) if max > 0 => Some(used as f64 / max as f64),
+            _ => None,
+        };
+        self.nodes
+            .iter()
+            .filter_map(Self::memory_pressure)
+            .chain(own)
+            .reduce(f64::max)
+    }
 }
 
 /// The store a server runs on.

@@ -307,7 +307,7 @@ async fn an_idle_producer_is_forgotten_after_its_ttl(backend: Backend) {
         let mut db11 = redis.db(11).await;
         let pttl: i64 = redis::cmd("PTTL")
             .arg(format!(
-                "tenant:acme:mobile_sync:producer:phone-1:{PRODUCER}"
+                "tenant:acme:mobile_sync:producer:{{acme:p0}}:phone-1:{PRODUCER}"
             ))
             .query_async(&mut db11)
             .await

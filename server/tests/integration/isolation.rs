@@ -167,8 +167,8 @@ async fn rate_limit_state_lives_in_db_4_and_expires() {
 
     let mut db4 = server.redis().db(4).await;
     for key in [
-        "tenant:acme:rate_limiting:tenant",
-        "tenant:acme:rate_limiting:device:phone-1",
+        "tenant:acme:rate_limiting:{acme}:tenant",
+        "tenant:acme:rate_limiting:{acme}:device:phone-1",
     ] {
         let pttl: i64 = db4.pttl(key).await.unwrap();
         assert!(pttl > 0 && pttl <= 3_000, "{key}: pttl {pttl}");

@@ -10,7 +10,7 @@ use crate::support::{PRODUCER, RedisOptions, TestServer, item, new_id};
 
 /// The producer record of `phone-1` of `acme` for [`PRODUCER`].
 fn record() -> String {
-    format!("tenant:acme:mobile_sync:producer:phone-1:{PRODUCER}")
+    format!("tenant:acme:mobile_sync:producer:{{acme:p0}}:phone-1:{PRODUCER}")
 }
 
 #[tokio::test]
@@ -50,7 +50,7 @@ async fn pushed_items_land_in_their_tier_stream_in_db_11() {
 
     let mut db11 = server.redis().db(11).await;
     let t1: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
-        .arg("tenant:acme:mobile_sync:up:t1")
+        .arg("tenant:acme:mobile_sync:up:{acme:p0}:t1")
         .arg("-")
         .arg("+")
         .query_async(&mut db11)
@@ -89,9 +89,15 @@ async fn pushed_items_land_in_their_tier_stream_in_db_11() {
         "payload bytes are stored raw"
     );
 
-    let t4: i64 = db11.xlen("tenant:acme:mobile_sync:up:t4").await.unwrap();
+    let t4: i64 = db11
+        .xlen("tenant:acme:mobile_sync:up:{acme:p0}:t4")
+        .await
+        .unwrap();
     assert_eq!(t4, 1);
-    let t2: i64 = db11.xlen("tenant:acme:mobile_sync:up:t2").await.unwrap();
+    let t2: i64 = db11
+        .xlen("tenant:acme:mobile_sync:up:{acme:p0}:t2")
+        .await
+        .unwrap();
     assert_eq!(t2, 0);
 
     // One record for the producer: the last seq of the tiers it used, living 30 days.
@@ -146,7 +152,10 @@ async fn a_replayed_batch_is_duplicate_and_adds_no_entry() {
     assert_eq!(twice.value()["results"][1]["code"], "invalid_seq");
 
     let mut db11 = server.redis().db(11).await;
-    let len: i64 = db11.xlen("tenant:acme:mobile_sync:up:t2").await.unwrap();
+    let len: i64 = db11
+        .xlen("tenant:acme:mobile_sync:up:{acme:p0}:t2")
+        .await
+        .unwrap();
     assert_eq!(len, 6);
     let last: Option<u64> = db11.hget(record(), "2").await.unwrap();
     assert_eq!(last, Some(6));
@@ -283,7 +292,7 @@ async fn a_backend_consumes_the_up_stream_with_a_consumer_group() {
         )
         .await;
     let mut db11 = server.redis().db(11).await;
-    let stream = "tenant:acme:mobile_sync:up:t3";
+    let stream = "tenant:acme:mobile_sync:up:{acme:p0}:t3";
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -383,7 +392,7 @@ async fn a_wrongly_typed_stream_fails_the_push_before_anything_is_written() {
     // Sabotage the tier-1 stream: a plain string where the stream should be, so an XADD would
     // fail, and inside EXEC the record would still advance past the lost item.
     let _: () = db11
-        .set("tenant:acme:mobile_sync:up:t1", "not a stream")
+        .set("tenant:acme:mobile_sync:up:{acme:p0}:t1", "not a stream")
         .await
         .unwrap();
     let (first, second) = (new_id(), new_id());
@@ -408,7 +417,10 @@ async fn a_wrongly_typed_stream_fails_the_push_before_anything_is_written() {
     );
 
     // Repaired, the device's retry stores both, once.
-    let _: () = db11.del("tenant:acme:mobile_sync:up:t1").await.unwrap();
+    let _: () = db11
+        .del("tenant:acme:mobile_sync:up:{acme:p0}:t1")
+        .await
+        .unwrap();
     let retry = server.push(&token, batch.clone()).await;
     assert_eq!(retry.statuses(), ["accepted", "accepted"]);
     // A transaction that ended cleanly leaves its connection in the pool for the next push.

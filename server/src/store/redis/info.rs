@@ -21,6 +21,11 @@ pub fn facts_from_info(info: &HashMap<String, String>) -> SyncStoreFacts {
     let flag = |k: &str| info.get(k).map(|v| v == "1");
     SyncStoreFacts {
         kind: "redis",
+        topology: None,
+        address: None,
+        cluster_state: None,
+        nodes: Vec::new(),
+        refusing_pushes: None,
         redis_version: info.get("redis_version").cloned(),
         maxmemory_policy: info.get("maxmemory_policy").cloned(),
         maxmemory: number("maxmemory"),

@@ -1,39 +1,44 @@
-//! The production store: Redis, one logical database per namespace.
+//! The production store: Redis — standalone, behind Sentinel, or a Cluster (`topology`).
 //!
-//! The cache namespaces live in databases 0–15 of one Redis (`--redis-url`); mobile_sync (DB 11)
-//! may live on its own noeviction + AOF instance (`--sync-redis-url`). Each database gets its own
-//! [`ConnectionManager`]: a multiplexed connection that reconnects by itself, so a `SELECT` never
-//! races between concurrent requests.
+//! On a standalone Redis (and on the primary a Sentinel names) the cache namespaces live in
+//! databases 0–15 (`--redis-url`); mobile_sync (DB 11) may live on its own noeviction + AOF
+//! instance (`--sync-redis-url`). Each database gets its own [`redis::aio::ConnectionManager`]:
+//! a multiplexed connection that reconnects by itself, so a `SELECT` never races between
+//! concurrent requests. On a Cluster everything is in database 0 and a cluster connection routes
+//! each command; the keys that one operation touches share a hash tag (see `keys`).
 //!
 //! The push is a `WATCH`/`MULTI`/`EXEC` transaction of native commands over the producer's
-//! sequence record (`push`), on connections of its own (`pool`), because `WATCH` is connection
-//! state. The other writes that must be all-or-nothing (publish, the rate check) run as Lua
-//! scripts, which Redis executes atomically.
+//! sequence record (`push`), on connections of its own (`pool`, and per primary on a Cluster:
+//! `cluster`), because `WATCH` is connection state. The other writes that must be
+//! all-or-nothing (publish, the rate check) run as Lua scripts, which Redis executes atomically.
 //!
-//! This module holds the connections and the operations; the rest is split by concern:
-//! `push` (the push transaction), `pool` (its dedicated connections), `scripts` (the Lua scripts),
-//! `entries` (what is stored and how it is read back), `info` (`INFO` parsing) and `errors`
-//! (Redis errors as [`StoreError`]s).
+//! This module holds the operations; the rest is split by concern: `topology` (the deployments
+//! and their connections), `conn` (one connection type over them), `push` (the push
+//! transaction), `pool` (its dedicated connections), `cluster` (slots and primaries), `scripts`
+//! (the Lua scripts), `entries` (what is stored and how it is read back), `info` (`INFO`
+//! parsing) and `errors` (Redis errors as [`StoreError`]s).
 
+mod cluster;
+mod conn;
 mod entries;
 mod errors;
 mod info;
 mod pool;
 mod push;
 mod scripts;
+mod topology;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kryonix_protocol::{Encoding, Namespace, TenantId};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo, RedisError, Script};
+use redis::Script;
 
 use self::entries::{RawEntry, change_from_entry, decode_cached, parse_entry_id};
 use self::errors::{key_err, map};
-use self::pool::TxPool;
 use self::push::last_seq_from;
 use self::scripts::{PUBLISH_SCRIPT, RATE_SCRIPT};
+use self::topology::{Follower, Links};
 use super::{
     Cached, Cursor, NewChange, NewItem, Page, PushOptions, PushOutcome, RateDecision, Rates,
     StoreError, SyncStoreFacts, decision,
@@ -44,15 +49,40 @@ pub use self::entries::ItemMetadata;
 pub use self::errors::classify;
 pub use self::info::{facts_from_info, parse_info};
 pub use self::pool::PUSH_CONNECTIONS;
+pub use self::topology::{Topology, client_for_db};
+
+/// Settings of a [`RedisStore`] beyond where Redis is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// Up-stream partitions per tenant (see `keys::partition_of`).
+    pub partitions: u16,
+    /// Accept pushes on a primary that could evict (`--allow-evicting-sync-store`); under
+    /// Sentinel this is re-checked at every failover.
+    pub allow_evicting: bool,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            partitions: 1,
+            allow_evicting: false,
+        }
+    }
+}
+
+/// Where the links come from: fixed, or followed through Sentinel failovers.
+#[derive(Clone)]
+enum Source {
+    Fixed(Arc<Links>),
+    Sentinel(Arc<Follower>),
+}
 
 /// Redis behind the server.
 #[derive(Clone)]
 pub struct RedisStore {
-    sync: ConnectionManager,
-    /// Dedicated connections to the sync database for the push transaction.
-    push_pool: Arc<TxPool>,
-    /// One per namespace, indexed by namespace id.
-    cache: Arc<Vec<ConnectionManager>>,
+    source: Source,
+    topology: Topology,
+    options: RedisOptions,
     publish_script: Arc<Script>,
     rate_script: Arc<Script>,
 }
@@ -70,57 +100,80 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Opens a client on one logical database of `url` (whatever database the URL names).
-pub fn client_for_db(url: &str, db: i64) -> Result<Client, RedisError> {
-    let info = url.into_connection_info()?;
-    let settings = info.redis_settings().clone().set_db(db);
-    Client::open(info.set_redis_settings(settings))
-}
-
-async fn manager(url: &str, db: i64) -> Result<ConnectionManager, StoreError> {
-    let client = client_for_db(url, db).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        // Longer than any WAIT the server issues, shorter than a device's patience.
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_number_of_retries(2);
-    ConnectionManager::new_with_config(client, config)
-        .await
-        .map_err(map)
-}
-
 impl RedisStore {
-    /// Connects to every database. `sync_url` defaults to `cache_url`; mobile_sync is always
-    /// database 11 of its instance, so backends find the streams in the same place everywhere.
+    /// Connects to a standalone Redis with default options: `sync_url` defaults to
+    /// `cache_url`; mobile_sync is always database 11 of its instance, so backends find the
+    /// streams in the same place everywhere.
     pub async fn connect(cache_url: &str, sync_url: Option<&str>) -> Result<Self, StoreError> {
-        let mut cache = Vec::with_capacity(16);
-        for ns in Namespace::all() {
-            cache.push(manager(cache_url, keys::database(ns)).await?);
-        }
-        let sync_db = keys::database(Namespace::MobileSync);
-        let push_client = client_for_db(sync_url.unwrap_or(cache_url), sync_db)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let sync = match sync_url {
-            Some(url) => manager(url, sync_db).await?,
-            None => cache
-                .get(usize::from(Namespace::MobileSync.id()))
-                .cloned()
-                .ok_or_else(|| StoreError::Internal("no mobile_sync connection".into()))?,
+        Self::open(
+            &Topology::Standalone {
+                cache_url: cache_url.to_owned(),
+                sync_url: sync_url.map(str::to_owned),
+            },
+            RedisOptions::default(),
+        )
+        .await
+    }
+
+    /// Connects to the deployment `topology` names.
+    pub async fn open(topology: &Topology, options: RedisOptions) -> Result<Self, StoreError> {
+        let source = match topology {
+            Topology::Standalone {
+                cache_url,
+                sync_url,
+            } => Source::Fixed(Arc::new(
+                topology::standalone(cache_url, sync_url.as_deref()).await?,
+            )),
+            Topology::Cluster { seeds } => Source::Fixed(Arc::new(topology::cluster(seeds).await?)),
+            Topology::Sentinel {
+                sentinels,
+                master,
+                node_url,
+            } => Source::Sentinel(
+                Follower::start(
+                    sentinels.clone(),
+                    master.clone(),
+                    node_url.clone(),
+                    options.allow_evicting,
+                )
+                .await?,
+            ),
         };
         Ok(Self {
-            sync,
-            push_pool: TxPool::new(push_client, PUSH_CONNECTIONS),
-            cache: Arc::new(cache),
+            source,
+            topology: topology.clone(),
+            options: RedisOptions {
+                partitions: options.partitions.clamp(1, keys::MAX_PARTITIONS),
+                ..options
+            },
             publish_script: Arc::new(Script::new(PUBLISH_SCRIPT)),
             rate_script: Arc::new(Script::new(RATE_SCRIPT)),
         })
     }
 
-    fn cache_con(&self, namespace: Namespace) -> Result<ConnectionManager, StoreError> {
-        self.cache
-            .get(usize::from(namespace.id()))
-            .cloned()
-            .ok_or_else(|| StoreError::Internal("no connection for namespace".into()))
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Up-stream partitions per tenant.
+    pub fn partitions(&self) -> u16 {
+        self.options.partitions
+    }
+
+    fn links(&self) -> Arc<Links> {
+        match &self.source {
+            Source::Fixed(links) => Arc::clone(links),
+            Source::Sentinel(follower) => follower.links(),
+        }
+    }
+
+    /// Maps an error, and tells the Sentinel follower to look for a new primary when the store
+    /// stopped answering.
+    fn fail(&self, err: StoreError) -> StoreError {
+        if let (StoreError::Unavailable(_), Source::Sentinel(follower)) = (&err, &self.source) {
+            follower.nudge();
+        }
+        err
     }
 
     pub async fn push(
@@ -131,6 +184,13 @@ impl RedisStore {
         items: &[NewItem],
         options: &PushOptions,
     ) -> Result<PushOutcome, StoreError> {
+        if let Source::Sentinel(follower) = &self.source {
+            if let Some(reason) = follower.refusing() {
+                return Err(StoreError::Unavailable(format!(
+                    "pushes are refused on the current primary: {reason}"
+                )));
+            }
+        }
         if items.is_empty() {
             // Nothing to store or to wait for: the answer only needs the producer's state.
             let last_seq = self
@@ -143,7 +203,19 @@ impl RedisStore {
                 conflicts: 0,
             });
         }
-        push::push(&self.push_pool, tenant, device, producer, items, options).await
+        let partition = keys::partition_of(device, self.options.partitions);
+        let links = self.links();
+        push::push(
+            &links.push,
+            tenant,
+            partition,
+            device,
+            producer,
+            items,
+            options,
+        )
+        .await
+        .map_err(|e| self.fail(e))
     }
 
     /// Reads the producer's record and refreshes its expiry, in one pipeline on the shared
@@ -155,7 +227,8 @@ impl RedisStore {
         producer: &str,
         ttl: Duration,
     ) -> Result<[u64; 4], StoreError> {
-        let record = keys::producer(tenant, device, producer).map_err(key_err)?;
+        let partition = keys::partition_of(device, self.options.partitions);
+        let record = keys::producer(tenant, partition, device, producer).map_err(key_err)?;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET")
@@ -165,8 +238,11 @@ impl RedisStore {
             .arg(record.as_str())
             .arg(ttl_ms)
             .ignore();
-        let mut con = self.sync.clone();
-        let (fields,): (redis::Value,) = pipe.query_async(&mut con).await.map_err(map)?;
+        let mut con = self.links().sync.clone();
+        let (fields,): (redis::Value,) = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.fail(map(e)))?;
         last_seq_from(fields)
     }
 
@@ -202,9 +278,11 @@ impl RedisStore {
             .arg("+")
             .arg("COUNT")
             .arg(fetch);
-        let mut con = self.sync.clone();
-        let (wide, own): (Vec<RawEntry>, Vec<RawEntry>) =
-            pipe.query_async(&mut con).await.map_err(map)?;
+        let mut con = self.links().sync.clone();
+        let (wide, own): (Vec<RawEntry>, Vec<RawEntry>) = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.fail(map(e)))?;
 
         // Merge the two streams by entry id: ids come from one per-tenant sequence (see the
         // publish script), so this is publication order.
@@ -271,8 +349,11 @@ impl RedisStore {
                 .arg(change.ttl_secs.map(|t| t.to_string()).unwrap_or_default());
         }
         invocation.key(keys::down_last_id(tenant).map_err(key_err)?.as_str());
-        let mut con = self.sync.clone();
-        let ids: Vec<String> = invocation.invoke_async(&mut con).await.map_err(map)?;
+        let mut con = self.links().sync.clone();
+        let ids: Vec<String> = invocation
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| self.fail(map(e)))?;
         Ok(ids.into_iter().map(|id| format!("{prefix}/{id}")).collect())
     }
 
@@ -290,8 +371,11 @@ impl RedisStore {
                 .cmd("PTTL")
                 .arg(full.as_str());
         }
-        let mut con = self.cache_con(namespace)?;
-        let replies: Vec<redis::Value> = pipe.query_async(&mut con).await.map_err(map)?;
+        let mut con = self.links().cache(namespace)?;
+        let replies: Vec<redis::Value> = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.fail(map(e)))?;
         replies
             .chunks(2)
             .map(|pair| match pair {
@@ -322,7 +406,7 @@ impl RedisStore {
         stored.push(encoding.tag());
         stored.extend_from_slice(value);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut con = self.cache_con(namespace)?;
+        let mut con = self.links().cache(namespace)?;
         redis::cmd("SET")
             .arg(full.as_str())
             .arg(stored)
@@ -330,7 +414,7 @@ impl RedisStore {
             .arg(ttl_ms)
             .query_async::<()>(&mut con)
             .await
-            .map_err(map)
+            .map_err(|e| self.fail(map(e)))
     }
 
     pub async fn cache_delete(
@@ -340,12 +424,12 @@ impl RedisStore {
         key: &str,
     ) -> Result<(), StoreError> {
         let full = keys::cache_entry(tenant, namespace, key).map_err(key_err)?;
-        let mut con = self.cache_con(namespace)?;
+        let mut con = self.links().cache(namespace)?;
         redis::cmd("DEL")
             .arg(full.as_str())
             .query_async::<()>(&mut con)
             .await
-            .map_err(map)
+            .map_err(|e| self.fail(map(e)))
     }
 
     pub async fn rate_limit(
@@ -354,7 +438,7 @@ impl RedisStore {
         subject: &str,
         rates: Rates,
     ) -> Result<RateDecision, StoreError> {
-        let mut con = self.cache_con(Namespace::RateLimiting)?;
+        let mut con = self.links().cache(Namespace::RateLimiting)?;
         let (tenant_wait, device_wait): (i64, i64) = self
             .rate_script
             .key(keys::tenant_rate(tenant).map_err(key_err)?.as_str())
@@ -367,25 +451,79 @@ impl RedisStore {
             .arg(rates.device_per_sec)
             .invoke_async(&mut con)
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(map(e)))?;
         Ok(decision(tenant_wait, device_wait))
     }
 
     pub async fn memory_pressure(&self) -> Result<Option<f64>, StoreError> {
-        let facts = self.sync_facts().await?;
-        Ok(match (facts.used_memory, facts.maxmemory) {
-            (Some(used), Some(max)) if max > 0 => Some(used as f64 / max as f64),
-            _ => None,
-        })
+        Ok(self.sync_facts().await?.memory_pressure())
     }
 
+    /// What start-up checks and `/readyz` report: `INFO` of the sync store — of every primary
+    /// on a Cluster — and the state of the deployment.
     pub async fn sync_facts(&self) -> Result<SyncStoreFacts, StoreError> {
-        let mut con = self.sync.clone();
-        // INFO works where CONFIG is renamed or forbidden (managed Redis).
-        let info: String = redis::cmd("INFO")
+        let links = self.links();
+        let mut facts = match (&self.topology, &links.cluster) {
+            (Topology::Cluster { seeds }, Some(cluster)) => {
+                self.cluster_facts(seeds, cluster).await?
+            }
+            _ => {
+                let mut con = links.sync.clone();
+                // INFO works where CONFIG is renamed or forbidden (managed Redis).
+                let info: String = redis::cmd("INFO")
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| self.fail(map(e)))?;
+                let mut facts = facts_from_info(&parse_info(&info));
+                facts.address = links.nodes.first().cloned();
+                facts
+            }
+        };
+        facts.topology = Some(self.topology.kind());
+        if let Source::Sentinel(follower) = &self.source {
+            facts.address = Some(follower.primary());
+            facts.refusing_pushes = follower.refusing();
+        }
+        Ok(facts)
+    }
+
+    async fn cluster_facts(
+        &self,
+        seeds: &[String],
+        cluster: &cluster::ClusterPush,
+    ) -> Result<SyncStoreFacts, StoreError> {
+        let template = seeds
+            .first()
+            .ok_or_else(|| StoreError::Internal("no cluster seed".into()))?;
+        // The map may be stale after a failover; read it again before asking every primary.
+        if let Err(error) = cluster.refresh().await {
+            tracing::debug!(%error, "CLUSTER SLOTS failed; using the last map");
+        }
+        let mut nodes = Vec::new();
+        for addr in cluster.primaries() {
+            nodes.push(topology::node_facts(template, &addr).await?);
+        }
+        let mut con = self.links().sync.clone();
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
             .query_async(&mut con)
             .await
             .map_err(map)?;
-        Ok(facts_from_info(&parse_info(&info)))
+        let state = parse_info(&info).get("cluster_state").cloned();
+        // The headline is the fullest primary: back-pressure follows the first shard to fill.
+        let mut facts = nodes
+            .iter()
+            .max_by(|a, b| {
+                let p = |f: &SyncStoreFacts| match (f.used_memory, f.maxmemory) {
+                    (Some(used), Some(max)) if max > 0 => used as f64 / max as f64,
+                    _ => 0.0,
+                };
+                p(a).total_cmp(&p(b))
+            })
+            .cloned()
+            .unwrap_or_default();
+        facts.cluster_state = state;
+        facts.nodes = nodes;
+        Ok(facts)
     }
 }

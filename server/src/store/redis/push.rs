@@ -28,13 +28,21 @@
 //! `PEXPIRE` when nothing was new): `WAIT` waits for the writes of its own connection, and the
 //! replication stream is ordered, so it also covers the earlier writes that made this batch's
 //! items duplicates.
+//!
+//! On a Cluster the transaction runs on a dedicated connection to the primary that owns the
+//! slot of the record's hash tag (`cluster`). When that node answers with a redirection or the
+//! connection fails, the transaction starts over on a fresh slot map, for a few seconds at
+//! most. Starting over is always safe, even when the failure hid whether an `EXEC` ran: the
+//! next `HMGET` sees the advanced record and those items answer `duplicate`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kryonix_protocol::{TenantId, TenantKey, Tier};
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 
+use super::cluster::{ClusterPush, is_redirect};
 use super::entries::item_metadata;
 use super::errors::{key_err, map};
 use super::pool::TxPool;
@@ -45,6 +53,39 @@ use crate::store::{NewItem, PushOptions, PushOutcome, StoreError, tier_slot};
 /// conflict means another push of the same producer stored something, so a device sending its
 /// batches one at a time (as the protocol asks) never needs more than two.
 pub(super) const MAX_ATTEMPTS: u32 = 8;
+
+/// How long a Cluster push keeps starting over while slots move or a primary fails over.
+const CLUSTER_RETRY_WINDOW: Duration = Duration::from_secs(5);
+
+/// Where push transactions run.
+pub(super) enum PushRoute {
+    /// One pool of dedicated connections to the sync database.
+    Standalone(Arc<TxPool>),
+    /// A pool per primary, chosen by the record's slot.
+    Cluster(Arc<ClusterPush>),
+}
+
+/// Why one attempt failed: a Redis error is kept whole, so a Cluster push can tell a
+/// redirection (start over) from anything else.
+enum Failure {
+    Redis(RedisError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Self {
+        Self::Store(err)
+    }
+}
+
+impl Failure {
+    fn into_store(self) -> StoreError {
+        match self {
+            Self::Redis(err) => map(err),
+            Self::Store(err) => err,
+        }
+    }
+}
 
 /// The `HMGET` fields, in tier order.
 const TIER_FIELDS: [&str; 4] = ["1", "2", "3", "4"];
@@ -113,7 +154,7 @@ fn connection_gone(err: &RedisError) -> bool {
 async fn wait_replicas(
     con: &mut MultiplexedConnection,
     options: &PushOptions,
-) -> Result<u32, StoreError> {
+) -> Result<u32, Failure> {
     if options.min_replicas_acked == 0 {
         return Ok(0);
     }
@@ -122,25 +163,27 @@ async fn wait_replicas(
         .arg(millis(options.wait_timeout))
         .query_async(con)
         .await
-        .map_err(map)?;
+        .map_err(Failure::Redis)?;
     Ok(u32::try_from(acked).unwrap_or(0))
 }
 
 /// Stores the new items of a non-empty batch (see the module documentation).
+#[allow(clippy::too_many_arguments)] // one call site; the parts are what a push is
 pub(super) async fn push(
-    pool: &Arc<TxPool>,
+    route: &PushRoute,
     tenant: &TenantId,
+    partition: u16,
     device: &str,
     producer: &str,
     items: &[NewItem],
     options: &PushOptions,
 ) -> Result<PushOutcome, StoreError> {
-    let record = keys::producer(tenant, device, producer).map_err(key_err)?;
-    let record = record.as_str();
+    let record = keys::producer(tenant, partition, device, producer).map_err(key_err)?;
     let mut streams: [Option<TenantKey>; 4] = Default::default();
     for tier in Tier::ALL {
         if items.iter().any(|i| i.tier == tier) {
-            streams[tier_slot(tier)] = Some(keys::up_stream(tenant, tier).map_err(key_err)?);
+            streams[tier_slot(tier)] =
+                Some(keys::up_stream(tenant, partition, tier).map_err(key_err)?);
         }
     }
     // Built once: a conflict repeats the transaction, not the JSON encoding.
@@ -148,24 +191,77 @@ pub(super) async fn push(
         .iter()
         .map(|item| item_metadata(item, device, producer))
         .collect::<Result<Vec<_>, _>>()?;
-    let ttl_ms = millis(options.producer_ttl);
+    let batch = Batch {
+        record: record.as_str(),
+        streams: &streams,
+        items,
+        metadata: &metadata,
+        ttl_ms: millis(options.producer_ttl),
+    };
+    match route {
+        PushRoute::Standalone(pool) => transact(pool, &batch, options)
+            .await
+            .map_err(Failure::into_store),
+        PushRoute::Cluster(cluster) => {
+            let slot = keys::slot(record.as_str().as_bytes());
+            let deadline = Instant::now() + CLUSTER_RETRY_WINDOW;
+            let mut pause = Duration::from_millis(20);
+            loop {
+                let (node, pool) = cluster.pool_for(slot).map_err(map)?;
+                match transact(&pool, &batch, options).await {
+                    Err(Failure::Redis(err)) if is_redirect(&err) && Instant::now() < deadline => {
+                        tracing::debug!(%err, node, slot, "push redirected; reading the slot map again");
+                        if let Err(error) = cluster.refresh().await {
+                            tracing::debug!(%error, "could not read the slot map yet");
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    other => return other.map_err(Failure::into_store),
+                }
+            }
+        }
+    }
+}
 
+/// What one push writes, prepared once for every attempt.
+struct Batch<'a> {
+    record: &'a str,
+    streams: &'a [Option<TenantKey>; 4],
+    items: &'a [NewItem],
+    metadata: &'a [String],
+    ttl_ms: u64,
+}
+
+/// Runs the transaction on a connection of `pool` (see the module documentation).
+async fn transact(
+    pool: &Arc<TxPool>,
+    batch: &Batch<'_>,
+    options: &PushOptions,
+) -> Result<PushOutcome, Failure> {
+    let Batch {
+        record,
+        streams,
+        items,
+        metadata,
+        ttl_ms,
+    } = *batch;
     // Any early return below drops the lease, and with it the connection: it may still hold the
     // WATCH or be mid-transaction. Only the clean ends release it to the pool.
-    let mut lease = pool.lease().await.map_err(map)?;
+    let mut lease = pool.lease().await.map_err(Failure::Redis)?;
     let mut conflicts = 0;
     for _ in 0..MAX_ATTEMPTS {
-        let state = match watch_and_read(lease.con(), record, &streams).await {
+        let state = match watch_and_read(lease.con(), record, streams).await {
             Ok(state) => state,
             // A connection that waited in the free list may have died meanwhile (a Redis restart,
             // a failover). Nothing was written: try once on a new connection.
             Err(err) if lease.reused() && connection_gone(&err) => {
-                lease.reopen().await.map_err(map)?;
-                watch_and_read(lease.con(), record, &streams)
+                lease.reopen().await.map_err(Failure::Redis)?;
+                watch_and_read(lease.con(), record, streams)
                     .await
-                    .map_err(map)?
+                    .map_err(Failure::Redis)?
             }
-            Err(err) => return Err(map(err)),
+            Err(err) => return Err(Failure::Redis(err)),
         }?;
 
         // Which items are new: above their tier's stored seq, and (defensively, the handler
@@ -191,7 +287,9 @@ pub(super) async fn push(
                 .arg(record)
                 .arg(ttl_ms)
                 .ignore();
-            pipe.query_async::<()>(lease.con()).await.map_err(map)?;
+            pipe.query_async::<()>(lease.con())
+                .await
+                .map_err(Failure::Redis)?;
             let replicas_acked = wait_replicas(lease.con(), options).await?;
             lease.release();
             return Ok(PushOutcome {
@@ -214,16 +312,16 @@ pub(super) async fn push(
                     kind = kind.as_str(),
                     "an up stream key holds another type; push refused, nothing written"
                 );
-                return Err(StoreError::Internal(format!(
+                return Err(Failure::Store(StoreError::Internal(format!(
                     "{} is a {kind}, not a stream",
                     stream.as_str()
-                )));
+                ))));
             }
         }
 
         let mut pipe = redis::Pipeline::with_capacity(items.len() + 2);
         pipe.atomic();
-        for ((item, meta), new) in items.iter().zip(&metadata).zip(&stored) {
+        for ((item, meta), new) in items.iter().zip(metadata).zip(&stored) {
             if let (true, Some(stream)) = (*new, &streams[tier_slot(item.tier)]) {
                 pipe.cmd("XADD")
                     .arg(stream.as_str())
@@ -249,12 +347,12 @@ pub(super) async fn push(
             .ignore();
         // `None`: EXEC answered nil, the record changed since the WATCH.
         let done: Option<()> = pipe.query_async(lease.con()).await.map_err(|err| {
-            if err.code() != Some("EXECABORT") {
+            if err.code() != Some("EXECABORT") && !is_redirect(&err) {
                 // An error inside EXEC: the TYPE check makes this a key retyped between the
                 // two round trips. The other commands of the transaction did run.
                 tracing::error!(%err, record, "a command failed inside a push transaction");
             }
-            map(err)
+            Failure::Redis(err)
         })?;
         if done.is_none() {
             conflicts += 1;
@@ -275,7 +373,7 @@ pub(super) async fn push(
         attempts = MAX_ATTEMPTS,
         "concurrent pushes of one producer kept conflicting"
     );
-    Err(StoreError::Unavailable(format!(
+    Err(Failure::Store(StoreError::Unavailable(format!(
         "the producer changed under this push {MAX_ATTEMPTS} times; retry"
-    )))
+    ))))
 }

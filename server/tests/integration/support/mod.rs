@@ -187,7 +187,9 @@ impl TestServer {
             Some(redis) => {
                 let mut con = redis.db(11).await;
                 let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
-                    .arg(format!("tenant:{tenant}:mobile_sync:up:t{tier}"))
+                    .arg(format!(
+                        "tenant:{tenant}:mobile_sync:up:{{{tenant}:p0}}:t{tier}"
+                    ))
                     .arg("-")
                     .arg("+")
                     .query_async(&mut con)
@@ -228,7 +230,9 @@ impl TestServer {
         match &self.redis {
             Some(redis) => {
                 let mut con = redis.db(11).await;
-                let key = format!("tenant:{tenant}:mobile_sync:producer:{device}:{producer}");
+                let key = format!(
+                    "tenant:{tenant}:mobile_sync:producer:{{{tenant}:p0}}:{device}:{producer}"
+                );
                 let (fields, expires): (Vec<Option<u64>>, i64) = redis::pipe()
                     .cmd("HMGET")
                     .arg(&key)
