@@ -20,7 +20,6 @@
 
 use std::net::IpAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -78,6 +77,14 @@ struct Args {
     /// Redis holding mobile_sync: measure the raw XADD ceiling there too (loopback only).
     #[arg(long)]
     redis_url: Option<String>,
+    /// A Redis Cluster holding mobile_sync instead (its nodes, comma-separated; loopback only):
+    /// the raw and store phases spread over the partitions of the server's key layout.
+    #[arg(long, value_delimiter = ',')]
+    redis_cluster: Vec<String>,
+    /// Up-stream partitions per tenant, as the server is configured (default: 16 on a Cluster,
+    /// 1 otherwise).
+    #[arg(long)]
+    up_partitions: Option<u16>,
     /// Repeat the push / raw / store phases this many times, interleaved, and print median
     /// ratios.
     #[arg(long, default_value_t = 1)]
@@ -297,9 +304,14 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
 
 /// The server's own store code (the exactly-once push transaction), called directly: no HTTP,
 /// no JSON. Separates what the push costs Redis from what the HTTP layer costs.
-async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
+async fn store_phase(args: &Args, target: &Target) -> Result<f64, String> {
+    use kryonix_server::store::redis::RedisOptions;
     use kryonix_server::store::{NewItem, PushOptions, RedisStore};
-    let store = RedisStore::connect(redis_url, None)
+    let options = RedisOptions {
+        partitions: target.partitions(args),
+        allow_evicting: false,
+    };
+    let store = RedisStore::open(&target.topology(), options)
         .await
         .map_err(|e| e.to_string())?;
     let tenant = TenantId::new("loadgen-store").map_err(|e| e.to_string())?;
@@ -360,62 +372,137 @@ async fn store_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
     Ok(rate)
 }
 
-/// Deletes what the push and store phases appended (as a backend consuming them would trim
-/// them), so the rounds of a run do not fill the bench Redis.
-async fn clear_phase_streams(args: &Args, redis_url: &str) -> Result<(), String> {
-    let client =
-        kryonix_server::store::redis::client_for_db(redis_url, 11).map_err(|e| e.to_string())?;
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| e.to_string())?;
-    let tier = Tier::try_from(args.tier).map_err(|e| e.to_string())?;
-    for tenant in [args.tenant.as_str(), "loadgen-store"] {
-        let tenant = TenantId::new(tenant).map_err(|e| e.to_string())?;
-        let stream = keys::up_stream(&tenant, 0, tier).map_err(|e| e.to_string())?;
-        redis::cmd("DEL")
-            .arg(stream.as_str())
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(|e| e.to_string())?;
+/// Deletes the up streams of `tenants` in `tier`, every partition (as a backend consuming them
+/// would trim them), so the rounds of a run do not fill the bench Redis. Best effort.
+async fn clear_streams(target: &Target, partitions: u16, tenants: &[&str], tier: Tier) {
+    let Ok(mut cons) = target.raw_connections().await else {
+        return;
+    };
+    let Some(con) = cons.first_mut() else { return };
+    for tenant in tenants {
+        let Ok(tenant) = TenantId::new(*tenant) else {
+            continue;
+        };
+        for p in 0..partitions {
+            if let Ok(stream) = keys::up_stream(&tenant, p, tier) {
+                let mut pipe = redis::pipe();
+                pipe.cmd("DEL").arg(stream.as_str()).ignore();
+                let _ = con.run(&pipe).await;
+            }
+        }
     }
-    Ok(())
 }
 
-async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
-    let client =
-        kryonix_server::store::redis::client_for_db(redis_url, 11).map_err(|e| e.to_string())?;
-    // 100 tasks queue their pipelines on one connection: the default 500 ms response timeout
-    // is too short for the last in line on a busy machine.
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
-    // As many connections as the server's push pool: a baseline squeezed through one socket
-    // would flatter the ratio.
-    let mut cons = Vec::with_capacity(kryonix_server::store::redis::PUSH_CONNECTIONS);
-    for _ in 0..kryonix_server::store::redis::PUSH_CONNECTIONS {
-        cons.push(
-            client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+/// Where the sync store is: one Redis, or a Cluster.
+#[derive(Debug, Clone)]
+enum Target {
+    Standalone(String),
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    fn from_args(args: &Args) -> Option<Self> {
+        if !args.redis_cluster.is_empty() {
+            return Some(Self::Cluster(args.redis_cluster.clone()));
+        }
+        args.redis_url.clone().map(Self::Standalone)
     }
-    let con = cons.first().cloned().ok_or("no raw connection")?;
+
+    fn partitions(&self, args: &Args) -> u16 {
+        args.up_partitions.unwrap_or(match self {
+            Self::Standalone(_) => 1,
+            Self::Cluster(_) => 16,
+        })
+    }
+
+    fn topology(&self) -> kryonix_server::store::redis::Topology {
+        use kryonix_server::store::redis::Topology;
+        match self {
+            Self::Standalone(url) => Topology::Standalone {
+                cache_url: url.clone(),
+                sync_url: None,
+            },
+            Self::Cluster(seeds) => Topology::Cluster {
+                seeds: seeds.clone(),
+            },
+        }
+    }
+
+    /// Connections for the raw phase: as many as the server's push pool on one Redis (a
+    /// baseline squeezed through one socket would flatter the ratio); the cluster connection
+    /// (one per node, routed by slot) on a Cluster.
+    async fn raw_connections(&self) -> Result<Vec<RawCon>, String> {
+        match self {
+            Self::Standalone(url) => {
+                let client = kryonix_server::store::redis::client_for_db(url, 11)
+                    .map_err(|e| e.to_string())?;
+                // 100 tasks queue their pipelines on these connections: the default 500 ms
+                // response timeout is too short for the last in line on a busy machine.
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(Duration::from_secs(30)));
+                let mut cons = Vec::with_capacity(kryonix_server::store::redis::PUSH_CONNECTIONS);
+                for _ in 0..kryonix_server::store::redis::PUSH_CONNECTIONS {
+                    cons.push(RawCon::Single(
+                        client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    ));
+                }
+                Ok(cons)
+            }
+            Self::Cluster(seeds) => {
+                let client = redis::cluster::ClusterClientBuilder::new(seeds.clone())
+                    .response_timeout(Duration::from_secs(30))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let con = client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(vec![RawCon::Cluster(con)])
+            }
+        }
+    }
+}
+
+/// A connection of the raw phase.
+#[derive(Clone)]
+enum RawCon {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl RawCon {
+    async fn run(&mut self, pipe: &redis::Pipeline) -> Result<(), String> {
+        match self {
+            Self::Single(con) => pipe.query_async::<()>(con).await,
+            Self::Cluster(con) => pipe.query_async::<()>(con).await,
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+async fn raw_phase(args: &Args, target: &Target) -> Result<f64, String> {
+    let cons = target.raw_connections().await?;
+    let partitions = target.partitions(args);
     let tenant = TenantId::new("loadgen-raw").map_err(|e| e.to_string())?;
     let tier = Tier::try_from(args.tier).map_err(|e| e.to_string())?;
-    let stream = keys::up_stream(&tenant, 0, tier).map_err(|e| e.to_string())?;
-    let stream = Arc::new(stream.as_str().to_owned());
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.devices.max(1))
         .map(|device| {
             let mut con = cons[device % cons.len()].clone();
-            let stream = Arc::clone(&stream);
             let batch = args.batch;
             let body = payload(args.payload_bytes, device);
             let device_id = format!("loadgen-{device}");
+            // The stream the server would use for this device: its partition's.
+            let stream = keys::up_stream(&tenant, keys::partition_of(&device_id, partitions), tier)
+                .map(|k| k.as_str().to_owned())
+                .map_err(|e| e.to_string());
             let producer = uuid::Uuid::now_v7().to_string();
             tokio::spawn(async move {
+                let stream = stream?;
                 let mut items = 0u64;
                 while Instant::now() < deadline {
                     let mut pipe = redis::pipe();
@@ -443,9 +530,7 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
                             .arg(body.as_slice())
                             .ignore();
                     }
-                    pipe.query_async::<()>(&mut con)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    con.run(&pipe).await?;
                     items += batch as u64;
                 }
                 Ok::<_, String>(items)
@@ -463,11 +548,7 @@ async fn raw_phase(args: &Args, redis_url: &str) -> Result<f64, String> {
         args.devices.max(1)
     );
     // Leave the bench Redis as it was.
-    let mut con = con.clone();
-    let _: Result<(), _> = redis::cmd("DEL")
-        .arg(stream.as_str())
-        .query_async(&mut con)
-        .await;
+    clear_streams(target, partitions, &[tenant.as_str()], tier).await;
     Ok(rate)
 }
 
@@ -597,7 +678,7 @@ async fn run(args: Args) -> Result<(), String> {
             "refusing to load {host}: only loopback targets are allowed"
         ));
     }
-    if let Some(redis_url) = &args.redis_url {
+    for redis_url in args.redis_url.iter().chain(&args.redis_cluster) {
         let (redis_host, _) = host_port(redis_url).ok_or("cannot parse --redis-url")?;
         if !is_loopback_host(&redis_host) {
             return Err(format!(
@@ -638,18 +719,21 @@ async fn run(args: Args) -> Result<(), String> {
         if args.devices > 0 {
             push_rate = Some(push_phase(&args, &keys_, &tenant).await?);
         }
-        if let Some(redis_url) = &args.redis_url {
-            let raw = raw_phase(&args, redis_url).await?;
+        if let Some(target) = Target::from_args(&args) {
+            let raw = raw_phase(&args, &target).await?;
             if let Some(push) = push_rate {
                 println!("ratio: push / raw = {:.2}", push / raw);
                 push_ratios.push(push / raw);
             }
             if args.store_ceiling {
-                let store = store_phase(&args, redis_url).await?;
+                let store = store_phase(&args, &target).await?;
                 println!("ratio: store push / raw = {:.2}", store / raw);
                 store_ratios.push(store / raw);
             }
-            clear_phase_streams(&args, redis_url).await?;
+            if let Ok(tier) = Tier::try_from(args.tier) {
+                let tenants = [args.tenant.as_str(), "loadgen-store"];
+                clear_streams(&target, target.partitions(&args), &tenants, tier).await;
+            }
         }
     }
     if args.rounds > 1 {

@@ -29,6 +29,15 @@ macro_rules! contract {
                 }
             )*
         }
+        // Every behaviour of the single-instance store, on a Redis Cluster of three primaries.
+        mod cluster_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::support::Backend::Cluster).await;
+                }
+            )*
+        }
     };
 }
 

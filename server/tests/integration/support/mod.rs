@@ -1,6 +1,7 @@
 //! Test harness: a real Redis per test (or the embedded store in a temp dir), the server's router
 //! driven with `oneshot`, or served on port 0 over real TCP.
 
+pub mod cluster;
 pub mod redis_server;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
+pub use cluster::LocalCluster;
 pub use redis_server::{RedisOptions, RedisServer};
 
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
@@ -28,6 +30,8 @@ pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 pub enum Backend {
     Redis,
     Embedded,
+    /// A Redis Cluster of three primaries (no replicas: the contract is about the store).
+    Cluster,
 }
 
 /// A server state over its own store.
@@ -35,6 +39,7 @@ pub enum Backend {
 pub struct TestServer {
     pub state: AppState,
     pub redis: Option<RedisServer>,
+    pub cluster: Option<LocalCluster>,
     _dir: Option<TempDir>,
 }
 
@@ -51,6 +56,22 @@ impl TestServer {
         match backend {
             Backend::Redis => Self::with_redis(RedisOptions::default(), configure).await,
             Backend::Embedded => Self::embedded(configure).await,
+            Backend::Cluster => Self::with_cluster(configure).await,
+        }
+    }
+
+    pub async fn with_cluster(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        let cluster = LocalCluster::start(3, 0);
+        let mut config = test_config();
+        config.redis_cluster = cluster.seeds();
+        configure(&mut config);
+        config.validate().unwrap();
+        let (store, warnings) = startup::open_store(&config).await.unwrap();
+        Self {
+            state: AppState::new(config, store, warnings),
+            redis: None,
+            cluster: Some(cluster),
+            _dir: None,
         }
     }
 
@@ -67,6 +88,7 @@ impl TestServer {
         Self {
             state: AppState::new(config, store, warnings),
             redis: Some(redis),
+            cluster: None,
             _dir: None,
         }
     }
@@ -81,6 +103,7 @@ impl TestServer {
         Self {
             state: AppState::new(config, store, warnings),
             redis: None,
+            cluster: None,
             _dir: Some(dir),
         }
     }
@@ -183,6 +206,34 @@ impl TestServer {
     /// Ids of the items stored in a tier's up stream, oldest first, read from the store itself
     /// (Redis: XRANGE with a plain client; embedded: its table).
     pub async fn stored_ids(&self, tenant: &str, tier: u8) -> Vec<String> {
+        if let Some(cluster) = &self.cluster {
+            // Every partition, merged by entry id (ids are milliseconds-sequence pairs).
+            let mut con = cluster.connection().await;
+            let t = TenantId::new(tenant).unwrap();
+            let tier = kryonix_protocol::Tier::try_from(tier).unwrap();
+            let mut all = Vec::new();
+            for key in
+                kryonix_server::keys::up_streams(&t, self.state.config.partitions(), tier).unwrap()
+            {
+                let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+                    .arg(key.as_str())
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                all.extend(entries);
+            }
+            let position = |id: &str| {
+                let (ms, seq) = id.split_once('-').unwrap();
+                (ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap())
+            };
+            all.sort_by_key(|(id, _)| position(id));
+            return all
+                .into_iter()
+                .map(|(_, fields)| item_id(&fields))
+                .collect();
+        }
         match &self.redis {
             Some(redis) => {
                 let mut con = redis.db(11).await;
@@ -227,21 +278,31 @@ impl TestServer {
         device: &str,
         producer: &str,
     ) -> Option<([u64; 4], i64)> {
-        match &self.redis {
-            Some(redis) => {
-                let mut con = redis.db(11).await;
-                let key = format!(
-                    "tenant:{tenant}:mobile_sync:producer:{{{tenant}:p0}}:{device}:{producer}"
-                );
-                let (fields, expires): (Vec<Option<u64>>, i64) = redis::pipe()
-                    .cmd("HMGET")
-                    .arg(&key)
-                    .arg(&["1", "2", "3", "4"][..])
-                    .cmd("PEXPIRETIME")
-                    .arg(&key)
-                    .query_async(&mut con)
+        let key = kryonix_server::keys::producer(
+            &TenantId::new(tenant).unwrap(),
+            kryonix_server::keys::partition_of(device, self.state.config.partitions()),
+            device,
+            producer,
+        )
+        .unwrap();
+        let read = redis::pipe()
+            .cmd("HMGET")
+            .arg(key.as_str())
+            .arg(&["1", "2", "3", "4"][..])
+            .cmd("PEXPIRETIME")
+            .arg(key.as_str())
+            .clone();
+        let reply: Option<(Vec<Option<u64>>, i64)> = match (&self.cluster, &self.redis) {
+            (Some(cluster), _) => Some(
+                read.query_async(&mut cluster.connection().await)
                     .await
-                    .unwrap();
+                    .unwrap(),
+            ),
+            (None, Some(redis)) => Some(read.query_async(&mut redis.db(11).await).await.unwrap()),
+            _ => None,
+        };
+        match reply {
+            Some((fields, expires)) => {
                 // -2: no such key.
                 (expires != -2).then(|| {
                     let mut last = [0; 4];
@@ -279,6 +340,14 @@ impl TestServer {
         }));
         (addr, tx, task)
     }
+}
+
+/// The item id in an up-stream entry's fields.
+fn item_id(fields: &[Vec<u8>]) -> String {
+    let pos = fields.iter().position(|f| f == b"item").unwrap();
+    let meta: kryonix_server::store::redis::ItemMetadata =
+        serde_json::from_slice(&fields[pos + 1]).unwrap();
+    meta.id
 }
 
 /// A buffered answer.
