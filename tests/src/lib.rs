@@ -11,6 +11,9 @@
 //!   request half-way, close or reset the connection when the answer starts, or withhold the
 //!   answer — switchable at run time, with a log of every request and answer it saw.
 //! - [`agent`]: agents on temp database files, with test settings and a recording observer.
+//! - [`cluster`]: a real Redis Cluster (3 primaries with a replica each by default) started by
+//!   `deploy/cluster/local-cluster.sh`: its topology from `CLUSTER NODES`, SIGKILL of a primary
+//!   and the time until its replica takes over, node restarts, resharding and one-slot migration.
 //! - [`streams`]: reading the `mobile_sync` up streams straight from Redis, for "exactly once"
 //!   checks that do not trust the server.
 //! - [`wait_for`]: polling with a deadline (no sleep-based assertions).
@@ -19,6 +22,8 @@
 //! edge where real faults happen.
 
 pub mod agent;
+pub mod cluster;
+mod daemons;
 pub mod proxy;
 pub mod redis;
 pub mod server;
@@ -28,6 +33,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use agent::{RecordingObserver, agent_config, open_agent};
+pub use cluster::{ClusterNode, ClusterOptions, RedisCluster, Role};
 pub use proxy::{Exchange, Fault, Proxy, Rule};
 pub use redis::{RedisOptions, RedisServer};
 pub use server::{SECRET, ServerOptions, StoreChoice, TestServer};
@@ -38,6 +44,8 @@ pub use streams::{UpEntry, up_entries};
 pub enum HarnessError {
     #[error("redis-server: {0}")]
     RedisServer(String),
+    #[error("Redis topology: {0}")]
+    Topology(String),
     #[error("kryonix-server: {0}")]
     Server(String),
     #[error("I/O: {0}")]
