@@ -223,3 +223,14 @@ pub(crate) async fn role(con: &mut MultiplexedConnection) -> Result<String> {
         ))),
     }
 }
+
+/// Whether `port` answers PING within half a second.
+pub(crate) async fn pings(port: u16) -> bool {
+    let Ok(mut con) = connect(port, Duration::from_millis(500)).await else {
+        return false;
+    };
+    ::redis::cmd("PING")
+        .query_async::<String>(&mut con)
+        .await
+        .is_ok_and(|pong| pong == "PONG")
+}

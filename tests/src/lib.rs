@@ -14,6 +14,9 @@
 //! - [`cluster`]: a real Redis Cluster (3 primaries with a replica each by default) started by
 //!   `deploy/cluster/local-cluster.sh`: its topology from `CLUSTER NODES`, SIGKILL of a primary
 //!   and the time until its replica takes over, node restarts, resharding and one-slot migration.
+//! - [`sentinel`]: a real primary + replica under three Sentinels, started by
+//!   `deploy/sentinel/local-sentinel.sh`: who the Sentinels name as primary, SIGKILL of it and
+//!   the time until they name the replica.
 //! - [`streams`]: reading the `mobile_sync` up streams straight from Redis, for "exactly once"
 //!   checks that do not trust the server.
 //! - [`wait_for`]: polling with a deadline (no sleep-based assertions).
@@ -26,6 +29,7 @@ pub mod cluster;
 mod daemons;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 pub mod server;
 pub mod streams;
 
@@ -36,6 +40,7 @@ pub use agent::{RecordingObserver, agent_config, open_agent};
 pub use cluster::{ClusterNode, ClusterOptions, RedisCluster, Role};
 pub use proxy::{Exchange, Fault, Proxy, Rule};
 pub use redis::{RedisOptions, RedisServer};
+pub use sentinel::{RedisSentinels, SentinelOptions};
 pub use server::{SECRET, ServerOptions, StoreChoice, TestServer};
 pub use streams::{UpEntry, up_entries};
 

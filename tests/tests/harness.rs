@@ -1,5 +1,6 @@
 //! Tests of the harness's multi-process Redis topologies themselves: the Redis Cluster started by
-//! `deploy/cluster/local-cluster.sh`, with real processes and real failovers. The failover
+//! `deploy/cluster/local-cluster.sh` and the Sentinel group started by
+//! `deploy/sentinel/local-sentinel.sh`, with real processes and real failovers. The failover
 //! times are printed (`cargo test -p kryonix-e2e --test harness -- --nocapture`).
 //!
 //! The tests run one at a time (a shared lock): on a 2-core machine, two clusters failing over at
@@ -13,12 +14,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use kryonix_e2e::{ClusterOptions, RedisCluster, Role, wait_for};
+use kryonix_e2e::{ClusterOptions, RedisCluster, RedisSentinels, Role, SentinelOptions, wait_for};
 use redis::AsyncCommands;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+
+async fn role_of(con: &mut redis::aio::MultiplexedConnection) -> String {
+    let reply: Vec<redis::Value> = redis::cmd("ROLE").query_async(con).await.unwrap();
+    match &reply[0] {
+        redis::Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        other => panic!("unexpected ROLE reply {other:?}"),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_has_three_primaries_covering_every_slot_and_serves_a_cluster_client() {
@@ -137,6 +146,73 @@ async fn killing_a_cluster_primary_promotes_its_replica() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_fail_over_and_name_the_new_primary() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let options = SentinelOptions::default();
+    let down_after = options.down_after_ms;
+    let mut group = RedisSentinels::start(options).await.unwrap();
+    assert_eq!(group.sentinel_urls().len(), 3);
+    assert_eq!(group.master_name(), "mobile-sync");
+    let [first, second] = group.redis_ports();
+    for sentinel in group.sentinel_ports() {
+        assert_eq!(group.primary_named_by(sentinel).await.unwrap(), first);
+    }
+
+    // The mobile_sync database; replicated before the kill, so it must survive the failover.
+    let mut primary = group.connection(first).await.unwrap();
+    let () = redis::cmd("SELECT")
+        .arg(11)
+        .query_async(&mut primary)
+        .await
+        .unwrap();
+    let () = primary.set("written-before", "kept").await.unwrap();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query_async(&mut primary)
+        .await
+        .unwrap();
+    assert_eq!(acked, 1);
+
+    let killed = group.kill_primary().await.unwrap();
+    assert_eq!(killed, first);
+    let took = group.wait_for_failover(FAILOVER_LIMIT).await.unwrap();
+    println!(
+        "sentinel failover: primary {first} SIGKILLed, all three Sentinels name {second} \
+         (answering ROLE master) after {took:?} (down-after-milliseconds {down_after})"
+    );
+    assert_eq!(group.primary_port().await.unwrap(), second);
+    let mut promoted = group.connection(second).await.unwrap();
+    assert_eq!(role_of(&mut promoted).await, "master");
+    let () = redis::cmd("SELECT")
+        .arg(11)
+        .query_async(&mut promoted)
+        .await
+        .unwrap();
+    let value: String = promoted.get("written-before").await.unwrap();
+    assert_eq!(value, "kept");
+
+    // The old primary, restarted, is turned into a replica by the Sentinels (they look at a
+    // returning node every 10 s or so, hence the longer limit).
+    group.restart_node(first).await.unwrap();
+    let started = std::time::Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        "the old primary to become a replica",
+        || async {
+            let mut con = group.connection(first).await.ok()?;
+            (role_of(&mut con).await == "slave").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "sentinel: the restarted old primary was a replica {:?} after it answered",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
