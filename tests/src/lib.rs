@@ -11,6 +11,12 @@
 //!   request half-way, close or reset the connection when the answer starts, or withhold the
 //!   answer — switchable at run time, with a log of every request and answer it saw.
 //! - [`agent`]: agents on temp database files, with test settings and a recording observer.
+//! - [`cluster`]: a real Redis Cluster (3 primaries with a replica each by default) started by
+//!   `deploy/cluster/local-cluster.sh`: its topology from `CLUSTER NODES`, SIGKILL of a primary
+//!   and the time until its replica takes over, node restarts, resharding and one-slot migration.
+//! - [`sentinel`]: a real primary + replica under three Sentinels, started by
+//!   `deploy/sentinel/local-sentinel.sh`: who the Sentinels name as primary, SIGKILL of it and
+//!   the time until they name the replica.
 //! - [`streams`]: reading the `mobile_sync` up streams straight from Redis, for "exactly once"
 //!   checks that do not trust the server.
 //! - [`wait_for`]: polling with a deadline (no sleep-based assertions).
@@ -19,8 +25,11 @@
 //! edge where real faults happen.
 
 pub mod agent;
+pub mod cluster;
+mod daemons;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 pub mod server;
 pub mod streams;
 
@@ -28,8 +37,10 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use agent::{RecordingObserver, agent_config, open_agent};
+pub use cluster::{ClusterNode, ClusterOptions, RedisCluster, Role};
 pub use proxy::{Exchange, Fault, Proxy, Rule};
 pub use redis::{RedisOptions, RedisServer};
+pub use sentinel::{RedisSentinels, SentinelOptions};
 pub use server::{SECRET, ServerOptions, StoreChoice, TestServer};
 pub use streams::{UpEntry, up_entries};
 
@@ -38,6 +49,8 @@ pub use streams::{UpEntry, up_entries};
 pub enum HarnessError {
     #[error("redis-server: {0}")]
     RedisServer(String),
+    #[error("Redis topology: {0}")]
+    Topology(String),
     #[error("kryonix-server: {0}")]
     Server(String),
     #[error("I/O: {0}")]
