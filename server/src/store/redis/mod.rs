@@ -34,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kryonix_protocol::{Encoding, Namespace, TenantId};
 use redis::Script;
 
+use self::conn::Conn;
 use self::entries::{RawEntry, change_from_entry, decode_cached, parse_entry_id};
 use self::errors::{key_err, map};
 use self::push::last_seq_from;
@@ -363,19 +364,46 @@ impl RedisStore {
         namespace: Namespace,
         keys_in: &[String],
     ) -> Result<Vec<Option<Cached>>, StoreError> {
-        let mut pipe = redis::pipe();
-        for key in keys_in {
-            let full = keys::cache_entry(tenant, namespace, key).map_err(key_err)?;
-            pipe.cmd("GET")
-                .arg(full.as_str())
-                .cmd("PTTL")
-                .arg(full.as_str());
-        }
         let mut con = self.links().cache(namespace)?;
-        let replies: Vec<redis::Value> = pipe
-            .query_async(&mut con)
-            .await
-            .map_err(|e| self.fail(map(e)))?;
+        let full: Vec<String> = keys_in
+            .iter()
+            .map(|key| {
+                keys::cache_entry(tenant, namespace, key)
+                    .map(|k| k.as_str().to_owned())
+                    .map_err(key_err)
+            })
+            .collect::<Result<_, _>>()?;
+        let replies: Vec<redis::Value> = if matches!(con, Conn::Cluster(_)) {
+            // Cache keys carry no hash tag, so they live on different nodes: one small pipeline
+            // per key (its GET and PTTL share a slot), all at once.
+            let mut tasks = tokio::task::JoinSet::new();
+            for (index, key) in full.into_iter().enumerate() {
+                let mut con = con.clone();
+                tasks.spawn(async move {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+                    let pair: Result<Vec<redis::Value>, _> = pipe.query_async(&mut con).await;
+                    (index, pair)
+                });
+            }
+            let mut pairs = vec![Vec::new(); keys_in.len()];
+            while let Some(done) = tasks.join_next().await {
+                let (index, pair) =
+                    done.map_err(|e| StoreError::Internal(format!("cache read task: {e}")))?;
+                if let Some(slot) = pairs.get_mut(index) {
+                    *slot = pair.map_err(|e| self.fail(map(e)))?;
+                }
+            }
+            pairs.into_iter().flatten().collect()
+        } else {
+            let mut pipe = redis::pipe();
+            for key in &full {
+                pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+            }
+            pipe.query_async(&mut con)
+                .await
+                .map_err(|e| self.fail(map(e)))?
+        };
         replies
             .chunks(2)
             .map(|pair| match pair {
