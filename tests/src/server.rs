@@ -31,6 +31,8 @@ pub enum StoreChoice {
     Redis(String),
     /// The embedded SQLite store, in a temp dir the server keeps across restarts.
     Embedded,
+    /// Whatever the configuration names (a Cluster's nodes, Sentinels).
+    Configured,
 }
 
 /// How to start a server.
@@ -63,6 +65,27 @@ impl ServerOptions {
         Self {
             store: StoreChoice::Embedded,
             config: Self::default_config(),
+        }
+    }
+
+    /// A Redis Cluster, given some of its nodes.
+    pub fn cluster(seeds: Vec<String>) -> Self {
+        let mut config = Self::default_config();
+        config.redis_cluster = seeds;
+        Self {
+            store: StoreChoice::Configured,
+            config,
+        }
+    }
+
+    /// The primary a set of Sentinels names.
+    pub fn sentinel(sentinels: Vec<String>, master: &str) -> Self {
+        let mut config = Self::default_config();
+        config.sentinels = sentinels;
+        config.sentinel_master = Some(master.to_owned());
+        Self {
+            store: StoreChoice::Configured,
+            config,
         }
     }
 }
@@ -189,6 +212,7 @@ impl TestServer {
                 config.sync_redis_url = None;
                 config.embedded_path = dir.path().join("embedded.sqlite3");
             }
+            StoreChoice::Configured => {}
         }
         config
             .validate()

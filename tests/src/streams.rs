@@ -129,3 +129,33 @@ pub async fn up_len_all(con: &mut MultiplexedConnection, tenant: &str) -> Result
     }
     Ok(total)
 }
+
+/// Every entry of a tier's up streams on a Redis Cluster, read through a cluster connection (one
+/// `XRANGE` per partition, each routed to the node that owns it), oldest first by entry id.
+pub async fn cluster_up_entries(
+    con: &mut redis::cluster_async::ClusterConnection,
+    tenant: &str,
+    partitions: u16,
+    tier: u8,
+) -> Result<Vec<UpEntry>> {
+    let tenant_id =
+        kryonix_protocol::TenantId::new(tenant).map_err(|e| HarnessError::Http(e.to_string()))?;
+    let tier =
+        kryonix_protocol::Tier::try_from(tier).map_err(|e| HarnessError::Http(e.to_string()))?;
+    let keys = kryonix_server::keys::up_streams(&tenant_id, partitions, tier)
+        .map_err(|e| HarnessError::Http(e.to_string()))?;
+    let mut entries = Vec::new();
+    for key in keys {
+        let raw: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(key.as_str())
+            .arg("-")
+            .arg("+")
+            .query_async(con)
+            .await?;
+        for (entry_id, flat) in raw {
+            entries.push(entry(entry_id, flat)?);
+        }
+    }
+    entries.sort_by_key(UpEntry::position);
+    Ok(entries)
+}

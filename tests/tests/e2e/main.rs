@@ -8,8 +8,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
+mod topology;
 
 mod s10_restored_backup;
+mod s11_cluster;
+mod s12_sentinel;
 mod s1_offline_drain;
 mod s2_server_killed;
 mod s3_device_killed;

@@ -279,6 +279,10 @@ impl Follower {
             }
         };
         if primary == self.primary() {
+            // An operator may fix the policy of a primary pushes are refused on: look again.
+            if self.refusing().is_some() {
+                self.judge(&primary).await;
+            }
             return;
         }
         let started = Instant::now();
@@ -312,8 +316,14 @@ impl Follower {
             }),
             Err(error) => Some(format!("cannot read INFO of the new primary: {error}")),
         };
-        if let Some(reason) = &verdict {
-            tracing::error!(primary, reason, "pushes refused on this primary");
+        match (&verdict, self.refusing()) {
+            (Some(reason), None) => {
+                tracing::error!(primary, reason, "pushes refused on this primary")
+            }
+            (None, Some(_)) => {
+                tracing::warn!(primary, "the primary is safe again; pushes accepted")
+            }
+            _ => {}
         }
         *self
             .refusing
