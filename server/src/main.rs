@@ -144,8 +144,10 @@ async fn check(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(address) = &facts.address {
-        println!("ok    sync store at {address}");
+    match (&facts.address, facts.nodes.len()) {
+        (_, n) if n > 0 => println!("ok    sync store on {n} primaries (each checked below)"),
+        (Some(address), _) => println!("ok    sync store at {address}"),
+        _ => {}
     }
     let mut refused = false;
     for finding in startup::assess_all(&facts) {
