@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use kryonix_e2e::streams::up_entries;
 use kryonix_e2e::{RedisSentinels, SentinelOptions, ServerOptions, TestServer, wait_for};
 
-use crate::topology::{Fleet, assert_exactly_once, probe};
+use crate::topology::{Fleet, assert_exactly_once, finish_probe, probe, started_probe};
 
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 
@@ -58,18 +58,7 @@ async fn the_server_follows_a_failover_and_loses_nothing() {
     })
     .await
     .unwrap();
-    let (log, stop_probe, probe_task) =
-        probe(&server, "probes", "probe", Duration::from_millis(100));
-    wait_for(Duration::from_secs(20), "the probe stored once", || async {
-        (!log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .accepted
-            .is_empty())
-        .then_some(())
-    })
-    .await
-    .unwrap();
+    let probe = started_probe(&server, "probes", "probe", Duration::from_millis(100)).await;
 
     assert_eq!(sentinels.kill_primary().await.unwrap(), first);
     let killed_at = Instant::now();
@@ -84,19 +73,8 @@ async fn the_server_follows_a_failover_and_loses_nothing() {
     // the old primary comes back, and the Sentinels make it one.
     sentinels.restart_node(first).await.unwrap();
     fleet.drained(Duration::from_secs(180)).await;
-    let back = wait_for(
-        Duration::from_secs(60),
-        "the probe is accepted again",
-        || async {
-            log.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .accepted_after(killed_at)
-        },
-    )
-    .await
-    .unwrap();
-    stop_probe.store(true, Ordering::SeqCst);
-    let probe_stored = probe_task.await.unwrap();
+    let ((refused, accepted), probe_stored) =
+        finish_probe(probe, killed_at, Duration::from_secs(60)).await;
     fleet.stop().await;
 
     // The server's own view: it follows the new primary.
@@ -118,11 +96,6 @@ async fn the_server_follows_a_failover_and_loses_nothing() {
             assert_exactly_once(&fleet, tenant, tier, &entries);
         }
     }
-    let (refused, accepted) = log
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .gap_after(killed_at)
-        .unwrap_or((killed_at, back));
     eprintln!(
         "scenario 12: {} items from {} devices of 3 tenants exactly once; primary {first} killed: \
          Sentinels named {second} after {:.2} s; probe's pushes refused from +{:.2} s, accepted \
@@ -150,38 +123,14 @@ async fn without_wait_the_gap_is_the_failover() {
     ))
     .await
     .unwrap();
-    let (log, stop_probe, probe_task) =
-        probe(&server, "probes", "probe", Duration::from_millis(50));
-    wait_for(Duration::from_secs(20), "the probe stored once", || async {
-        (!log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .accepted
-            .is_empty())
-        .then_some(())
-    })
-    .await
-    .unwrap();
+    let probe = started_probe(&server, "probes", "probe", Duration::from_millis(50)).await;
     sentinels.kill_primary().await.unwrap();
     let killed_at = Instant::now();
     let promoted = sentinels
         .wait_for_failover(Duration::from_secs(30))
         .await
         .unwrap();
-    let back = wait_for(Duration::from_secs(30), "pushes accepted again", || async {
-        log.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .accepted_after(killed_at + promoted)
-    })
-    .await
-    .unwrap();
-    stop_probe.store(true, Ordering::SeqCst);
-    probe_task.await.unwrap();
-    let (refused, accepted) = log
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .gap_after(killed_at)
-        .unwrap_or((killed_at, back));
+    let ((refused, accepted), _) = finish_probe(probe, killed_at, Duration::from_secs(30)).await;
     assert!(
         accepted - killed_at <= promoted + Duration::from_secs(5),
         "the server took more than 5 s after the promotion to follow"

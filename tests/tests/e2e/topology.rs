@@ -184,11 +184,6 @@ impl ProbeLog {
         let back = self.accepted.iter().copied().find(|t| *t > first_refused)?;
         Some((first_refused, back))
     }
-
-    /// The first acceptance at or after `since`.
-    pub fn accepted_after(&self, since: Instant) -> Option<Instant> {
-        self.accepted.iter().copied().find(|t| *t >= since)
-    }
 }
 
 /// A device that pushes one new item every `every`, straight over HTTP, and logs when each push
@@ -261,4 +256,52 @@ pub fn probe(
         seq
     });
     (log, stop, task)
+}
+
+/// A [`probe`] that has stored at least one item (so a later refusal is the fault's doing).
+pub async fn started_probe(
+    server: &TestServer,
+    tenant: &str,
+    device: &str,
+    every: Duration,
+) -> (
+    Arc<Mutex<ProbeLog>>,
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<u64>,
+) {
+    let (log, stop, task) = probe(server, tenant, device, every);
+    wait_for(Duration::from_secs(20), "the probe stored once", || async {
+        (!log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .accepted
+            .is_empty())
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    (log, stop, task)
+}
+
+/// Waits until the probe, refused after `since`, is accepted again; stops it; returns (first
+/// refused, first accepted again) and the items it stored.
+pub async fn finish_probe(
+    probe: (
+        Arc<Mutex<ProbeLog>>,
+        Arc<AtomicBool>,
+        tokio::task::JoinHandle<u64>,
+    ),
+    since: Instant,
+    limit: Duration,
+) -> ((Instant, Instant), u64) {
+    let (log, stop, task) = probe;
+    let gap = wait_for(limit, "the probe refused, then accepted again", || async {
+        log.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .gap_after(since)
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    (gap, task.await.unwrap())
 }

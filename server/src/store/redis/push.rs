@@ -167,6 +167,24 @@ async fn wait_replicas(
     Ok(u32::try_from(acked).unwrap_or(0))
 }
 
+/// The end of a clean transaction: `WAIT` if asked, the connection back to the pool, the answer.
+async fn finish(
+    mut lease: super::pool::Lease,
+    options: &PushOptions,
+    stored: Vec<bool>,
+    last_seq: [u64; 4],
+    conflicts: u32,
+) -> Result<PushOutcome, Failure> {
+    let replicas_acked = wait_replicas(lease.con(), options).await?;
+    lease.release();
+    Ok(PushOutcome {
+        stored,
+        last_seq,
+        replicas_acked,
+        conflicts,
+    })
+}
+
 /// Stores the new items of a non-empty batch (see the module documentation).
 #[allow(clippy::too_many_arguments)] // one call site; the parts are what a push is
 pub(super) async fn push(
@@ -290,14 +308,7 @@ async fn transact(
             pipe.query_async::<()>(lease.con())
                 .await
                 .map_err(Failure::Redis)?;
-            let replicas_acked = wait_replicas(lease.con(), options).await?;
-            lease.release();
-            return Ok(PushOutcome {
-                stored,
-                last_seq: last,
-                replicas_acked,
-                conflicts,
-            });
+            return finish(lease, options, stored, last, conflicts).await;
         }
 
         for tier in Tier::ALL {
@@ -359,14 +370,7 @@ async fn transact(
             tracing::debug!(record, conflicts, "producer changed under a push; retrying");
             continue;
         }
-        let replicas_acked = wait_replicas(lease.con(), options).await?;
-        lease.release();
-        return Ok(PushOutcome {
-            stored,
-            last_seq: last,
-            replicas_acked,
-            conflicts,
-        });
+        return finish(lease, options, stored, last, conflicts).await;
     }
     tracing::warn!(
         record,

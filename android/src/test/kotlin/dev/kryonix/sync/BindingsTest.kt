@@ -284,8 +284,8 @@ fun main() {
     }
 
     check("real sync against kryonix-server + redis-server: items reach the up streams") {
-        val stream1 = "tenant:acme:mobile_sync:up:t1"
-        val stream3 = "tenant:acme:mobile_sync:up:t3"
+        val stream1 = "tenant:acme:mobile_sync:up:{acme:p0}:t1"
+        val stream3 = "tenant:acme:mobile_sync:up:{acme:p0}:t3"
         val before1 = xlen(stream1)
         val before3 = xlen(stream3)
         val flow = SyncStatusFlow()
