@@ -275,7 +275,9 @@ impl<T: Transport> Agent<T> {
         let Some(Some(entry)) = entries.into_iter().next() else {
             return Ok(None);
         };
-        let value = codec::decode(entry.encoding, &entry.value, usize::MAX / 2)
+        // The same bound as a stored value's: a small compressed answer must not be able to make
+        // the phone allocate gigabytes (a decompression bomb).
+        let value = codec::decode(entry.encoding, &entry.value, self.cache.max_value_bytes())
             .map_err(crate::cache::CacheError::from)?;
         let expiry = entry
             .ttl_secs

@@ -313,6 +313,11 @@ impl Cache {
         *lock(&self.profile) = profile;
     }
 
+    /// Largest value this cache accepts, before compression.
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
+
     /// This device's byte budget for `namespace`.
     pub fn budget(&self, namespace: Namespace) -> u64 {
         self.budgets
