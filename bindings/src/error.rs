@@ -74,7 +74,9 @@ impl From<Error> for KryonixError {
                 reason: e.to_string(),
             },
             Error::Outbox(
-                e @ (OutboxError::InvalidKey(_) | OutboxError::PayloadTooLarge { .. }),
+                e @ (OutboxError::InvalidKey(_)
+                | OutboxError::PayloadTooLarge { .. }
+                | OutboxError::InternalNamespace(_)),
             ) => Self::InvalidInput {
                 reason: e.to_string(),
             },

@@ -122,6 +122,16 @@ namespaces! {
 pub struct UnknownNamespace(pub String);
 
 impl Namespace {
+    /// Whether the namespace belongs to the server's own machinery — the durable sync streams,
+    /// rate-limit counters, distributed locks — rather than to app data. A device may not name
+    /// one in a push, a publish or a cache call: one rule for every route (`forbidden`).
+    pub const fn is_internal(self) -> bool {
+        matches!(
+            self,
+            Self::MobileSync | Self::RateLimiting | Self::DistributedLocks
+        )
+    }
+
     /// Every namespace, in id order.
     pub fn all() -> impl Iterator<Item = Namespace> {
         NAMESPACES.iter().map(|info| info.namespace)
@@ -194,6 +204,18 @@ impl FromStr for Namespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn three_namespaces_are_internal() {
+        let internal: Vec<&str> = Namespace::all()
+            .filter(|ns| ns.is_internal())
+            .map(Namespace::name)
+            .collect();
+        assert_eq!(
+            internal,
+            ["rate_limiting", "mobile_sync", "distributed_locks"]
+        );
+    }
 
     #[test]
     fn table_matches_the_design() {

@@ -56,6 +56,8 @@ pub enum OutboxError {
     InvalidKey(#[from] KeyError),
     #[error("payload of {size} bytes is over the {max}-byte limit")]
     PayloadTooLarge { size: usize, max: usize },
+    #[error("namespace {0} is internal to the server; items cannot be uploaded to it")]
+    InternalNamespace(Namespace),
     #[error("no outbox item {0}")]
     NotFound(ItemId),
     #[error("outbox row is unreadable: {0}")]
@@ -383,6 +385,10 @@ impl Outbox {
 
     fn validate(&self, item: &NewItem<'_>) -> Result<()> {
         TenantKey::new(&self.config.tenant, item.namespace, item.key)?;
+        // The server refuses these for good; refusing here lets the app act on it at once.
+        if item.namespace.is_internal() {
+            return Err(OutboxError::InternalNamespace(item.namespace));
+        }
         if item.payload.len() > self.config.max_payload_bytes {
             return Err(OutboxError::PayloadTooLarge {
                 size: item.payload.len(),

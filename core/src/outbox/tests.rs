@@ -380,6 +380,13 @@ fn invalid_input_is_refused_and_nothing_written() {
             .unwrap_err();
         assert!(is_expected(&err), "{key:?}: {err}");
     }
+    // Internal namespaces are refused here as the server refuses them.
+    assert!(matches!(
+        f.outbox
+            .enqueue(Namespace::RateLimiting, "k", Op::Put, b"x", Tier::Critical)
+            .unwrap_err(),
+        OutboxError::InternalNamespace(Namespace::RateLimiting)
+    ));
     // A batch with one bad item writes none of them.
     let batch = [
         NewItem {

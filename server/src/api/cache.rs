@@ -20,14 +20,6 @@ use crate::error::AppError;
 /// Most keys in one multi-get.
 pub const MAX_MULTI_GET_KEYS: usize = 100;
 
-/// Namespaces the cache API never touches.
-pub fn is_internal(namespace: Namespace) -> bool {
-    matches!(
-        namespace,
-        Namespace::MobileSync | Namespace::RateLimiting | Namespace::DistributedLocks
-    )
-}
-
 /// Resolves and checks the namespace for this caller.
 fn namespace_for(
     state: &AppState,
@@ -36,7 +28,7 @@ fn namespace_for(
     write: bool,
 ) -> Result<Namespace, AppError> {
     let namespace = Namespace::from_name(name).map_err(|e| AppError::InvalidKey(e.into()))?;
-    if is_internal(namespace) {
+    if namespace.is_internal() {
         return Err(AppError::Forbidden(format!(
             "namespace {namespace} is not available through the cache API"
         )));

@@ -104,6 +104,12 @@ fn validate_item(
         .map_err(|e| reject(error_code::UNKNOWN_NAMESPACE, e.to_string()))?;
     TenantKey::new(tenant, namespace, &item.key)
         .map_err(|e| reject(key_code(&e), e.to_string()))?;
+    if namespace.is_internal() {
+        return Err(reject(
+            error_code::FORBIDDEN,
+            format!("namespace {namespace} is internal to the server; devices may not write it"),
+        ));
+    }
     if !policy.allows(namespace) {
         return Err(reject(
             error_code::FORBIDDEN,
@@ -438,6 +444,11 @@ pub async fn publish(
     for change in request.changes {
         let key = TenantKey::from_parts(tenant.as_str(), &change.namespace, &change.key)?;
         let namespace = key.namespace();
+        if namespace.is_internal() {
+            return Err(AppError::Forbidden(format!(
+                "namespace {namespace} is internal to the server"
+            )));
+        }
         if !policy.allows(namespace) {
             return Err(AppError::Forbidden(format!(
                 "the tenant may not use namespace {namespace}"

@@ -177,3 +177,40 @@ async fn rate_limit_state_lives_in_db_4_and_expires() {
     let counts = server.redis().key_counts().await;
     assert_eq!(counts.iter().sum::<i64>(), 2, "{counts:?}");
 }
+
+/// One rule on every route where a caller names a namespace: the server's own namespaces
+/// (mobile_sync, rate_limiting, distributed_locks) are refused with `forbidden`, and nothing is
+/// written.
+#[tokio::test]
+async fn internal_namespaces_are_refused_on_every_route() {
+    let server = TestServer::with_redis(RedisOptions::default(), |_| {}).await;
+    let device = server.token("acme", "phone-1");
+    let service = server.service_token("acme");
+    let before = server.redis().key_counts().await;
+    for ns in ["mobile_sync", "rate_limiting", "distributed_locks"] {
+        let pushed = server
+            .push(&device, vec![item(&new_id(), 1, 1, ns, "k", b"x")])
+            .await;
+        assert_eq!(pushed.statuses(), ["rejected"], "push to {ns}");
+        let published = server
+            .call(
+                Method::POST,
+                "/v1/publish",
+                Some(&service),
+                Some(&json!({"changes": [{"namespace": ns, "key": "k", "op": "put", "value": b64(b"x")}]})),
+            )
+            .await;
+        published.assert_error(StatusCode::FORBIDDEN, "forbidden");
+        let put = server
+            .call(
+                Method::PUT,
+                &format!("/v1/cache/{ns}/k"),
+                Some(&device),
+                Some(&json!({"value": b64(b"x")})),
+            )
+            .await;
+        put.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    // The rejected pushes left no producer record either: nothing was stored.
+    assert_eq!(server.redis().key_counts().await, before);
+}

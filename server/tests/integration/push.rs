@@ -204,7 +204,9 @@ async fn a_mixed_batch_stores_only_the_valid_items() {
                     b"control char",
                 ),
                 item(&new_id(), 0, 1, "user_cache", "h", b"seq 0"),
-                item(&good[1], 9, 1, "user_cache", "g", b"ok too"),
+                item(&new_id(), 10, 1, "rate_limiting", "i", b"internal"),
+                item(&new_id(), 11, 1, "mobile_sync", "j", b"internal"),
+                item(&good[1], 12, 1, "user_cache", "g", b"ok too"),
             ],
         )
         .await;
@@ -234,10 +236,12 @@ async fn a_mixed_batch_stores_only_the_valid_items() {
             "too_large",
             "invalid_key",
             "invalid_seq",
+            "forbidden",
+            "forbidden",
             "accepted"
         ]
     );
-    assert_eq!(reply.last_seq(), [9, 0, 0, 0]);
+    assert_eq!(reply.last_seq(), [12, 0, 0, 0]);
     assert_eq!(server.stored_ids("acme", 1).await, good.to_vec());
     // The stream and the producer's record, nothing per item.
     let mut db11 = server.redis().db(11).await;

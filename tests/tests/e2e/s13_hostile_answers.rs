@@ -46,7 +46,10 @@ async fn a_gzip_bomb_from_the_l2_cache_is_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Cache(CacheError::Codec(CodecError::TooLarge { .. }))),
+        matches!(
+            err,
+            Error::Cache(CacheError::Codec(CodecError::TooLarge { .. }))
+        ),
         "{err}"
     );
     let key = agent.key(Namespace::ApiCache, "bomb").unwrap();
