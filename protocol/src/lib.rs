@@ -26,7 +26,7 @@ pub use key::{KeyError, MAX_KEY_LEN, TenantId, TenantKey};
 pub use namespace::{EvictionPolicy, Namespace, NamespaceInfo, UnknownNamespace};
 pub use profile::{
     COMPRESSION_THRESHOLD, DeviceClass, DeviceProfile, Encoding, NetworkClass, NetworkProfile,
-    Tier, TierInfo, UnknownEncoding, adaptive_ttl,
+    Tier, TierInfo, UnknownEncoding, adaptive_ttl, default_ttl,
 };
 
 /// Version of the wire protocol. The device sends it in the `Kryonix-Protocol` header; the server

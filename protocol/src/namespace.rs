@@ -58,7 +58,9 @@ pub struct NamespaceInfo {
     /// Server-side memory budget in bytes.
     pub budget_bytes: u64,
     pub eviction: EvictionPolicy,
-    /// Whether the namespace is meant to be cached on devices (small, latency-sensitive values).
+    /// The platform table's flag (false for file_metadata, tenant_config, backup_status and the
+    /// internal namespaces): a value stored without an explicit TTL gets the device-adaptive TTL
+    /// when set, the table's TTL otherwise ([`crate::profile::default_ttl`]).
     pub mobile_optimized: bool,
 }
 
@@ -102,15 +104,15 @@ namespaces! {
     ApiCache = 3, "api_cache", "responses of backend APIs", 30 * MIN, 2048 * MB, AllkeysLfu, true;
     RateLimiting = 4, "rate_limiting", "rate-limit counters", MIN, 128 * MB, VolatileTtl, false;
     RealtimeData = 5, "realtime_data", "short-lived live data", 5 * MIN, 512 * MB, VolatileLru, true;
-    FileMetadata = 6, "file_metadata", "metadata of files and attachments", HOUR, 256 * MB, AllkeysLru, true;
+    FileMetadata = 6, "file_metadata", "metadata of files and attachments", HOUR, 256 * MB, AllkeysLru, false;
     SearchCache = 7, "search_cache", "search results", 30 * MIN, 1024 * MB, AllkeysLfu, true;
-    TenantConfig = 8, "tenant_config", "per-tenant configuration and feature flags", 2 * HOUR, 256 * MB, AllkeysLru, true;
+    TenantConfig = 8, "tenant_config", "per-tenant configuration and feature flags", 2 * HOUR, 256 * MB, AllkeysLru, false;
     DeviceTrust = 9, "device_trust", "device registration and trust state", 24 * HOUR, 512 * MB, AllkeysLru, true;
-    AiModels = 10, "ai_models", "model metadata and inference results", HOUR, 1024 * MB, AllkeysLfu, false;
+    AiModels = 10, "ai_models", "model metadata and inference results", HOUR, 1024 * MB, AllkeysLfu, true;
     MobileSync = 11, "mobile_sync", "the durable sync streams (never evicted)", 48 * HOUR, 2048 * MB, Noeviction, true;
     Geolocation = 12, "geolocation", "location data", 30 * MIN, 256 * MB, VolatileLru, true;
     AnalyticsTemp = 13, "analytics_temp", "analytics events before aggregation", 5 * MIN, 512 * MB, VolatileTtl, false;
-    BackupStatus = 14, "backup_status", "backup progress and status", 24 * HOUR, 128 * MB, AllkeysLru, true;
+    BackupStatus = 14, "backup_status", "backup progress and status", 24 * HOUR, 128 * MB, AllkeysLru, false;
     DistributedLocks = 15, "distributed_locks", "locks shared between server instances", 5 * MIN, 64 * MB, VolatileTtl, false;
 }
 
@@ -153,6 +155,12 @@ impl Namespace {
 
     pub fn default_ttl(self) -> Duration {
         self.info().default_ttl
+    }
+
+    /// Whether a value without an explicit TTL gets the device-adaptive TTL (see
+    /// [`crate::profile::default_ttl`]); the others keep the table's TTL on every device.
+    pub fn mobile_optimized(self) -> bool {
+        self.info().mobile_optimized
     }
 
     pub fn eviction(self) -> EvictionPolicy {

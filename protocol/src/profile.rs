@@ -205,6 +205,17 @@ pub fn adaptive_ttl(profile: DeviceProfile) -> Duration {
     Duration::from_secs(secs)
 }
 
+/// The TTL of a value cached without an explicit one: the device-adaptive TTL in a
+/// mobile-optimized namespace, the namespace table's TTL in the others (configuration, file
+/// metadata, backup status: values whose freshness does not depend on the device's network).
+pub fn default_ttl(namespace: crate::Namespace, profile: DeviceProfile) -> Duration {
+    if namespace.mobile_optimized() {
+        adaptive_ttl(profile)
+    } else {
+        namespace.default_ttl()
+    }
+}
+
 /// How a value or body is encoded, stored and sent beside it as an explicit tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use kryonix_protocol::{
-    DeviceProfile, Encoding, EvictionPolicy, KeyError, Namespace, TenantKey, adaptive_ttl,
+    DeviceProfile, Encoding, EvictionPolicy, KeyError, Namespace, TenantKey, default_ttl,
 };
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -117,7 +117,8 @@ impl From<rusqlite::Error> for CacheError {
 /// How long a value lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Expiry {
-    /// The adaptive TTL of the current device profile ([`adaptive_ttl`]).
+    /// The adaptive TTL of the current device profile in a mobile-optimized namespace, the
+    /// namespace table's TTL in the others ([`default_ttl`]).
     #[default]
     Adaptive,
     /// A fixed, positive TTL.
@@ -358,7 +359,9 @@ impl Cache {
         }
         let profile = self.profile();
         let expires_at = match expiry {
-            Expiry::Adaptive => Some(now.saturating_add(duration_ms(adaptive_ttl(profile)))),
+            Expiry::Adaptive => {
+                Some(now.saturating_add(duration_ms(default_ttl(key.namespace(), profile))))
+            }
             Expiry::After(ttl) if ttl.is_zero() => return Err(CacheError::InvalidTtl),
             Expiry::After(ttl) => Some(now.saturating_add(duration_ms(ttl))),
             Expiry::Never => None,

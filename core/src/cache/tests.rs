@@ -469,6 +469,28 @@ fn adaptive_ttl_follows_the_profile() {
 }
 
 #[test]
+fn namespaces_off_the_mobile_table_keep_their_own_ttl() {
+    // Configuration, file metadata and backup status do not go stale faster on a fast network:
+    // an adaptive put there takes the namespace table's TTL whatever the profile.
+    let h = Harness::new(CacheConfig {
+        profile: profile(DeviceClass::Desktop, NetworkClass::Wifi),
+        ..CacheConfig::default()
+    });
+    for (ns, secs) in [
+        (Namespace::TenantConfig, 2 * 3600),
+        (Namespace::FileMetadata, 3600),
+        (Namespace::BackupStatus, 24 * 3600),
+        (Namespace::UserCache, 900),
+        (Namespace::AiModels, 900),
+    ] {
+        let k = acme(ns, "k");
+        let now = h.clock.now_ms();
+        h.cache.put(&k, b"v", Expiry::Adaptive).unwrap();
+        assert_eq!(h.column(&k, "expires_at"), Some(now + secs * 1000), "{ns}");
+    }
+}
+
+#[test]
 fn values_round_trip_through_compression() {
     for (device, compressed) in [
         (DeviceClass::Phone, Encoding::Gzip),

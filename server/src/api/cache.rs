@@ -12,7 +12,7 @@ use axum::extract::{Path, State, rejection::PathRejection};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Json, response::IntoResponse};
 use kryonix_protocol::wire::{CacheEntry, CachePut, MultiGetRequest, MultiGetResponse};
-use kryonix_protocol::{DEVICE_PROFILE_HEADER, DeviceProfile, Namespace, TenantKey, adaptive_ttl};
+use kryonix_protocol::{DEVICE_PROFILE_HEADER, DeviceProfile, Namespace, TenantKey, default_ttl};
 
 use super::{AppState, Caller, JsonBody};
 use crate::error::AppError;
@@ -97,7 +97,7 @@ fn ttl_for(
                 .map_err(|e: kryonix_protocol::profile::InvalidProfile| {
                     AppError::Malformed(e.to_string())
                 })?;
-            Ok(adaptive_ttl(profile))
+            Ok(default_ttl(namespace, profile))
         }
         None => Ok(namespace.default_ttl()),
     }

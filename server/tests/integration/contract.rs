@@ -692,6 +692,13 @@ async fn cache_round_trip_with_ttls(backend: Backend) {
         Some("desktop;wifi"),
     )
     .await;
+    // tenant_config is off the mobile table: a profile does not shorten its 2 h.
+    put(
+        "/v1/cache/tenant_config/flags",
+        json!({"value": b64(b"five")}),
+        Some("desktop;wifi"),
+    )
+    .await;
 
     let ttl = |v: &Value| v["ttl_secs"].as_u64().unwrap();
     let explicit = get("/v1/cache/user_cache/explicit").await.value();
@@ -709,6 +716,8 @@ async fn cache_round_trip_with_ttls(backend: Backend) {
     assert!((3599..=3600).contains(&ttl(&slow)), "{slow}");
     let desktop = get("/v1/cache/api_cache/desktop").await.value();
     assert!((899..=900).contains(&ttl(&desktop)), "{desktop}");
+    let flags = get("/v1/cache/tenant_config/flags").await.value();
+    assert!((7199..=7200).contains(&ttl(&flags)), "{flags}");
 
     // Overwrite, multi-get with a miss, delete.
     put(
