@@ -227,6 +227,9 @@ pub struct TierStatus {
     pub retries: u64,
     /// No progress for several slots while online with items waiting.
     pub stalled: bool,
+    /// Waiting items older than the tier's freshness TTL (critical 5 min, preferences 30 min,
+    /// application 1 h, background 2 h).
+    pub overdue: u64,
 }
 
 /// A snapshot of the sync engine (what the observer receives, and `status()` returns).
@@ -262,6 +265,7 @@ impl From<kryonix_core::sync::SyncStatus> for SyncStatus {
                     last_success_at_ms: t.last_success_at,
                     retries: t.retries,
                     stalled: t.stalled,
+                    overdue: t.overdue,
                 })
                 .collect(),
             wakeups: s.wakeups,

@@ -46,7 +46,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRe
 use rusqlite::{OptionalExtension, Row, ToSql, params};
 use uuid::Uuid;
 
-use crate::clock::{Clock, Millis};
+use crate::clock::{Clock, Millis, duration_ms};
 use crate::store::{Store, StoreError};
 
 /// Errors of the outbox.
@@ -201,6 +201,9 @@ pub struct TierStats {
     pub dead: u64,
     /// Age of the oldest waiting item, in milliseconds (0 when empty).
     pub oldest_age_ms: Millis,
+    /// Waiting items older than the tier's freshness TTL ([`Tier::freshness_ttl`]): data the
+    /// server should have had by now.
+    pub overdue: u64,
     /// When the tier's head may next be sent (`None` when nothing is pending).
     pub next_attempt_at: Option<Millis>,
 }
@@ -665,20 +668,33 @@ impl Outbox {
             for tier in Tier::ALL {
                 stats.tiers.insert(tier, TierStats::default());
             }
+            // An item is overdue once it is older than its tier's freshness TTL: one cutoff
+            // per tier, picked in SQL so the figure comes from the same scan as the counts.
             let mut stmt = tx.prepare_cached(
-                "SELECT tier, state, count(*), min(created_at) FROM outbox GROUP BY tier, state",
+                "SELECT tier, state, count(*), min(created_at),
+                        sum(created_at < CASE tier WHEN 1 THEN ?1 WHEN 2 THEN ?2
+                                                   WHEN 3 THEN ?3 ELSE ?4 END)
+                 FROM outbox GROUP BY tier, state",
             )?;
-            let mut rows = stmt.query([])?;
+            let cutoff = |tier: Tier| now.saturating_sub(duration_ms(tier.freshness_ttl()));
+            let mut rows = stmt.query(params![
+                cutoff(Tier::Critical),
+                cutoff(Tier::Preferences),
+                cutoff(Tier::Application),
+                cutoff(Tier::Background),
+            ])?;
             while let Some(row) = rows.next()? {
                 let tier = tier_from(row.get(0)?)?;
                 let state: ItemState = row.get(1)?;
                 let count: u64 = row.get(2)?;
                 let oldest: Millis = row.get(3)?;
+                let overdue: u64 = row.get(4)?;
                 let entry = stats.tiers.entry(tier).or_default();
                 match state {
                     ItemState::Dead => entry.dead = count,
                     ItemState::Pending | ItemState::InFlight => {
                         entry.depth += count;
+                        entry.overdue += overdue;
                         if state == ItemState::InFlight {
                             entry.in_flight = count;
                         }

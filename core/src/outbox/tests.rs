@@ -351,6 +351,59 @@ fn stats_report_depth_and_age() {
 }
 
 #[test]
+fn items_older_than_their_tiers_freshness_ttl_are_overdue() {
+    let f = fixture();
+    let old = put(&f.outbox, "old", Tier::Critical);
+    put(&f.outbox, "slow", Tier::Background);
+    let dead = put(&f.outbox, "dead", Tier::Critical);
+    f.outbox
+        .next_batch(100, TierSet::of(&[Tier::Critical]))
+        .unwrap();
+    f.outbox
+        .apply(&Write::Settle {
+            tier: Tier::Critical,
+            stored: vec![],
+            rejected: vec![Rejection {
+                id: dead,
+                code: "invalid_key".into(),
+                reason: "bad".into(),
+            }],
+            retry_at: f.clock.now_ms(),
+        })
+        .unwrap();
+    f.clock.advance(Duration::from_secs(4 * 60));
+    put(&f.outbox, "young", Tier::Critical);
+
+    // Exactly at the TTL is still fresh: overdue means older than it.
+    f.clock.advance(Duration::from_secs(60));
+    let stats = f.outbox.stats().unwrap();
+    assert_eq!(stats.tier(Tier::Critical).overdue, 0);
+
+    f.clock.advance(Duration::from_millis(1));
+    let stats = f.outbox.stats().unwrap();
+    let critical = stats.tier(Tier::Critical);
+    assert_eq!((critical.depth, critical.dead), (2, 1));
+    assert_eq!(
+        critical.overdue, 1,
+        "only `old`: a dead letter is not waiting"
+    );
+    assert_eq!(stats.tier(Tier::Background).overdue, 0, "fresh for 2 h");
+
+    // In flight still counts: the server has not confirmed it.
+    f.outbox
+        .next_batch(100, TierSet::of(&[Tier::Critical]))
+        .unwrap();
+    assert_eq!(f.outbox.stats().unwrap().tier(Tier::Critical).overdue, 1);
+    f.outbox.ack(&[old]).unwrap();
+    assert_eq!(f.outbox.stats().unwrap().tier(Tier::Critical).overdue, 0);
+
+    f.clock.advance(Duration::from_secs(2 * 3600));
+    let stats = f.outbox.stats().unwrap();
+    assert_eq!(stats.tier(Tier::Critical).overdue, 1, "young is old now");
+    assert_eq!(stats.tier(Tier::Background).overdue, 1);
+}
+
+#[test]
 fn invalid_input_is_refused_and_nothing_written() {
     let f = fixture();
     let too_big = vec![0u8; MAX_VALUE_BYTES + 1];

@@ -174,6 +174,9 @@ pub struct TierStatus {
     pub retries: u64,
     /// No progress for `watchdog_slots` slots while online with items waiting.
     pub stalled: bool,
+    /// Waiting items older than the tier's freshness TTL (5 min, 30 min, 1 h, 2 h): the server
+    /// should have had them by now. Reported once by the watchdog when it becomes non-zero.
+    pub overdue: u64,
 }
 
 /// A snapshot of the engine for the observer.
@@ -203,6 +206,8 @@ struct TierState {
     /// Slots that passed without progress while online with items waiting.
     idle_slots: u32,
     last_watch: Millis,
+    /// The watchdog has logged this tier's overdue items (reset when none are left).
+    overdue_reported: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,6 +412,12 @@ impl SyncEngine {
                 Some(wake) => earliest_head(outbox, self.sendable(wake))
                     .or((self.not_before > now).then_some(self.not_before)),
                 None => self.next_wake(outbox),
+            };
+            // Wake when a tier's first item turns overdue, so the status shows it even while
+            // offline (a status refresh only: no request goes unless one is due).
+            let at = match (at, first_overdue(now, outbox)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
             // Released orphans are due at once; look again shortly rather than never.
             let at = if recovering {
@@ -751,6 +762,19 @@ impl SyncEngine {
     fn watchdog(&mut self, now: Millis, outbox: &OutboxStats) {
         let online = self.online();
         for (tier, state) in self.tiers.iter_mut() {
+            let overdue = outbox.tier(*tier).overdue;
+            if overdue == 0 {
+                state.overdue_reported = false;
+            } else if !state.overdue_reported {
+                state.overdue_reported = true;
+                tracing::warn!(
+                    %tier,
+                    overdue,
+                    fresh_for_secs = tier.freshness_ttl().as_secs(),
+                    online,
+                    "sync: items older than their tier's freshness TTL are still waiting"
+                );
+            }
             let cadence = duration_ms(tier.cadence());
             let waiting = outbox.tier(*tier).depth > 0;
             if !online || !waiting {
@@ -789,10 +813,28 @@ impl SyncEngine {
                     last_success_at: state.last_success_at,
                     retries: state.retries,
                     stalled: state.idle_slots >= self.config.watchdog_slots,
+                    overdue: s.overdue,
                 },
             );
         }
     }
+}
+
+/// When the oldest waiting item of a tier with none overdue yet turns overdue.
+fn first_overdue(now: Millis, outbox: &OutboxStats) -> Option<Millis> {
+    Tier::ALL
+        .iter()
+        .filter_map(|&tier| {
+            let s = outbox.tier(tier);
+            (s.depth > 0 && s.overdue == 0).then(|| {
+                let fresh_for = duration_ms(tier.freshness_ttl());
+                // Overdue means strictly older than the TTL: one millisecond past it.
+                (now - s.oldest_age_ms)
+                    .saturating_add(fresh_for)
+                    .saturating_add(1)
+            })
+        })
+        .min()
 }
 
 /// The earliest time the head of one of `tiers` is due.

@@ -381,7 +381,11 @@ fn offline_sends_nothing_then_drains_tier_one_first() {
     let t0 = sim.clock.now_ms();
     sim.run_until(t0 + 3_600_000);
     assert!(sim.pushes.is_empty(), "offline must send nothing");
-    assert_eq!(sim.sleep, None, "no timer needed while offline");
+    assert_eq!(
+        sim.sleep,
+        Some(t0 + 3_600_000 + 1),
+        "offline, the only timer is the status refresh when tier 3 turns overdue (1 h)"
+    );
 
     sim.send(Event::NetworkChanged(WIFI));
     assert_eq!(
@@ -590,6 +594,26 @@ fn watchdog_reports_a_stalled_tier() {
     assert!(!sim.engine.status().tiers[&Tier::Critical].stalled);
     sim.run_until(t0 + 5 * 60_000);
     assert!(sim.engine.status().tiers[&Tier::Critical].stalled);
+}
+
+#[test]
+fn the_status_shows_items_older_than_their_tiers_freshness_ttl() {
+    // Offline: nothing can go. Critical items are fresh for 5 minutes, background ones for 2 h.
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.enqueue(Tier::Critical, 2);
+    sim.enqueue(Tier::Background, 1);
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 5 * 60_000);
+    let overdue = |sim: &Sim, tier| sim.engine.status().tiers[&tier].overdue;
+    assert_eq!(overdue(&sim, Tier::Critical), 0);
+    sim.run_until(t0 + 6 * 60_000);
+    assert_eq!(overdue(&sim, Tier::Critical), 2);
+    assert_eq!(overdue(&sim, Tier::Background), 0);
+    // Back online, the items go and the figure falls back to zero.
+    sim.send(Event::NetworkChanged(WIFI));
+    sim.run_until(t0 + 7 * 60_000);
+    assert_eq!(sim.depth(), 0);
+    assert_eq!(overdue(&sim, Tier::Critical), 0);
 }
 
 #[test]
