@@ -1,7 +1,9 @@
 //! The traits the app implements (foreign traits) and their adapters to core's traits.
 //!
-//! Both are called from the bindings' runtime threads, never the app's main thread: keep them
-//! quick and thread-safe. Implementations must not hold a strong reference to the
+//! Neither is called on the app's main thread. The observer runs on the bindings' runtime
+//! threads: keep it quick. The token provider runs on the runtime's blocking pool, so it may
+//! block (a token refresh over the network) without stalling other agents' sync. Both must be
+//! thread-safe. Implementations must not hold a strong reference to the
 //! `KryonixAgent` they are given to (the agent owns them; a reference back is a cycle that
 //! keeps both alive).
 
@@ -41,6 +43,8 @@ pub trait SyncObserver: Send + Sync {
 #[uniffi::export(with_foreign)]
 pub trait TokenProvider: Send + Sync {
     /// A token for the server; `refresh` is true after the server refused the previous one.
+    /// Asked before every request, on a background thread that may block: return the current
+    /// token at once and refresh (over the network if need be) only when `refresh` is true.
     fn token(&self, refresh: bool) -> Result<String, CallbackError>;
 }
 

@@ -31,7 +31,9 @@ use crate::outbox::OutboxItem;
 /// The largest answer body accepted after decompression.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Supplies bearer tokens. Implemented by the app (it owns sign-in).
+/// Supplies bearer tokens. Implemented by the app (it owns sign-in). Called on the runtime's
+/// blocking pool, never on a worker thread: it may block (a refresh over the network), but it is
+/// asked before every request, so keep the current token and refresh only when `refresh` is set.
 pub trait TokenProvider: Send + Sync + Debug {
     /// A token for the server; `refresh` is true after the server refused the previous one.
     fn token(&self, refresh: bool) -> Result<String, String>;
@@ -135,6 +137,23 @@ impl HttpTransport {
         })
     }
 
+    /// Asks the app for a token on the runtime's blocking pool: a provider that refreshes over
+    /// the network may take seconds, and on a worker thread it would stall every agent's sync
+    /// (the bindings' runtime has two workers).
+    async fn token(&self, refresh: bool) -> Result<String, TransportError> {
+        let tokens = Arc::clone(&self.tokens);
+        let answer = tokio::task::spawn_blocking(move || tokens.token(refresh))
+            .await
+            .map_err(|e| TransportError {
+                kind: FailureKind::Unauthorized,
+                message: format!("the token provider failed: {e}"),
+            })?;
+        answer.map_err(|e| TransportError {
+            kind: FailureKind::Unauthorized,
+            message: format!("no token: {e}"),
+        })
+    }
+
     /// Sends one request, refreshing the token once on 401. Returns the decoded answer body.
     async fn send(
         &self,
@@ -145,10 +164,7 @@ impl HttpTransport {
     ) -> Result<Vec<u8>, TransportError> {
         let mut refresh = false;
         loop {
-            let token = self.tokens.token(refresh).map_err(|e| TransportError {
-                kind: FailureKind::Unauthorized,
-                message: format!("no token: {e}"),
-            })?;
+            let token = self.token(refresh).await?;
             let mut headers = HeaderMap::new();
             headers.insert(PROTOCOL_HEADER, HeaderValue::from(PROTOCOL_VERSION));
             headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));

@@ -45,6 +45,26 @@ private final class CountingTokens: TokenProvider, @unchecked Sendable {
     }
 }
 
+/// A provider whose refresh waits on the network: it blocks its caller until released.
+private final class GatedTokens: TokenProvider, @unchecked Sendable {
+    private let value: String
+    private let condition = NSCondition()
+    private var open = false
+    private var _asked = 0
+    init(_ value: String) { self.value = value }
+    var asked: Int { condition.withLock { _asked } }
+    var released: Bool { condition.withLock { open } }
+    func release() { condition.withLock { open = true; condition.broadcast() } }
+    func token(refresh: Bool) -> String {
+        condition.withLock {
+            _asked += 1
+            let deadline = Date().addingTimeInterval(30)
+            while !open && condition.wait(until: deadline) {}
+        }
+        return value
+    }
+}
+
 private func noise(_ count: Int, seed: UInt64) -> Data {
     var state = seed &+ 0x9E37_79B9_7F4A_7C15
     return Data((0..<count).map { _ in
@@ -307,6 +327,39 @@ final class KryonixSyncTests: XCTestCase {
         let error = await kryonixError { try await agent.getOrFetch(namespace: .apiCache, key: "k") }
         XCTAssertEqual(error, .Unauthorized)
         try await agent.shutdown()
+    }
+
+    func testBlockingTokenProviderDoesNotStallOtherAgents() async throws {
+        // Two agents whose provider blocks hold as many threads as the runtime has workers.
+        let gates = [GatedTokens(token), GatedTokens(token)]
+        var slow: [KryonixAgent] = []
+        for gate in gates {
+            let agent = try open(config(network: wifi), tokens: gate)
+            _ = try agent.enqueue(namespace: .userCache, key: "gated", op: .put, payload: Data([1]), tier: .critical)
+            slow.append(agent)
+        }
+        do {
+            _ = try await poll("both providers asked") { gates.allSatisfy { $0.asked >= 1 } ? true : nil }
+            let quick = try open(config(network: wifi))
+            _ = try quick.enqueue(namespace: .userCache, key: "quick", op: .put, payload: Data([2]), tier: .critical)
+            _ = try await poll("the quick agent synced") { () async throws -> SyncReport? in
+                let r = try await quick.syncNow(tiers: [])
+                return r.remaining == 0 ? r : nil
+            }
+            XCTAssertTrue(gates.allSatisfy { !$0.released }, "the slow providers were still blocked")
+            try await quick.shutdown()
+        } catch {
+            gates.forEach { $0.release() }
+            throw error
+        }
+        gates.forEach { $0.release() }
+        for agent in slow {
+            _ = try await poll("released, the slow agent syncs") { () async throws -> SyncReport? in
+                let r = try await agent.syncNow(tiers: [])
+                return r.remaining == 0 ? r : nil
+            }
+            try await agent.shutdown()
+        }
     }
 
     func testQuickStart() async throws {

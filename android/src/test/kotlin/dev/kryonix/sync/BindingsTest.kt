@@ -9,6 +9,8 @@ import java.net.ServerSocket
 import java.nio.file.Files
 import java.util.Collections
 import java.util.Random
+import java.util.concurrent.CountDownLatch
+import java.util.concurrent.TimeUnit
 import java.util.concurrent.atomic.AtomicInteger
 import kotlin.system.exitProcess
 import kotlinx.coroutines.CoroutineStart
@@ -113,6 +115,17 @@ private class CountingTokens(private val value: String) : TokenProvider {
     override fun token(refresh: Boolean): String {
         calls.incrementAndGet()
         if (refresh) refreshes.incrementAndGet()
+        return value
+    }
+}
+
+/** A provider whose refresh waits on the network: it blocks its caller until released. */
+private class GatedTokens(private val value: String) : TokenProvider {
+    val asked = AtomicInteger()
+    val gate = CountDownLatch(1)
+    override fun token(refresh: Boolean): String {
+        asked.incrementAndGet()
+        gate.await(30, TimeUnit.SECONDS)
         return value
     }
 }
@@ -332,6 +345,30 @@ fun main() {
         expect(tokens.refreshes.get() >= 1) { "asked for a fresh token" }
         expectThrows<KryonixException.Unauthorized> { agent.getOrFetch(Namespace.API_CACHE, "k") }
         agent.shutdown()
+    }
+
+    check("a token provider that blocks (a refresh over the network) does not stall other agents") {
+        // Two agents whose provider blocks hold as many threads as the runtime has workers.
+        val gates = List(2) { GatedTokens(token) }
+        val slow = gates.map { gate ->
+            open(config(network = WIFI), tokens = gate).also {
+                it.enqueue(Namespace.USER_CACHE, "gated", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
+            }
+        }
+        try {
+            pollUntil("both providers asked") { true.takeIf { gates.all { it.asked.get() >= 1 } } }
+            val quick = open(config(network = WIFI))
+            quick.enqueue(Namespace.USER_CACHE, "quick", Op.PUT, byteArrayOf(2), Tier.CRITICAL)
+            pollUntil("the quick agent synced") { quick.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
+            expect(gates.all { it.gate.count == 1L }) { "the slow providers were still blocked" }
+            quick.shutdown()
+        } finally {
+            gates.forEach { it.gate.countDown() }
+        }
+        for (agent in slow) {
+            pollUntil("released, the slow agent syncs") { agent.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
+            agent.shutdown()
+        }
     }
 
     check("quick start (README) against the real server") {
