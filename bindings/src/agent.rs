@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kryonix_core::cache::Expiry;
 use kryonix_core::{Agent, ItemId};
-use kryonix_protocol::{DeviceProfile, TenantId};
+use kryonix_protocol::{AppVersion, DeviceProfile, TenantId};
 
 use crate::callbacks::{ObserverAdapter, SyncObserver, TokenAdapter, TokenProvider};
 use crate::error::KryonixError;
@@ -65,6 +65,9 @@ impl KryonixAgent {
         }
         if let Some(ms) = config.request_timeout_ms {
             core.request_timeout = Duration::from_millis(ms);
+        }
+        if let Some(version) = config.app_version {
+            core.app_version = Some(version.parse::<AppVersion>().map_err(invalid)?);
         }
         let observer = observer
             .map(|o| Arc::new(ObserverAdapter(o)) as Arc<dyn kryonix_core::sync::SyncObserver>);

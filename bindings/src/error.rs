@@ -2,7 +2,8 @@
 //!
 //! Variants are what an app acts on: wait for a network (`Offline`), sign in again
 //! (`Unauthorized`), fix the call (`InvalidInput`), free space or drop data (`NamespaceFull`),
-//! report a broken database (`Storage`), reopen (`Closed`). Everything else is `Other`.
+//! report a broken database (`Storage`), reopen (`Closed`), ship an update (`UpgradeRequired`).
+//! Everything else is `Other`.
 //! Named `KryonixError`, never `Error`, so it cannot clash with Swift's `Error` protocol;
 //! Kotlin sees it as `KryonixException`.
 
@@ -35,6 +36,15 @@ pub enum KryonixError {
     /// was locked by another process); otherwise the file is unusable as it is.
     #[error("storage: {reason}")]
     Storage { reason: String, retryable: bool },
+    /// The server no longer serves this app or protocol version: the app must be updated.
+    /// Nothing queued is lost; an updated app opening the same database uploads it.
+    #[error(
+        "upgrade required (minimum protocol {min_protocol:?}, minimum app version {min_app_version:?})"
+    )]
+    UpgradeRequired {
+        min_protocol: Option<u32>,
+        min_app_version: Option<String>,
+    },
     /// The agent was closed; open a new one.
     #[error("the agent is closed")]
     Closed,
@@ -51,6 +61,10 @@ impl From<Error> for KryonixError {
                 FailureKind::Unauthorized => Self::Unauthorized,
                 FailureKind::TooLarge => Self::InvalidInput { reason: e.message },
                 FailureKind::Retryable { .. } => Self::Offline { reason: e.message },
+                FailureKind::UpgradeRequired(u) => Self::UpgradeRequired {
+                    min_protocol: u.min_protocol,
+                    min_app_version: u.min_app_version,
+                },
             },
             Error::Cache(CacheError::NamespaceFull {
                 namespace,
@@ -171,6 +185,23 @@ mod tests {
                 ..
             }
         ));
+        let upgrade = Error::Transport(TransportError {
+            kind: FailureKind::UpgradeRequired(kryonix_core::sync::UpgradeRequired {
+                min_protocol: Some(2),
+                min_app_version: Some("4.2.0".into()),
+            }),
+            message: "426".into(),
+        });
+        match KryonixError::from(upgrade) {
+            KryonixError::UpgradeRequired {
+                min_protocol,
+                min_app_version,
+            } => {
+                assert_eq!(min_protocol, Some(2));
+                assert_eq!(min_app_version.as_deref(), Some("4.2.0"));
+            }
+            other => panic!("expected UpgradeRequired, got {other:?}"),
+        }
         assert!(matches!(
             KryonixError::from(Error::Closed),
             KryonixError::Closed

@@ -210,6 +210,11 @@ pub struct AgentConfig {
     /// Per-request timeout.
     #[uniffi(default = None)]
     pub request_timeout_ms: Option<u64>,
+    /// The app's version (`4.2.0`, `4.2.0-beta.1`), sent with every request so the server can
+    /// stop versions it no longer serves (`SyncStatus.upgradeRequired`). Pass the app's own
+    /// version name (`BuildConfig.VERSION_NAME`, `CFBundleShortVersionString`).
+    #[uniffi(default = None)]
+    pub app_version: Option<String>,
 }
 
 /// Per-tier queue and sync figures.
@@ -247,6 +252,18 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
     /// The server refused the token: sign the user in again.
     pub unauthorized: bool,
+    /// The server no longer serves this app or protocol version. Uploads stop (every item is
+    /// kept) until an updated app opens the database.
+    pub upgrade_required: Option<UpgradeRequired>,
+}
+
+/// The server's minimums, from its `426 upgrade_required` answer.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct UpgradeRequired {
+    /// The oldest protocol version the server serves.
+    pub min_protocol: Option<u32>,
+    /// The oldest app version the server serves, when it sets one.
+    pub min_app_version: Option<String>,
 }
 
 impl From<kryonix_core::sync::SyncStatus> for SyncStatus {
@@ -275,6 +292,10 @@ impl From<kryonix_core::sync::SyncStatus> for SyncStatus {
             cache_hit_ratio: s.cache_hit_ratio,
             last_error: s.last_error,
             unauthorized: s.unauthorized,
+            upgrade_required: s.upgrade_required.map(|u| UpgradeRequired {
+                min_protocol: u.min_protocol,
+                min_app_version: u.min_app_version,
+            }),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kryonix_protocol::wire::Op;
 use kryonix_protocol::{
-    DeviceClass, DeviceProfile, Namespace, NetworkProfile, TenantId, TenantKey, Tier,
+    AppVersion, DeviceClass, DeviceProfile, Namespace, NetworkProfile, TenantId, TenantKey, Tier,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -40,6 +40,10 @@ pub struct AgentConfig {
     pub engine: EngineConfig,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// The app's version, sent in every request (`kryonix-app-version`) so a server with a
+    /// minimum app version can stop apps too old for it (`426 upgrade_required`). `None`: not
+    /// sent, and only the protocol version is gated.
+    pub app_version: Option<AppVersion>,
 }
 
 impl AgentConfig {
@@ -57,6 +61,7 @@ impl AgentConfig {
             durability: Durability::Normal,
             engine: EngineConfig::default(),
             request_timeout: Duration::from_secs(30),
+            app_version: None,
         }
     }
 }
@@ -85,7 +90,8 @@ impl Agent<HttpTransport> {
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self> {
         let transport = HttpTransport::new(&config.server_url, tokens, config.request_timeout)
-            .map_err(|e| Error::Setup(e.message))?;
+            .map_err(|e| Error::Setup(e.message))?
+            .with_app_version(config.app_version.clone());
         Self::with_transport(config, transport, Arc::new(SystemClock), observer, runtime)
     }
 }

@@ -265,6 +265,12 @@ pub struct ErrorDetail {
     pub code: String,
     /// For humans; never contains internals.
     pub message: String,
+    /// With `upgrade_required`: the oldest protocol version the server serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_protocol: Option<u32>,
+    /// With `upgrade_required`: the oldest app version the server serves, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_app_version: Option<String>,
 }
 
 impl ErrorBody {
@@ -273,6 +279,8 @@ impl ErrorBody {
             error: ErrorDetail {
                 code: code.to_owned(),
                 message: message.into(),
+                min_protocol: None,
+                min_app_version: None,
             },
         }
     }
@@ -308,8 +316,12 @@ pub mod error_code {
     pub const BACKPRESSURE: &str = "backpressure";
     /// 503: the store is unreachable.
     pub const UNAVAILABLE: &str = "unavailable";
-    /// 400: the client speaks a protocol version this server does not (older or newer).
+    /// 400: the client speaks a newer protocol version than this server.
     pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
+    /// 426: the client's protocol or app version is older than the server's minimum; the body
+    /// carries `min_protocol` and, when the server has one, `min_app_version`. The device stops
+    /// syncing (keeping its items) until the app is updated.
+    pub const UPGRADE_REQUIRED: &str = "upgrade_required";
     /// 500: a bug; details are only in the server log.
     pub const INTERNAL: &str = "internal";
 }
@@ -431,6 +443,10 @@ mod tests {
     #[test]
     fn error_body_shape() {
         insta::assert_json_snapshot!(ErrorBody::new(error_code::RATE_LIMITED, "slow down"));
+        let mut upgrade = ErrorBody::new(error_code::UPGRADE_REQUIRED, "update the app");
+        upgrade.error.min_protocol = Some(2);
+        upgrade.error.min_app_version = Some("4.2.0".into());
+        insta::assert_json_snapshot!("upgrade_required", upgrade);
     }
 
     #[test]

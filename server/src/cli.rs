@@ -98,6 +98,11 @@ pub struct ServeArgs {
     /// hello, in seconds (the exactly-once window of an idle device).
     #[arg(long, env = "KRYONIX_PRODUCER_TTL_SECS")]
     pub producer_ttl_secs: Option<u64>,
+    /// Oldest app version served, e.g. 4.2.0: an agent stating an older one (header
+    /// kryonix-app-version) is answered 426 upgrade_required and stops syncing, keeping its
+    /// items, until the app is updated. Requests without the header are served.
+    #[arg(long, env = "KRYONIX_MIN_APP_VERSION")]
+    pub min_app_version: Option<String>,
     /// How often (at most) the sync store's memory is read for back-pressure, in milliseconds.
     #[arg(long, env = "KRYONIX_MEMORY_CHECK_INTERVAL_MS")]
     pub memory_check_interval_ms: Option<u64>,
@@ -206,6 +211,14 @@ impl ServeArgs {
         if let Some(secs) = self.producer_ttl_secs.or(file.producer_ttl_secs) {
             c.producer_ttl = Duration::from_secs(secs);
         }
+        if let Some(text) = self.min_app_version.clone().or(file.min_app_version) {
+            let version = text
+                .parse()
+                .map_err(|e: kryonix_protocol::InvalidAppVersion| {
+                    ConfigError::Invalid(format!("min_app_version: {e}"))
+                })?;
+            c.min_app_version = Some(version);
+        }
         if let Some(secs) = file.down_retention_secs {
             c.down_retention = Duration::from_secs(secs);
         }
@@ -266,6 +279,24 @@ mod tests {
         assert!(c.policy("acme").read_only);
         assert!(!c.policy("other").read_only);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_minimum_app_version_is_parsed_or_refused() {
+        let settle = |args: &[&str]| {
+            let mut all = vec!["kryonix-server", "serve"];
+            all.extend_from_slice(args);
+            let cli = Cli::try_parse_from(all).unwrap();
+            let Some(Command::Serve(args)) = cli.command else {
+                panic!("expected serve");
+            };
+            args.settle()
+        };
+        let c = settle(&["--min-app-version", "4.2"]).unwrap();
+        assert_eq!(c.min_app_version.unwrap().as_str(), "4.2");
+        assert!(settle(&[]).unwrap().min_app_version.is_none());
+        let err = settle(&["--min-app-version", "four"]).unwrap_err();
+        assert!(err.to_string().contains("min_app_version"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kryonix_protocol::Namespace;
 use kryonix_protocol::wire::{MAX_PUSH_ITEMS, MAX_VALUE_BYTES};
+use kryonix_protocol::{AppVersion, Namespace};
 use serde::Deserialize;
 
 /// Why a configuration could not be settled.
@@ -135,6 +135,9 @@ pub struct ServerConfig {
     /// How long the server remembers an idle producer's sequences: exactly-once holds for a
     /// producer that pushes or says hello at least this often.
     pub producer_ttl: Duration,
+    /// Apps stating an older version (`kryonix-app-version`) are answered `426 upgrade_required`
+    /// on every route; requests without the header are served.
+    pub min_app_version: Option<AppVersion>,
     /// How long published changes stay in the down streams.
     pub down_retention: Duration,
     pub backpressure: BackpressureConfig,
@@ -172,6 +175,7 @@ impl ServerConfig {
             max_value_bytes: MAX_VALUE_BYTES,
             request_timeout: Duration::from_secs(30),
             producer_ttl: DEFAULT_PRODUCER_TTL,
+            min_app_version: None,
             down_retention: Namespace::MobileSync.default_ttl(),
             backpressure: BackpressureConfig::default(),
             default_policy: TenantPolicy::default(),
@@ -300,6 +304,7 @@ pub struct FileConfig {
     pub max_value_bytes: Option<usize>,
     pub request_timeout_secs: Option<u64>,
     pub producer_ttl_secs: Option<u64>,
+    pub min_app_version: Option<String>,
     pub down_retention_secs: Option<u64>,
     /// Watermarks of tiers 2, 3, 4.
     pub backpressure_watermarks: Option<[f64; 3]>,

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kryonix_protocol::KeyError;
 use kryonix_protocol::wire::{ErrorBody, error_code};
+use kryonix_protocol::{KeyError, MIN_PROTOCOL_VERSION};
 
 use crate::store::StoreError;
 
@@ -20,9 +20,15 @@ pub enum AppError {
     /// 400: the body, query or a header does not parse.
     #[error("{0}")]
     Malformed(String),
-    /// 400: the client speaks another protocol version (older or newer).
+    /// 400: the client speaks a newer protocol version than this server.
     #[error("{0}")]
     UnsupportedProtocol(String),
+    /// 426: the client's protocol or app version is below the server's minimum.
+    #[error("{message}")]
+    UpgradeRequired {
+        message: String,
+        min_app_version: Option<String>,
+    },
     /// 401: missing, forged or expired token.
     #[error("{0}")]
     Unauthorized(String),
@@ -65,6 +71,9 @@ impl AppError {
             Self::Malformed(_) => (StatusCode::BAD_REQUEST, error_code::MALFORMED),
             Self::UnsupportedProtocol(_) => {
                 (StatusCode::BAD_REQUEST, error_code::UNSUPPORTED_PROTOCOL)
+            }
+            Self::UpgradeRequired { .. } => {
+                (StatusCode::UPGRADE_REQUIRED, error_code::UPGRADE_REQUIRED)
             }
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, error_code::UNAUTHORIZED),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, error_code::FORBIDDEN),
@@ -138,7 +147,15 @@ impl IntoResponse for AppError {
             other => other.to_string(),
         };
         let retry_after = self.retry_after();
-        let mut response = (status, axum::Json(ErrorBody::new(code, message))).into_response();
+        let mut body = ErrorBody::new(code, message);
+        if let Self::UpgradeRequired {
+            min_app_version, ..
+        } = self
+        {
+            body.error.min_protocol = Some(MIN_PROTOCOL_VERSION);
+            body.error.min_app_version = min_app_version;
+        }
+        let mut response = (status, axum::Json(body)).into_response();
         if let Some(wait) = retry_after {
             response.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -93,6 +93,18 @@ pub enum FailureKind {
     Unauthorized,
     /// The batch as a whole is too large for the server: send smaller batches.
     TooLarge,
+    /// The server no longer serves this protocol or app version (`426`): nothing is sent until
+    /// the app is updated (a new agent, opened by the updated app). Items wait.
+    UpgradeRequired(UpgradeRequired),
+}
+
+/// The server's minimums, from its `426 upgrade_required` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpgradeRequired {
+    /// The oldest protocol version the server serves.
+    pub min_protocol: Option<u32>,
+    /// The oldest app version the server serves, when it has a minimum.
+    pub min_app_version: Option<String>,
 }
 
 /// What happened.
@@ -194,6 +206,8 @@ pub struct SyncStatus {
     pub cache_hit_ratio: f64,
     pub last_error: Option<String>,
     pub unauthorized: bool,
+    /// The server refused this app as too old: nothing is sent until the app is updated.
+    pub upgrade_required: Option<UpgradeRequired>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -504,7 +518,8 @@ impl SyncEngine {
 
     /// Tiers the network lets out now.
     fn allowed(&self, outbox: &OutboxStats) -> TierSet {
-        if !self.online() {
+        // Behind the upgrade gate nothing goes: every request would be refused the same way.
+        if !self.online() || self.status.upgrade_required.is_some() {
             return TierSet::NONE;
         }
         if !self.slow() {
@@ -674,6 +689,20 @@ impl SyncEngine {
             return;
         };
         self.status.last_error = Some(error.clone());
+        if let FailureKind::UpgradeRequired(minimums) = &kind {
+            tracing::warn!(
+                min_protocol = ?minimums.min_protocol,
+                min_app_version = ?minimums.min_app_version,
+                "sync: the server requires a newer app; syncing stops until the app is updated"
+            );
+            self.status.upgrade_required = Some(minimums.clone());
+            if let Some(wake) = self.wake {
+                self.end_wake(now, wake);
+            }
+            if !matches!(in_flight, InFlight::Push(_)) {
+                return;
+            }
+        }
         let retry_after = match &kind {
             FailureKind::Retryable { retry_after } => *retry_after,
             _ => None,
@@ -686,7 +715,7 @@ impl SyncEngine {
             InFlight::Hello(tier) => {
                 // Nothing is in flight in the outbox: the tier that wanted to push waits as if
                 // its push had failed (an app's request still cuts the wait short).
-                let at = if kind == FailureKind::Unauthorized {
+                let at = if matches!(kind, FailureKind::Unauthorized) {
                     self.status.unauthorized = true;
                     self.wake = None;
                     self.slot_after(now, tier)
@@ -717,6 +746,8 @@ impl SyncEngine {
                     error,
                 }
             }
+            // A batch in flight goes back as it was: not an attempt, nothing reordered.
+            FailureKind::UpgradeRequired(_) => Write::Release { tier },
             FailureKind::Retryable { .. } => Write::Reschedule {
                 tier,
                 at: self.retry_time(now, tier),

@@ -16,7 +16,9 @@ pub mod retry;
 pub mod transport;
 
 pub use driver::{PULL_CURSOR_KEY, Step, SyncObserver, SyncReport, step};
-pub use engine::{Action, EngineConfig, Event, FailureKind, SyncEngine, SyncStatus, TierStatus};
+pub use engine::{
+    Action, EngineConfig, Event, FailureKind, SyncEngine, SyncStatus, TierStatus, UpgradeRequired,
+};
 pub use retry::RetrySchedule;
 pub use transport::{
     HttpTransport, PushReply, StaticToken, TokenProvider, Transport, TransportError,

@@ -18,14 +18,14 @@ use kryonix_protocol::wire::{
     PullResponse, PushItem, PushRequest, PushResponse,
 };
 use kryonix_protocol::{
-    COMPRESSION_THRESHOLD, DEVICE_PROFILE_HEADER, DeviceProfile, Encoding, Namespace,
-    PROTOCOL_HEADER, PROTOCOL_VERSION,
+    APP_VERSION_HEADER, AppVersion, COMPRESSION_THRESHOLD, DEVICE_PROFILE_HEADER, DeviceProfile,
+    Encoding, Namespace, PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
 use kryonix_protocol::{codec, routes};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 
-use super::engine::FailureKind;
+use super::engine::{FailureKind, UpgradeRequired};
 use crate::outbox::OutboxItem;
 
 /// The largest answer body accepted after decompression.
@@ -112,6 +112,8 @@ pub struct HttpTransport {
     client: reqwest::Client,
     base: String,
     tokens: Arc<dyn TokenProvider>,
+    /// Sent as `kryonix-app-version` when set (already validated as an [`AppVersion`]).
+    app_version: Option<HeaderValue>,
 }
 
 impl HttpTransport {
@@ -134,7 +136,15 @@ impl HttpTransport {
             client,
             base: base_url.trim_end_matches('/').to_owned(),
             tokens,
+            app_version: None,
         })
+    }
+
+    /// States the app's version in every request, for the server's upgrade gate.
+    pub fn with_app_version(mut self, version: Option<AppVersion>) -> Self {
+        // A parsed version is printable ASCII without spaces, so always a valid header value.
+        self.app_version = version.and_then(|v| HeaderValue::from_str(v.as_str()).ok());
+        self
     }
 
     /// Asks the app for a token on the runtime's blocking pool: a provider that refreshes over
@@ -168,6 +178,9 @@ impl HttpTransport {
             let mut headers = HeaderMap::new();
             headers.insert(PROTOCOL_HEADER, HeaderValue::from(PROTOCOL_VERSION));
             headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+            if let Some(version) = &self.app_version {
+                headers.insert(APP_VERSION_HEADER, version.clone());
+            }
             if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
                 headers.insert(header::AUTHORIZATION, value);
             }
@@ -220,17 +233,26 @@ impl HttpTransport {
                 refresh = true;
                 continue;
             }
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|b| {
+            let body = serde_json::from_slice::<ErrorBody>(&bytes).ok();
+            let message = body.as_ref().map_or_else(
+                || format!("HTTP {}", status.as_u16()),
+                |b| {
                     format!(
                         "{} ({}): {}",
                         status.as_u16(),
                         b.error.code,
                         b.error.message
                     )
-                })
-                .unwrap_or_else(|_| format!("HTTP {}", status.as_u16()));
+                },
+            );
             let kind = match status {
+                StatusCode::UPGRADE_REQUIRED => {
+                    let detail = body.map(|b| b.error);
+                    FailureKind::UpgradeRequired(UpgradeRequired {
+                        min_protocol: detail.as_ref().and_then(|d| d.min_protocol),
+                        min_app_version: detail.and_then(|d| d.min_app_version),
+                    })
+                }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => FailureKind::Unauthorized,
                 StatusCode::PAYLOAD_TOO_LARGE => FailureKind::TooLarge,
                 // Everything else — 429, 5xx, and even a 4xx that should not happen — is retried

@@ -115,12 +115,12 @@ final class KryonixSyncTests: XCTestCase {
 
     private func config(
         url: String = serverUrl, network: NetworkProfile = offline, tenant: String = "acme",
-        budget: UInt64? = nil, maxValue: UInt64? = nil, path: String? = nil
+        budget: UInt64? = nil, maxValue: UInt64? = nil, path: String? = nil, appVersion: String? = nil
     ) -> AgentConfig {
         AgentConfig(
             dbPath: path ?? dir.appendingPathComponent("\(UUID().uuidString).db").path,
             serverUrl: url, tenant: tenant, device: .phone, network: network,
-            cacheBudgetBytes: budget, maxValueBytes: maxValue, requestTimeoutMs: nil
+            cacheBudgetBytes: budget, maxValueBytes: maxValue, requestTimeoutMs: nil, appVersion: appVersion
         )
     }
 
@@ -360,6 +360,38 @@ final class KryonixSyncTests: XCTestCase {
             }
             try await agent.shutdown()
         }
+    }
+
+    /// scripts/test-bindings starts the server with KRYONIX_MIN_APP_VERSION=2.0.0.
+    func testUpgradeRequiredKeepsItemsUntilTheAppIsUpdated() async throws {
+        let bad = await kryonixError { try self.open(self.config(appVersion: "not a version")) }
+        guard case .InvalidInput = bad else { return XCTFail("\(String(describing: bad))") }
+        let path = dir.appendingPathComponent("gate.db").path
+        let recorder = RecordingObserver()
+        let old = try open(config(path: path, appVersion: "1.9.3"), observer: recorder)
+        for i in 0..<3 {
+            _ = try old.enqueue(namespace: .userCache, key: "gate-\(i)", op: .put, payload: Data([UInt8(i)]), tier: .background)
+        }
+        try old.setNetwork(network: wifi)
+        let report = try await old.syncNow(tiers: [])
+        XCTAssertEqual(report.remaining, 3)
+        let gate = UpgradeRequired(minProtocol: 2, minAppVersion: "2.0.0")
+        XCTAssertEqual(try old.status().upgradeRequired, gate)
+        _ = try await poll("the observer told") { recorder.statuses.last?.upgradeRequired == gate ? true : nil }
+        let refused = await kryonixError { try await old.getOrFetch(namespace: .userCache, key: "any") }
+        guard case .UpgradeRequired(_, let minAppVersion) = refused, minAppVersion == "2.0.0" else {
+            return XCTFail("\(String(describing: refused))")
+        }
+        try await old.shutdown()
+
+        let updated = try open(config(path: path, appVersion: "2.0.0"))
+        try updated.setNetwork(network: wifi)
+        _ = try await poll("the updated app delivered") { () async throws -> SyncReport? in
+            let r = try await updated.syncNow(tiers: [])
+            return r.remaining == 0 ? r : nil
+        }
+        XCTAssertNil(try updated.status().upgradeRequired)
+        try await updated.shutdown()
     }
 
     func testQuickStart() async throws {

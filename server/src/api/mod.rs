@@ -16,13 +16,16 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kryonix_protocol::codec::{self, CodecError};
 use kryonix_protocol::routes;
-use kryonix_protocol::{COMPRESSION_THRESHOLD, Encoding, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use kryonix_protocol::{
+    APP_VERSION_HEADER, AppVersion, COMPRESSION_THRESHOLD, Encoding, InvalidAppVersion,
+    MIN_PROTOCOL_VERSION, PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
 use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, Principal, Scope, TokenKeys};
@@ -108,7 +111,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(middleware::from_fn(check_protocol))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            check_versions,
+        ))
         .layer(middleware::from_fn(gzip_answers))
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -143,35 +149,57 @@ async fn timeout(State(state): State<AppState>, request: Request, next: Next) ->
     }
 }
 
-/// Refuses clients of any other protocol version, older ones too: version 2 changed what a push
-/// means (sequences instead of per-item markers), so a version 1 device must not be served as if
-/// it spoke 2. A request without the header is served (tools such as curl).
-async fn check_protocol(request: Request, next: Next) -> Response {
-    if let Some(value) = request.headers().get(PROTOCOL_HEADER) {
+/// The upgrade gate. A device older than the server's minimum protocol or app version is
+/// answered `426 upgrade_required` with the minimums in the body, and stops syncing until the
+/// app is updated: version 2 changed what a push means (sequences instead of per-item
+/// markers), so a version 1 device must not be served as if it spoke 2. A device newer than the
+/// server is answered `400 unsupported_protocol` (the server must be updated, not the app).
+/// A request without the headers is served (tools such as curl, backends).
+async fn check_versions(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Err(refusal) = versions_allowed(&state, request.headers()) {
+        return refusal.into_response();
+    }
+    next.run(request).await
+}
+
+fn versions_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+    let min_app_version = state.config.min_app_version.as_ref();
+    let upgrade = |message: String| AppError::UpgradeRequired {
+        message,
+        min_app_version: min_app_version.map(|v| v.to_string()),
+    };
+    if let Some(value) = headers.get(PROTOCOL_HEADER) {
         let version = value
             .to_str()
             .ok()
-            .and_then(|v| v.trim().parse::<u32>().ok());
-        match version {
-            Some(PROTOCOL_VERSION) => {}
-            Some(v) => {
-                let relation = if v > PROTOCOL_VERSION {
-                    "newer than"
-                } else {
-                    "older than"
-                };
-                return AppError::UnsupportedProtocol(format!(
-                    "protocol version {v} is {relation} this server's ({PROTOCOL_VERSION}); only {PROTOCOL_VERSION} is spoken"
-                ))
-                .into_response();
-            }
-            None => {
-                return AppError::Malformed(format!("{PROTOCOL_HEADER} must be a number"))
-                    .into_response();
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .ok_or_else(|| AppError::Malformed(format!("{PROTOCOL_HEADER} must be a number")))?;
+        if version < MIN_PROTOCOL_VERSION {
+            return Err(upgrade(format!(
+                "protocol version {version} is no longer served (the oldest is {MIN_PROTOCOL_VERSION}): update the app"
+            )));
+        }
+        if version > PROTOCOL_VERSION {
+            return Err(AppError::UnsupportedProtocol(format!(
+                "protocol version {version} is newer than this server's ({PROTOCOL_VERSION})"
+            )));
+        }
+    }
+    if let Some(value) = headers.get(APP_VERSION_HEADER) {
+        let stated: AppVersion = value
+            .to_str()
+            .map_err(|_| AppError::Malformed(format!("{APP_VERSION_HEADER} must be ASCII")))?
+            .parse()
+            .map_err(|e: InvalidAppVersion| AppError::Malformed(e.to_string()))?;
+        if let Some(min) = min_app_version {
+            if stated < *min {
+                return Err(upgrade(format!(
+                    "app version {stated} is no longer served (the oldest is {min}): update the app"
+                )));
             }
         }
     }
-    next.run(request).await
+    Ok(())
 }
 
 /// gzip-encodes JSON answers above the threshold for clients that accept gzip.

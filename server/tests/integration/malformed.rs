@@ -219,8 +219,8 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
                 r.headers_mut().insert("kryonix-protocol", "1".parse().unwrap());
                 r
             },
-            StatusCode::BAD_REQUEST,
-            "unsupported_protocol",
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
         ),
         (
             "older protocol on the hello",
@@ -229,8 +229,18 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
                 r.headers_mut().insert("kryonix-protocol", "1".parse().unwrap());
                 r
             },
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+        ),
+        (
+            "an app version that does not parse",
+            {
+                let mut r = raw(push_path, Method::POST, &token, push_body(json!([valid_item.clone()])));
+                r.headers_mut().insert("kryonix-app-version", "v4.2".parse().unwrap());
+                r
+            },
             StatusCode::BAD_REQUEST,
-            "unsupported_protocol",
+            "malformed",
         ),
         (
             "a version 1 body",
@@ -418,36 +428,139 @@ async fn malformed_requests_get_their_status_and_write_nothing() {
 }
 
 #[tokio::test]
-async fn only_the_current_protocol_version_is_served() {
+async fn the_upgrade_gate_answers_old_devices_426_with_the_minimums() {
+    let server = TestServer::with_redis(RedisOptions::default(), |c| {
+        c.min_app_version = Some("4.2.0".parse().unwrap());
+    })
+    .await;
+    let token = server.token("acme", "phone-1");
+    let body = serde_json::to_vec(
+        &json!({"producer": PRODUCER, "items": [item(&new_id(), 1, 1, "user_cache", "k", b"v")]}),
+    )
+    .unwrap();
+    let cases: [(Option<&str>, Option<&str>, StatusCode, &str); 11] = [
+        (Some("2"), Some("4.2.0"), StatusCode::OK, ""),
+        (Some(" 2 "), Some("4.10"), StatusCode::OK, ""),
+        (Some("2"), None, StatusCode::OK, ""),
+        (None, None, StatusCode::OK, ""),
+        (Some("2"), Some("4.2.0+build.9"), StatusCode::OK, ""),
+        (
+            Some("2"),
+            Some("4.1.9"),
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+        ),
+        (
+            Some("2"),
+            Some("4.2.0-rc.1"),
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+        ),
+        (
+            Some("1"),
+            Some("9.0"),
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+        ),
+        (
+            Some("0"),
+            None,
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+        ),
+        (
+            Some("3"),
+            Some("4.2.0"),
+            StatusCode::BAD_REQUEST,
+            "unsupported_protocol",
+        ),
+        (Some("two"), None, StatusCode::BAD_REQUEST, "malformed"),
+    ];
+    let before = server.redis().key_counts().await;
+    for (protocol, app, status, code) in cases {
+        let mut request = raw("/v1/sync/push", Method::POST, &token, body.clone());
+        if let Some(p) = protocol {
+            request
+                .headers_mut()
+                .insert("kryonix-protocol", p.parse().unwrap());
+        }
+        if let Some(a) = app {
+            request
+                .headers_mut()
+                .insert("kryonix-app-version", a.parse().unwrap());
+        }
+        let reply = server.send(request).await;
+        let case = format!("protocol {protocol:?}, app {app:?}");
+        assert_eq!(
+            reply.status,
+            status,
+            "{case}: {}",
+            String::from_utf8_lossy(&reply.bytes)
+        );
+        if status == StatusCode::OK {
+            continue;
+        }
+        assert_eq!(reply.code(), code, "{case}");
+        let error = &reply.value()["error"];
+        if status == StatusCode::UPGRADE_REQUIRED {
+            assert_eq!(error["min_protocol"], 2, "{case}: {error}");
+            assert_eq!(error["min_app_version"], "4.2.0", "{case}: {error}");
+            assert!(
+                error["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("update the app"),
+                "{case}: {error}"
+            );
+        } else {
+            assert!(error.get("min_protocol").is_none(), "{case}: {error}");
+        }
+    }
+    // The gate stands before authentication and every route: the hello and the cache too.
+    for (path, method) in [
+        ("/v1/sync/hello", Method::POST),
+        ("/v1/cache/user_cache/k", Method::GET),
+    ] {
+        let mut request = raw(
+            path,
+            method,
+            &token,
+            serde_json::to_vec(&json!({"producer": PRODUCER})).unwrap(),
+        );
+        request
+            .headers_mut()
+            .insert("kryonix-app-version", "1.0".parse().unwrap());
+        assert_eq!(
+            server.send(request).await.status,
+            StatusCode::UPGRADE_REQUIRED,
+            "{path}"
+        );
+    }
+    // Refused requests wrote nothing; the three accepted pushes wrote their one item.
+    let after = server.redis().key_counts().await;
+    assert_eq!(after[0..11], before[0..11]);
+}
+
+#[tokio::test]
+async fn without_a_minimum_app_version_only_the_protocol_is_gated() {
     let server = TestServer::with_redis(RedisOptions::default(), |_| {}).await;
     let token = server.token("acme", "phone-1");
     let body = serde_json::to_vec(
         &json!({"producer": PRODUCER, "items": [item(&new_id(), 1, 1, "user_cache", "k", b"v")]}),
     )
     .unwrap();
-    for (version, status) in [
-        ("2", StatusCode::OK),
-        (" 2 ", StatusCode::OK),
-        ("1", StatusCode::BAD_REQUEST),
-        ("0", StatusCode::BAD_REQUEST),
-        ("3", StatusCode::BAD_REQUEST),
-    ] {
-        let mut request = raw("/v1/sync/push", Method::POST, &token, body.clone());
-        request
-            .headers_mut()
-            .insert("kryonix-protocol", version.parse().unwrap());
-        let reply = server.send(request).await;
-        assert_eq!(reply.status, status, "version {version:?}");
-        if status != StatusCode::OK {
-            assert_eq!(reply.code(), "unsupported_protocol");
-            let message = reply.value()["error"]["message"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            assert!(message.contains("only 2 is spoken"), "{message}");
-        }
-    }
-    // Without the header (curl, scripts) the request is served.
-    let plain = raw("/v1/sync/push", Method::POST, &token, body);
-    assert_eq!(server.send(plain).await.status, StatusCode::OK);
+    let mut old_app = raw("/v1/sync/push", Method::POST, &token, body.clone());
+    old_app
+        .headers_mut()
+        .insert("kryonix-app-version", "0.1".parse().unwrap());
+    assert_eq!(server.send(old_app).await.status, StatusCode::OK);
+    let mut old_protocol = raw("/v1/sync/push", Method::POST, &token, body);
+    old_protocol
+        .headers_mut()
+        .insert("kryonix-protocol", "1".parse().unwrap());
+    let reply = server.send(old_protocol).await;
+    assert_eq!(reply.status, StatusCode::UPGRADE_REQUIRED);
+    let error = &reply.value()["error"];
+    assert_eq!(error["min_protocol"], 2);
+    assert!(error.get("min_app_version").is_none(), "{error}");
 }

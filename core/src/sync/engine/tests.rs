@@ -329,13 +329,18 @@ impl Sim {
                     let depth: Vec<String> =
                         s.tiers.values().map(|t| t.depth.to_string()).collect();
                     format!(
-                        "status: {}, depth {}, sent {}, wake-ups {}{}",
+                        "status: {}, depth {}, sent {}, wake-ups {}{}{}",
                         if s.online { "online" } else { "offline" },
                         depth.join("/"),
                         s.items_sent,
                         s.wakeups,
                         if s.tiers.values().any(|t| t.stalled) {
                             ", stalled"
+                        } else {
+                            ""
+                        },
+                        if s.upgrade_required.is_some() {
+                            ", upgrade required"
                         } else {
                             ""
                         }
@@ -357,6 +362,10 @@ fn describe_failure(kind: &FailureKind) -> String {
         } => format!("retryable, Retry-After {} s", after.as_secs()),
         FailureKind::Unauthorized => "unauthorized".into(),
         FailureKind::TooLarge => "too large".into(),
+        FailureKind::UpgradeRequired(u) => format!(
+            "upgrade required (min protocol {:?}, min app {:?})",
+            u.min_protocol, u.min_app_version
+        ),
     }
 }
 
@@ -872,6 +881,70 @@ fn transcript_retries_then_the_slot_then_the_app_asks() {
     sim.send(Event::SyncRequested(TierSet::of(&[Tier::Critical])));
     assert_eq!(sim.depth(), 0);
     assert_transcript("retries_then_the_slot_then_the_app_asks", &sim);
+}
+
+/// Refuses every push as the server of a newer release would: `426`, with its minimums.
+fn upgrade_gate() -> Server {
+    Box::new(|_, _| {
+        Err(FailureKind::UpgradeRequired(UpgradeRequired {
+            min_protocol: Some(2),
+            min_app_version: Some("4.2.0".into()),
+        }))
+    })
+}
+
+#[test]
+fn behind_the_upgrade_gate_nothing_more_is_sent_and_every_item_waits() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.server = upgrade_gate();
+    sim.enqueue(Tier::Critical, 3);
+    sim.enqueue(Tier::Background, 2);
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 6 * 3_600_000);
+    sim.send(Event::SyncRequested(TierSet::ALL));
+    sim.send(Event::NetworkChanged(WIFI));
+    assert_eq!(
+        sim.pushes.len(),
+        1,
+        "pushed again behind the gate: {:?}",
+        sim.pushes
+    );
+    assert_eq!(sim.depth(), 5);
+    assert!(sim.dead.is_empty());
+    let stats = sim.outbox.stats().unwrap();
+    assert_eq!(
+        stats.tier(Tier::Critical).in_flight,
+        0,
+        "the batch was not released"
+    );
+    let status = sim.engine.status();
+    assert_eq!(
+        status.upgrade_required,
+        Some(UpgradeRequired {
+            min_protocol: Some(2),
+            min_app_version: Some("4.2.0".into()),
+        })
+    );
+    // The refused batch was not an attempt: the updated app sends it as its first try.
+    for id in sim.labels.keys() {
+        let (item, _) = sim.outbox.get(*id).unwrap().unwrap();
+        assert_eq!(item.attempts, 0, "{item:?}");
+    }
+}
+
+#[test]
+fn transcript_the_upgrade_gate_stops_every_tier() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.server = upgrade_gate();
+    sim.enqueue(Tier::Critical, 1);
+    sim.enqueue(Tier::Application, 1);
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 120_000);
+    sim.send(Event::SyncRequested(TierSet::ALL));
+    assert_eq!(sim.depth(), 2);
+    assert_transcript("the_upgrade_gate_stops_every_tier", &sim);
 }
 
 #[test]

@@ -83,7 +83,8 @@ private fun config(
     maxValue: ULong? = null,
     path: String = dbPath(),
     timeoutMs: ULong? = null,
-) = AgentConfig(path, url, tenant, DeviceClass.PHONE, network, budget, maxValue, timeoutMs)
+    appVersion: String? = null,
+) = AgentConfig(path, url, tenant, DeviceClass.PHONE, network, budget, maxValue, timeoutMs, appVersion = appVersion)
 
 private fun open(
     cfg: AgentConfig = config(),
@@ -369,6 +370,30 @@ fun main() {
             pollUntil("released, the slow agent syncs") { agent.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
             agent.shutdown()
         }
+    }
+
+    check("UpgradeRequired: an app older than the server's minimum keeps its items until updated") {
+        // scripts/test-bindings starts the server with KRYONIX_MIN_APP_VERSION=2.0.0.
+        expectThrows<KryonixException.InvalidInput> { open(config(appVersion = "not a version")) }
+        val path = dbPath()
+        val rec = RecordingObserver()
+        val old = open(config(path = path, appVersion = "1.9.3"), observer = rec)
+        repeat(3) { old.enqueue(Namespace.USER_CACHE, "gate-$it", Op.PUT, byteArrayOf(it.toByte()), Tier.BACKGROUND) }
+        old.setNetwork(WIFI)
+        val report = old.syncNow(emptyList())
+        expect(report.remaining == 3UL) { "$report" }
+        val gate = UpgradeRequired(minProtocol = 2u, minAppVersion = "2.0.0")
+        expect(old.status().upgradeRequired == gate) { "${old.status()}" }
+        pollUntil("the observer told") { rec.statuses.lastOrNull()?.takeIf { it.upgradeRequired == gate } }
+        val refused = expectThrows<KryonixException.UpgradeRequired> { old.getOrFetch(Namespace.USER_CACHE, "any") }
+        expect(refused.minAppVersion == "2.0.0") { "$refused" }
+        old.shutdown()
+
+        val updated = open(config(path = path, appVersion = "2.0.0"))
+        updated.setNetwork(WIFI)
+        pollUntil("the updated app delivered") { updated.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
+        expect(updated.status().upgradeRequired == null) { "${updated.status()}" }
+        updated.shutdown()
     }
 
     check("quick start (README) against the real server") {
