@@ -882,3 +882,47 @@ proptest! {
         prop_assert_eq!(stats.raw_bytes, model.values().map(|v| v.len() as u64).sum::<u64>());
     }
 }
+
+/// The TTL rule under wall-clock jumps (docs/adr/0008-tier-freshness-and-the-wall-clock.md):
+/// forward, entries past their expiry read as misses at once, but nothing reclaims them in one
+/// unbounded sweep — reads, bounded purge steps and eviction do, a little at a time.
+#[test]
+fn a_clock_set_forward_expires_by_the_wall_clock_and_reclaims_in_bounded_steps() {
+    let h = Harness::new(CacheConfig::default());
+    for i in 0..300 {
+        h.cache
+            .put(
+                &acme(Namespace::ApiCache, &format!("k{i}")),
+                b"v",
+                Expiry::After(3_600 * SEC),
+            )
+            .unwrap();
+    }
+    let kept = acme(Namespace::ApiCache, "kept");
+    h.cache.put(&kept, b"v", Expiry::Never).unwrap();
+    h.clock.advance(Duration::from_secs(86_400));
+    assert_eq!(h.cache.get(&acme(Namespace::ApiCache, "k7")).unwrap(), None);
+    assert_eq!(h.rows(), 300, "a read removes only what it read");
+    assert_eq!(h.cache.purge_expired(100).unwrap(), 100);
+    assert_eq!(h.rows(), 200);
+    // A write does not sweep the rest either.
+    h.cache
+        .put(&acme(Namespace::ApiCache, "new"), b"v", Expiry::After(SEC))
+        .unwrap();
+    assert_eq!(h.rows(), 201);
+    assert_eq!(h.cache.get(&kept).unwrap().as_deref(), Some(&b"v"[..]));
+    h.assert_ledger_matches_db();
+}
+
+/// Backward, an entry lives longer by at most the jump: its expiry is a wall-clock instant.
+#[test]
+fn a_clock_set_back_lengthens_a_ttl_by_at_most_the_jump() {
+    let h = Harness::new(CacheConfig::default());
+    let k = acme(Namespace::ApiCache, "k");
+    h.cache.put(&k, b"v", Expiry::After(300 * SEC)).unwrap();
+    h.clock.set(T0 - 86_400_000);
+    let ttl = h.cache.get_entry(&k).unwrap().unwrap().ttl.unwrap();
+    assert_eq!(ttl, Duration::from_secs(86_400 + 300));
+    h.clock.set(T0 + 300_000);
+    assert_eq!(h.cache.get(&k).unwrap(), None);
+}

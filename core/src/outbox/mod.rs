@@ -319,6 +319,10 @@ pub enum Write {
     /// The tier's pending items wait until at least `at` (the session's hello failed before
     /// they could be sent): no attempt counted.
     Defer { tier: Tier, at: Millis },
+    /// The tier's pending items wait no later than `at`: the wall clock was set back, and a
+    /// retry it scheduled now lies further ahead than any wait the engine would choose.
+    /// Order, attempts and states are unchanged.
+    Clamp { tier: Tier, at: Millis },
 }
 
 /// What [`Outbox::apply`] did.
@@ -519,6 +523,14 @@ impl Outbox {
                     let (producer, renumbered) = reconcile(tx, last_seq)?;
                     applied.new_producer = producer;
                     applied.renumbered = renumbered;
+                }
+                Write::Clamp { tier, at } => {
+                    applied.rescheduled = tx
+                        .prepare_cached(
+                            "UPDATE outbox SET next_attempt_at = ?3
+                             WHERE state = ?1 AND tier = ?2 AND next_attempt_at > ?3",
+                        )?
+                        .execute(params![ItemState::Pending, tier.number(), at])?;
                 }
                 Write::MakeDue(tiers) => {
                     let mut update = tx.prepare_cached(

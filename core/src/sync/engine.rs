@@ -36,6 +36,17 @@
 //! local write. No attempt count ever drops an item; only a per-item rejection by the server
 //! moves one to the dead-letter lane, and the rest keeps flowing.
 //!
+//! # The wall clock
+//!
+//! Times are wall-clock milliseconds (the outbox stores them, so a backoff survives a restart),
+//! and a user or NTP may move that clock. Forward, waits simply end early. Backward, every
+//! scheduled time — a stored retry, a tier's slot, a server's `Retry-After` — would suddenly lie
+//! as far ahead as the jump. So no wait may lie further ahead than the longest the engine ever
+//! chooses (its *horizon*: the tier's cadence, the retry schedule's cap with jitter, or
+//! [`MAX_RETRY_AFTER`]); every poll pulls anything beyond it back, the stored retries with
+//! [`Write::Clamp`]. After a backward jump a batch waits at most that horizon
+//! (docs/adr/0008-tier-freshness-and-the-wall-clock.md).
+//!
 //! The outbox is the truth: should a write the engine asked for fail (a full disk), the items
 //! stay in flight in the database while the engine has nothing in flight. The next poll sees
 //! that in the snapshot and releases them, so a failed write delays items but never strands
@@ -50,6 +61,10 @@ use kryonix_protocol::{DeviceClass, NetworkClass, NetworkProfile, Tier};
 use super::retry::RetrySchedule;
 use crate::clock::{Millis, duration_ms};
 use crate::outbox::{ItemId, OutboxStats, Rejection, TierSet, Write};
+
+/// The longest `Retry-After` honoured: a server asking for more is waited for this long, then
+/// asked again (a typo'd or hostile header must not park a phone's uploads for days).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -407,8 +422,10 @@ impl SyncEngine {
             self.start_wake(now, outbox);
         }
         self.watchdog(now, outbox);
-        // While orphans are being released the snapshot is stale: decide at the next step.
-        let recovering = self.recover_orphans(outbox, &mut actions);
+        // While orphans are released or schedules pulled back the snapshot is stale: decide at
+        // the next step.
+        let clamped = self.clamp_to_clock(now, outbox, &mut actions);
+        let recovering = self.recover_orphans(outbox, &mut actions) || clamped;
         if self.in_flight.is_none() && now >= self.not_before && !recovering {
             if self.wake.is_none() && self.next_wake(outbox).is_some_and(|at| at <= now) {
                 self.start_wake(now, outbox);
@@ -494,6 +511,66 @@ impl SyncEngine {
             if outbox.tier(tier).in_flight > 0 && self.in_flight != Some(InFlight::Push(tier)) {
                 tracing::warn!(%tier, "sync: items left in flight by a failed write are released");
                 actions.push(Action::Outbox(Write::Release { tier }));
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// The longest wait the engine would choose for `tier` now: the retry schedule's cap (which
+    /// jitter at most doubles) while the tier backs off within a wake-up, else its slot cadence.
+    fn horizon(&self, tier: Tier) -> Millis {
+        let jitter = if self.config.retry.jitter { 2 } else { 1 };
+        let retry_cap = duration_ms(self.config.retry.max_delay).saturating_mul(jitter);
+        let backing_off = self.wake.is_some_and(|w| w.contains(tier))
+            && self
+                .tiers
+                .get(&tier)
+                .is_some_and(|s| (1..=self.config.retries_per_attempt).contains(&s.call_retries));
+        if backing_off {
+            retry_cap
+        } else {
+            duration_ms(tier.cadence()).max(retry_cap)
+        }
+    }
+
+    /// Pulls every scheduled time back within its horizon of `now` (see "The wall clock" in the
+    /// module docs): a clock set back must not make anything wait as long as the jump. Returns
+    /// whether the outbox was asked to change.
+    fn clamp_to_clock(
+        &mut self,
+        now: Millis,
+        outbox: &OutboxStats,
+        actions: &mut Vec<Action>,
+    ) -> bool {
+        let retry_after_limit = now.saturating_add(duration_ms(MAX_RETRY_AFTER));
+        if self.not_before > retry_after_limit {
+            tracing::warn!(
+                ahead_ms = self.not_before - now,
+                "sync: the clock went back; the server's Retry-After is shortened"
+            );
+            self.not_before = retry_after_limit;
+        }
+        let mut any = false;
+        for tier in Tier::ALL {
+            let limit = now.saturating_add(self.horizon(tier));
+            if let Some(state) = self.tiers.get_mut(&tier) {
+                state.next_slot = state.next_slot.min(limit);
+                state.last_watch = state.last_watch.min(now);
+            }
+            let at = limit.max(self.not_before);
+            if self.in_flight != Some(InFlight::Push(tier))
+                && outbox
+                    .tier(tier)
+                    .next_attempt_at
+                    .is_some_and(|head| head > at)
+            {
+                tracing::warn!(
+                    %tier,
+                    ahead_ms = outbox.tier(tier).next_attempt_at.map(|h| h - now),
+                    "sync: the clock went back; retries scheduled beyond the backoff cap are pulled in"
+                );
+                actions.push(Action::Outbox(Write::Clamp { tier, at }));
                 any = true;
             }
         }
@@ -708,6 +785,7 @@ impl SyncEngine {
             _ => None,
         };
         if let Some(after) = retry_after {
+            let after = after.min(MAX_RETRY_AFTER);
             self.not_before = self.not_before.max(now + duration_ms(after));
         }
         let tier = match in_flight {

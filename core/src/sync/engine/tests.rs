@@ -80,8 +80,13 @@ fn refuse_once_with_retry_after(after: Duration) -> Server {
 
 impl Sim {
     fn new(config: EngineConfig) -> Self {
+        Self::starting_at(config, 1_000_000)
+    }
+
+    /// A simulation whose clock starts at `start` (Unix milliseconds).
+    fn starting_at(config: EngineConfig, start: Millis) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::new(1_000_000);
+        let clock = ManualClock::new(start);
         let store = Arc::new(Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap());
         let oc = OutboxConfig::new(TenantId::new("acme").unwrap());
         let outbox = Outbox::open(store, Arc::new(clock.clone()), oc).unwrap();
@@ -287,6 +292,9 @@ impl Sim {
             Write::MakeDue(tiers) => format!("make {} due now", tier_list(*tiers)),
             Write::Defer { tier, at } => {
                 format!("defer t{} to {}", tier.number(), self.at(*at).trim())
+            }
+            Write::Clamp { tier, at } => {
+                format!("pull t{} back to {}", tier.number(), self.at(*at).trim())
             }
             Write::Reconcile { last_seq } => {
                 format!("reconcile numbering with the server's {last_seq:?}")
@@ -527,6 +535,124 @@ fn items_are_never_dropped_and_go_once_the_server_recovers() {
     sim.run_until(healthy_at + 3_600_000);
     assert_eq!(sim.depth(), 0);
     assert!(sim.dead.is_empty());
+}
+
+const DAY: Millis = 86_400_000;
+/// 2026-12-01, where the clock tests start: a day back must still be a real date.
+const DEC_2026: Millis = 1_796_083_200_000;
+
+/// Fails the first `n` pushes, then accepts everything.
+fn fail_first(n: usize) -> Server {
+    let mut left = n;
+    Box::new(move |items, now| {
+        if left > 0 {
+            left -= 1;
+            return Err(FailureKind::Retryable { retry_after: None });
+        }
+        accept_all()(items, now)
+    })
+}
+
+/// Fails every push until `healthy` is set.
+fn fail_until(healthy: Arc<std::sync::atomic::AtomicBool>) -> Server {
+    Box::new(move |items, now| {
+        if !healthy.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(FailureKind::Retryable { retry_after: None });
+        }
+        accept_all()(items, now)
+    })
+}
+
+#[test]
+fn a_clock_set_back_a_day_mid_backoff_delays_a_retry_by_at_most_the_backoff_cap() {
+    let config = EngineConfig::default();
+    let cap = duration_ms(config.retry.max_delay); // no jitter in the simulation
+    let mut sim = Sim::starting_at(config, DEC_2026);
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    sim.server = fail_until(healthy.clone());
+    sim.enqueue(Tier::Critical, 3);
+    sim.enqueue(Tier::Background, 2);
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    // Failures at 0 s and 1 s: both batches are backing off, due at +3 s.
+    sim.run_until(t0 + 1_500);
+    assert_eq!(sim.pushes.len(), 4, "{:?}", sim.pushes);
+    // The user sets the clock back a day and the server recovers; the driver's timer fires (it
+    // sleeps on a monotonic clock, so it fires when it was due).
+    let jumped = t0 + 1_500 - DAY;
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    sim.clock.set(jumped);
+    sim.send(Event::Tick);
+    sim.run_until(jumped + 10 * 60_000);
+    let critical: Vec<Millis> = sim
+        .pushes
+        .iter()
+        .skip(4)
+        .filter(|(_, tiers)| tiers.contains(&Tier::Critical))
+        .map(|(t, _)| t - jumped)
+        .collect();
+    assert!(
+        critical.first().is_some_and(|t| *t <= cap),
+        "the retry waited longer than the cap ({cap} ms) after the jump: {critical:?}"
+    );
+    assert_eq!(sim.depth(), 0, "everything went within minutes, not a day");
+    assert!(sim.dead.is_empty());
+    // Nothing in memory still points a day ahead either: a new item goes within its cadence.
+    sim.enqueue(Tier::Background, 1);
+    let now = sim.clock.now_ms();
+    sim.run_until(now + duration_ms(Tier::Background.cadence()));
+    assert_eq!(sim.depth(), 0);
+}
+
+#[test]
+fn a_clock_set_forward_a_day_mid_backoff_sends_at_once_and_only_once() {
+    let mut sim = Sim::starting_at(EngineConfig::default(), DEC_2026);
+    sim.server = fail_first(1);
+    sim.enqueue(Tier::Critical, 3);
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    assert_eq!(sim.pushes.len(), 1);
+    let jumped = t0 + 200 + DAY;
+    sim.clock.set(jumped);
+    sim.send(Event::Tick);
+    assert_eq!(sim.pushes.len(), 2, "the due retry goes at the first tick");
+    assert_eq!(sim.pushes[1].0, jumped);
+    assert_eq!(sim.depth(), 0);
+    sim.run_until(jumped + 3_600_000);
+    assert_eq!(sim.pushes.len(), 2, "nothing is sent twice");
+}
+
+#[test]
+fn a_retry_after_of_days_is_waited_for_an_hour_at_most() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.server = refuse_once_with_retry_after(Duration::from_secs(10 * 86_400));
+    sim.enqueue(Tier::Critical, 1);
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 2 * 3_600_000);
+    assert_eq!(sim.depth(), 0);
+    let second = sim.pushes[1].0 - t0;
+    assert!(
+        (duration_ms(MAX_RETRY_AFTER)..=duration_ms(MAX_RETRY_AFTER) + 60_000).contains(&second),
+        "asked again after {second} ms"
+    );
+}
+
+#[test]
+fn transcript_the_clock_goes_back_a_day_mid_backoff() {
+    let mut sim = Sim::starting_at(EngineConfig::default(), DEC_2026);
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    sim.server = fail_until(healthy.clone());
+    sim.enqueue(Tier::Critical, 1);
+    sim.send(Event::NetworkChanged(WIFI));
+    let t0 = sim.clock.now_ms();
+    sim.run_until(t0 + 1_500);
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    sim.clock.set(t0 + 1_500 - DAY);
+    sim.send(Event::Tick);
+    sim.run_until(t0 + 1_500 - DAY + 120_000);
+    assert_eq!(sim.depth(), 0);
+    assert_transcript("the_clock_goes_back_a_day_mid_backoff", &sim);
 }
 
 #[test]
