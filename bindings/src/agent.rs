@@ -66,6 +66,7 @@ impl KryonixAgent {
         if let Some(ms) = config.request_timeout_ms {
             core.request_timeout = Duration::from_millis(ms);
         }
+        core.max_db_bytes = config.max_db_bytes;
         if let Some(version) = config.app_version {
             core.app_version = Some(version.parse::<AppVersion>().map_err(invalid)?);
         }

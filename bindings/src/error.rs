@@ -2,7 +2,8 @@
 //!
 //! Variants are what an app acts on: wait for a network (`Offline`), sign in again
 //! (`Unauthorized`), fix the call (`InvalidInput`), free space or drop data (`NamespaceFull`),
-//! report a broken database (`Storage`), reopen (`Closed`), ship an update (`UpgradeRequired`).
+//! free space on the device (`StorageFull`), report a broken database (`Storage`), reopen
+//! (`Closed`), ship an update (`UpgradeRequired`).
 //! Everything else is `Other`.
 //! Named `KryonixError`, never `Error`, so it cannot clash with Swift's `Error` protocol;
 //! Kotlin sees it as `KryonixException`.
@@ -32,6 +33,11 @@ pub enum KryonixError {
     /// No dead letter (or queued item) with this id.
     #[error("not found: {id}")]
     NotFound { id: String },
+    /// The device's storage is full: nothing was written, and everything written before is
+    /// intact. The same call succeeds once space is freed (the cache has already evicted what
+    /// its policies allow).
+    #[error("the device storage is full; nothing was written")]
+    StorageFull,
     /// The database failed. `retryable` is true when the same call may succeed later (the file
     /// was locked by another process); otherwise the file is unusable as it is.
     #[error("storage: {reason}")]
@@ -94,6 +100,9 @@ impl From<Error> for KryonixError {
             ) => Self::InvalidInput {
                 reason: e.to_string(),
             },
+            Error::Store(StoreError::Full)
+            | Error::Cache(CacheError::Store(StoreError::Full))
+            | Error::Outbox(OutboxError::Store(StoreError::Full)) => Self::StorageFull,
             e @ (Error::Store(_)
             | Error::Cache(CacheError::Store(_) | CacheError::Codec(_))
             | Error::Outbox(OutboxError::Store(_) | OutboxError::BadRow(_))) => Self::Storage {
@@ -109,7 +118,7 @@ impl From<Error> for KryonixError {
                 retryable: false, ..
             }
             | Self::Other { .. } => tracing::error!(error = %mapped, "kryonix call failed"),
-            Self::Storage { .. } | Self::NamespaceFull { .. } => {
+            Self::Storage { .. } | Self::NamespaceFull { .. } | Self::StorageFull => {
                 tracing::warn!(error = %mapped, "kryonix call failed");
             }
             _ => tracing::debug!(error = %mapped, "kryonix call failed"),
@@ -176,6 +185,12 @@ mod tests {
                 budget: 12,
                 ..
             }
+        ));
+        let full = Error::from(OutboxError::Store(StoreError::Full));
+        assert!(full.is_retryable());
+        assert!(matches!(
+            KryonixError::from(full),
+            KryonixError::StorageFull
         ));
         let corrupt = Error::from(StoreError::Corrupt("bad page".into()));
         assert!(matches!(

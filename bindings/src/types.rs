@@ -210,6 +210,10 @@ pub struct AgentConfig {
     /// Per-request timeout.
     #[uniffi(default = None)]
     pub request_timeout_ms: Option<u64>,
+    /// The most the database file may grow to, in bytes. At the limit (or on a full disk) writes
+    /// fail with `StorageFull` and change nothing.
+    #[uniffi(default = None)]
+    pub max_db_bytes: Option<u64>,
     /// The app's version (`4.2.0`, `4.2.0-beta.1`), sent with every request so the server can
     /// stop versions it no longer serves (`SyncStatus.upgradeRequired`). Pass the app's own
     /// version name (`BuildConfig.VERSION_NAME`, `CFBundleShortVersionString`).

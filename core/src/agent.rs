@@ -40,6 +40,10 @@ pub struct AgentConfig {
     pub engine: EngineConfig,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// The most the database file may grow to, or `None` for no limit but the disk's. At the
+    /// limit, writes fail with a full-storage error exactly as on a full disk
+    /// ([`crate::StoreError::Full`]).
+    pub max_db_bytes: Option<u64>,
     /// The app's version, sent in every request (`kryonix-app-version`) so a server with a
     /// minimum app version can stop apps too old for it (`426 upgrade_required`). `None`: not
     /// sent, and only the protocol version is gated.
@@ -61,6 +65,7 @@ impl AgentConfig {
             durability: Durability::Normal,
             engine: EngineConfig::default(),
             request_timeout: Duration::from_secs(30),
+            max_db_bytes: None,
             app_version: None,
         }
     }
@@ -107,6 +112,7 @@ impl<T: Transport> Agent<T> {
     ) -> Result<Self> {
         let options = StoreOptions {
             durability: config.durability,
+            max_size_bytes: config.max_db_bytes,
             ..StoreOptions::default()
         };
         let store = Arc::new(Store::open(&config.db_path, &options)?);
@@ -197,6 +203,10 @@ impl<T: Transport> Agent<T> {
 
     /// Writes a value locally and queues it for upload: the app sees its own write at once, and
     /// it shadows server values for that key until the server has it.
+    ///
+    /// Should the queue refuse it (a full disk), the cached copy is dropped again, so the app
+    /// never sees a value locally that will not reach the server; the key then reads as a
+    /// miss (read-through refills it).
     pub fn write(
         &self,
         namespace: Namespace,
@@ -206,7 +216,15 @@ impl<T: Transport> Agent<T> {
     ) -> Result<ItemId> {
         let tenant_key = self.key(namespace, key)?;
         self.cache.put(&tenant_key, value, Expiry::Adaptive)?;
-        self.enqueue(namespace, key, Op::Put, value, tier)
+        let queued = self.enqueue(namespace, key, Op::Put, value, tier);
+        // Only a refusal by the queue means "not queued"; an agent closed after the enqueue has
+        // the item queued all the same.
+        if let Err(Error::Outbox(_)) = &queued {
+            if let Err(error) = self.cache.delete(&tenant_key) {
+                tracing::warn!(%error, key = tenant_key.as_str(), "could not drop the cached copy of a write that was not queued");
+            }
+        }
+        queued
     }
 
     /// Syncs the given tiers now (whatever the network class, unless offline) and returns when
@@ -339,8 +357,9 @@ mod tests {
     };
 
     use super::*;
-    use crate::outbox::OutboxItem;
+    use crate::outbox::{OutboxError, OutboxItem};
     use crate::sync::transport::{PushReply, TransportError};
+    use crate::{CacheError, StoreError};
 
     /// An in-memory server at the transport edge that keeps the last number stored per
     /// producer and tier, as the real one does, and the ids it stored.
@@ -449,6 +468,59 @@ mod tests {
         let clock = Arc::new(SystemClock);
         let agent = Agent::with_transport(config, FakeServer::default(), clock, observer, &runtime);
         (dir, agent.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_write_the_full_disk_refuses_is_not_left_in_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let mut config = AgentConfig::new(dir.path().join("a.db"), "http://unused", tenant);
+        config.max_db_bytes = Some(256 * 1024);
+        let runtime = tokio::runtime::Handle::current();
+        let agent = Agent::with_transport(
+            config,
+            FakeServer::default(),
+            Arc::new(SystemClock),
+            None,
+            &runtime,
+        )
+        .unwrap();
+        // Values that do not compress: each costs its size twice (cache and queue).
+        let value = |i: usize| -> Vec<u8> {
+            (0..1024u32)
+                .map(|b| {
+                    (b.wrapping_mul(2_654_435_761) ^ (i as u32).wrapping_mul(40_503) >> 3) as u8
+                })
+                .collect()
+        };
+        let mut written = 0;
+        let refused = loop {
+            match agent.write(
+                Namespace::UserCache,
+                &format!("k{written}"),
+                &value(written),
+                Tier::Critical,
+            ) {
+                Ok(_) => written += 1,
+                Err(e) => break e,
+            }
+            assert!(written < 5_000, "the limit never hit");
+        };
+        assert!(refused.is_retryable(), "{refused:?}");
+        assert!(
+            matches!(
+                &refused,
+                Error::Outbox(OutboxError::Store(StoreError::Full))
+                    | Error::Cache(CacheError::Store(StoreError::Full))
+            ),
+            "{refused:?}"
+        );
+        let refused_key = agent
+            .key(Namespace::UserCache, &format!("k{written}"))
+            .unwrap();
+        assert_eq!(agent.cache().get(&refused_key).unwrap(), None);
+        assert_eq!(agent.outbox().stats().unwrap().depth(), written as u64);
+        agent.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -42,13 +42,15 @@ impl Error {
             Self::Outbox(OutboxError::Store(e)) => Some(e),
             _ => None,
         };
-        matches!(
-            store,
-            Some(StoreError::Sqlite(e)) if matches!(
-                e.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        // A full disk is retryable too: the same call succeeds once space is freed.
+        matches!(store, Some(StoreError::Full))
+            || matches!(
+                store,
+                Some(StoreError::Sqlite(e)) if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                )
             )
-        )
     }
 }
 

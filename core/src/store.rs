@@ -53,6 +53,11 @@ pub enum StoreError {
     NewerSchema { found: i64, supported: i64 },
     #[error("the database file is corrupt: {0}")]
     Corrupt(String),
+    /// The disk, or the database's size limit ([`StoreOptions::max_size_bytes`]), is full. The
+    /// statement was rolled back: nothing was written, and nothing written before is harmed.
+    /// The same call succeeds once space is freed.
+    #[error("the disk or the database's size limit is full; nothing was written")]
+    Full,
     #[error("could not read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -66,6 +71,7 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
             Some(ErrorCode::DatabaseCorrupt) => Self::Corrupt(e.to_string()),
+            Some(ErrorCode::DiskFull) => Self::Full,
             _ => Self::Sqlite(e),
         }
     }
@@ -91,6 +97,10 @@ pub struct StoreOptions {
     pub busy_timeout: Duration,
     /// Run `PRAGMA quick_check` at open (reads every page: seconds on a large database).
     pub verify_on_open: bool,
+    /// The most the database file may hold (`PRAGMA max_page_count`), or `None` for no limit
+    /// but the disk's. Past it, writes fail with [`StoreError::Full`] exactly as on a full
+    /// disk. Never below what the file already holds.
+    pub max_size_bytes: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -99,6 +109,7 @@ impl Default for StoreOptions {
             durability: Durability::Normal,
             busy_timeout: Duration::from_secs(5),
             verify_on_open: false,
+            max_size_bytes: None,
         }
     }
 }
@@ -130,6 +141,9 @@ impl Store {
         }
         configure(&writer, options.durability)?;
         migrate(&writer)?;
+        if let Some(bytes) = options.max_size_bytes {
+            limit_size(&writer, bytes)?;
+        }
         writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
 
         let reader = Connection::open_with_flags(
@@ -290,6 +304,20 @@ fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError
     // Android's default temp directory is not writable by apps; keep temporary tables in memory.
     conn.pragma_update(None, "temp_store", 2)?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(())
+}
+
+/// Caps the file at `bytes` (whole pages, at least one more than it holds: SQLite never shrinks
+/// the limit below the current size).
+fn limit_size(conn: &Connection, bytes: u64) -> Result<(), StoreError> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let pages = i64::try_from(bytes).unwrap_or(i64::MAX) / page_size.max(1);
+    let set: i64 = conn.query_row(
+        &format!("PRAGMA max_page_count = {}", pages.max(1)),
+        [],
+        |r| r.get(0),
+    )?;
+    tracing::debug!(bytes, pages = set, "database size limit");
     Ok(())
 }
 

@@ -67,6 +67,12 @@ impl Change {
         }
     }
 
+    /// Bytes this change gives back (charged bytes of removed rows, net of rows added).
+    pub(super) fn freed(&self) -> u64 {
+        let net: i64 = self.usage.iter().map(|d| d.charged).sum();
+        u64::try_from(-net).unwrap_or(0)
+    }
+
     pub(super) fn remove(&mut self, row: RowSize, why: Removal) {
         let ns = row.namespace;
         if let Some(d) = self.usage.get_mut(ns) {

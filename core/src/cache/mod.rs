@@ -74,6 +74,11 @@ pub const DEFAULT_DEVICE_BUDGET_BYTES: u64 = 64 * 1024 * 1024;
 /// Default largest value accepted by [`Cache::put`], before compression.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 
+/// The least a full disk makes room for: a few pages, so one eviction serves several writes.
+const FULL_DISK_ROOM: u64 = 64 * 1024;
+/// Expired entries reclaimed at most when a full disk finds nothing to evict in the namespace.
+const FULL_DISK_PURGE: usize = 500;
+
 /// Why a cache operation failed. Nothing was written when any of these is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -339,7 +344,55 @@ impl Cache {
     fn put_inner(&self, key: &TenantKey, value: &[u8], expiry: Expiry) -> Result<(), CacheError> {
         let now = self.clock.now_ms();
         let put = self.prepare_put(key, value, expiry, now)?;
-        self.write_rows(|tx, ledger, change| upsert(tx, ledger, change, &put, now))
+        match self.write_rows(|tx, ledger, change| upsert(tx, ledger, change, &put, now)) {
+            Err(CacheError::Store(StoreError::Full)) => {
+                // The disk (or the size limit) is full. Deleted rows leave free pages that the
+                // insert reuses without growing the file, so make room as the namespace's
+                // policy allows and try once more.
+                if self.free_for_full_disk(key, to_u64(put.row.charged), now)? == 0 {
+                    return Err(CacheError::Store(StoreError::Full));
+                }
+                self.write_rows(|tx, ledger, change| upsert(tx, ledger, change, &put, now))
+            }
+            other => other,
+        }
+    }
+
+    /// Removes entries to give a full disk room for `charged` bytes under `key`: expired
+    /// entries and the namespace's policy victims (twice the row's size, pages being shared),
+    /// else expired entries of any namespace. Returns the bytes given back.
+    fn free_for_full_disk(
+        &self,
+        key: &TenantKey,
+        charged: u64,
+        now: Millis,
+    ) -> Result<u64, CacheError> {
+        let namespace = key.namespace();
+        let freed = self.write_rows(|tx, _, change| {
+            // Whether the policy found all it was asked for does not matter: whatever it
+            // removed is room.
+            make_room(
+                tx,
+                namespace,
+                key.as_str(),
+                now,
+                charged.saturating_mul(2).max(FULL_DISK_ROOM),
+                change,
+            )?;
+            Ok(change.freed())
+        })?;
+        if freed > 0 {
+            tracing::warn!(%namespace, freed, "disk full: cache entries evicted to make room");
+            return Ok(freed);
+        }
+        let purged = self.purge_expired(FULL_DISK_PURGE)?;
+        if purged > 0 {
+            tracing::warn!(
+                purged,
+                "disk full: expired cache entries reclaimed to make room"
+            );
+        }
+        Ok(u64::try_from(purged).unwrap_or(u64::MAX))
     }
 
     /// Checks and compresses a value for writing; no lock is taken (compression is the slowest

@@ -115,12 +115,14 @@ final class KryonixSyncTests: XCTestCase {
 
     private func config(
         url: String = serverUrl, network: NetworkProfile = offline, tenant: String = "acme",
-        budget: UInt64? = nil, maxValue: UInt64? = nil, path: String? = nil, appVersion: String? = nil
+        budget: UInt64? = nil, maxValue: UInt64? = nil, path: String? = nil, appVersion: String? = nil,
+        maxDbBytes: UInt64? = nil
     ) -> AgentConfig {
         AgentConfig(
             dbPath: path ?? dir.appendingPathComponent("\(UUID().uuidString).db").path,
             serverUrl: url, tenant: tenant, device: .phone, network: network,
-            cacheBudgetBytes: budget, maxValueBytes: maxValue, requestTimeoutMs: nil, appVersion: appVersion
+            cacheBudgetBytes: budget, maxValueBytes: maxValue, requestTimeoutMs: nil, maxDbBytes: maxDbBytes,
+            appVersion: appVersion
         )
     }
 
@@ -205,6 +207,22 @@ final class KryonixSyncTests: XCTestCase {
         let error = await kryonixError { try self.open(self.config(path: path)) }
         guard case .Storage(_, let retryable) = error else { return XCTFail("\(String(describing: error))") }
         XCTAssertFalse(retryable)
+    }
+
+    func testStorageFull() async throws {
+        let agent = try open(config(maxDbBytes: 256 * 1024))
+        var written = 0
+        let full = await kryonixError { () throws -> Void in
+            while written < 5_000 {
+                _ = try agent.write(namespace: .userCache, key: "k\(written)", value: noise(1024, seed: UInt64(written)), tier: .critical)
+                written += 1
+            }
+        }
+        guard case .StorageFull = full else { return XCTFail("\(String(describing: full))") }
+        XCTAssertGreaterThan(written, 50)
+        XCTAssertNil(try agent.get(namespace: .userCache, key: "k\(written)"))
+        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, UInt64(written))
+        try await agent.shutdown()
     }
 
     func testClosed() async throws {

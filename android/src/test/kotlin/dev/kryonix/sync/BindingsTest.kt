@@ -84,7 +84,8 @@ private fun config(
     path: String = dbPath(),
     timeoutMs: ULong? = null,
     appVersion: String? = null,
-) = AgentConfig(path, url, tenant, DeviceClass.PHONE, network, budget, maxValue, timeoutMs, appVersion = appVersion)
+    maxDbBytes: ULong? = null,
+) = AgentConfig(path, url, tenant, DeviceClass.PHONE, network, budget, maxValue, timeoutMs, maxDbBytes = maxDbBytes, appVersion = appVersion)
 
 private fun open(
     cfg: AgentConfig = config(),
@@ -213,6 +214,21 @@ fun main() {
         File(path).writeBytes(incompressible(8192, 1))
         val e = expectThrows<KryonixException.Storage> { open(config(path = path)) }
         expect(!e.retryable) { "a corrupt file is not retryable: $e" }
+    }
+
+    check("StorageFull: a full database refuses the write and keeps what it holds") {
+        val agent = open(config(maxDbBytes = 256UL * 1024UL))
+        var written = 0
+        val full = expectThrows<KryonixException.StorageFull> {
+            while (written < 5_000) {
+                agent.write(Namespace.USER_CACHE, "k$written", incompressible(1024, written.toLong()), Tier.CRITICAL)
+                written += 1
+            }
+        }
+        expect(written > 50) { "only $written writes fitted: $full" }
+        expect(agent.get(Namespace.USER_CACHE, "k$written") == null) { "the refused write is visible" }
+        expect(agent.status().tiers.sumOf { it.depth } == written.toULong()) { "${agent.status()}" }
+        agent.shutdown()
     }
 
     check("Closed: every call after close") {
