@@ -33,8 +33,10 @@ fn invalid(reason: impl ToString) -> KryonixError {
     }
 }
 
+/// An id that does not parse names no item there is: `NotFound`, as for an id that parses but
+/// is gone (the app asks about ids it was given; it has no other kind of mistake to fix).
 fn item_id(id: &str) -> Result<ItemId> {
-    ItemId::from_str(id).map_err(|e| invalid(format!("not an item id {id:?}: {e}")))
+    ItemId::from_str(id).map_err(|_| KryonixError::NotFound { id: id.to_owned() })
 }
 
 fn usize_from(n: u64) -> usize {
@@ -245,6 +247,6 @@ impl KryonixAgent {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .ok_or(KryonixError::Closed)
+            .ok_or_else(KryonixError::closed)
     }
 }

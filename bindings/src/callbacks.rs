@@ -39,13 +39,43 @@ pub trait SyncObserver: Send + Sync {
     -> Result<(), CallbackError>;
 }
 
+/// What a token provider throws when it has no token. The kind decides what the app is told:
+/// only `SignInRequired` becomes `KryonixError.Unauthorized` ("sign the user in again");
+/// `Unavailable` — and anything else the provider throws — is retried like a network failure.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum TokenError {
+    /// The user must sign in again (the refresh token was revoked or expired).
+    #[error("sign-in required: {reason}")]
+    SignInRequired { reason: String },
+    /// No token right now (the identity provider is unreachable, a refresh timed out).
+    #[error("no token for now: {reason}")]
+    Unavailable { reason: String },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for TokenError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        Self::Unavailable {
+            reason: first_line(&e.reason),
+        }
+    }
+}
+
+/// The first line of what a foreign exception printed: its type and message, not the stack
+/// trace that a Kotlin exception's string form carries (it would end up in `lastError`).
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default().trim();
+    line.chars().take(500).collect()
+}
+
 /// Supplies bearer tokens; the app owns sign-in.
 #[uniffi::export(with_foreign)]
 pub trait TokenProvider: Send + Sync {
     /// A token for the server; `refresh` is true after the server refused the previous one.
     /// Asked before every request, on a background thread that may block: return the current
     /// token at once and refresh (over the network if need be) only when `refresh` is true.
-    fn token(&self, refresh: bool) -> Result<String, CallbackError>;
+    /// Throw `TokenError.SignInRequired` when the user must sign in again, and
+    /// `TokenError.Unavailable` when there is no token for now.
+    fn token(&self, refresh: bool) -> Result<String, TokenError>;
 }
 
 /// Core's observer, forwarding to the app's.
@@ -84,7 +114,29 @@ impl fmt::Debug for TokenAdapter {
 }
 
 impl kryonix_core::sync::TokenProvider for TokenAdapter {
-    fn token(&self, refresh: bool) -> Result<String, String> {
-        self.0.token(refresh).map_err(|e| e.to_string())
+    fn token(&self, refresh: bool) -> Result<String, kryonix_core::sync::TokenError> {
+        use kryonix_core::sync::TokenError as Core;
+        self.0.token(refresh).map_err(|e| match e {
+            TokenError::SignInRequired { reason } => Core::SignInRequired(first_line(&reason)),
+            TokenError::Unavailable { reason } => Core::Unavailable(first_line(&reason)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_exception_keeps_its_message_not_its_stack_trace() {
+        let thrown = uniffi::UnexpectedUniFFICallbackError {
+            reason: "java.io.IOException: identity provider unreachable\n\tat com.example.Auth.refresh(Auth.kt:12)\n\tat ...".into(),
+        };
+        match TokenError::from(thrown) {
+            TokenError::Unavailable { reason } => {
+                assert_eq!(reason, "java.io.IOException: identity provider unreachable");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -16,9 +16,17 @@ pub enum KryonixError {
     /// The server could not be reached, or answered "try later". Retry when the network changes.
     #[error("offline: {reason}")]
     Offline { reason: String },
-    /// The server refused the token even after a refresh: the user must sign in again.
-    #[error("the server refused the credentials")]
-    Unauthorized,
+    /// The server refused the token even after a refresh, or the token provider said the user
+    /// must sign in: the user must sign in again.
+    #[error("unauthorized: {reason}")]
+    Unauthorized { reason: String },
+    /// The token is another tenant's than `AgentConfig.tenant`. Nothing was sent (uploads
+    /// would have gone to the token's tenant); open the agent with matching tenant and token.
+    #[error("tenant mismatch: {reason}")]
+    TenantMismatch {
+        token_tenant: String,
+        reason: String,
+    },
     /// The call can never succeed as made: a bad key, tenant, id or TTL, a value too large.
     #[error("invalid input: {reason}")]
     InvalidInput { reason: String },
@@ -52,8 +60,8 @@ pub enum KryonixError {
         min_app_version: Option<String>,
     },
     /// The agent was closed; open a new one.
-    #[error("the agent is closed")]
-    Closed,
+    #[error("closed: {reason}")]
+    Closed { reason: String },
     /// Anything else (a failed task, a callback that threw).
     #[error("{reason}")]
     Other { reason: String },
@@ -64,7 +72,11 @@ impl From<Error> for KryonixError {
         let retryable = error.is_retryable();
         let mapped = match error {
             Error::Transport(e) => match e.kind {
-                FailureKind::Unauthorized => Self::Unauthorized,
+                FailureKind::Unauthorized => Self::Unauthorized { reason: e.message },
+                FailureKind::TenantMismatch { token_tenant } => Self::TenantMismatch {
+                    token_tenant,
+                    reason: e.message,
+                },
                 FailureKind::TooLarge => Self::InvalidInput { reason: e.message },
                 FailureKind::Retryable { .. } => Self::Offline { reason: e.message },
                 FailureKind::UpgradeRequired(u) => Self::UpgradeRequired {
@@ -109,7 +121,10 @@ impl From<Error> for KryonixError {
                 reason: e.to_string(),
                 retryable,
             },
-            Error::Closed => Self::Closed,
+            Error::Closed => Self::closed(),
+            e @ Error::InvalidConfig(_) => Self::InvalidInput {
+                reason: e.to_string(),
+            },
             Error::Task(reason) | Error::Setup(reason) => Self::Other { reason },
         };
         // What the app cannot fix by itself is logged here, once; the rest is its own business.
@@ -124,6 +139,14 @@ impl From<Error> for KryonixError {
             _ => tracing::debug!(error = %mapped, "kryonix call failed"),
         }
         mapped
+    }
+}
+
+impl KryonixError {
+    pub(crate) fn closed() -> Self {
+        Self::Closed {
+            reason: "the agent was shut down; open a new one".into(),
+        }
     }
 }
 
@@ -155,7 +178,7 @@ mod tests {
         });
         assert!(matches!(
             KryonixError::from(unauthorized),
-            KryonixError::Unauthorized
+            KryonixError::Unauthorized { .. }
         ));
         let offline = Error::Transport(TransportError {
             kind: FailureKind::Retryable { retry_after: None },
@@ -219,7 +242,7 @@ mod tests {
         }
         assert!(matches!(
             KryonixError::from(Error::Closed),
-            KryonixError::Closed
+            KryonixError::Closed { .. }
         ));
     }
 }

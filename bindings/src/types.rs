@@ -259,6 +259,9 @@ pub struct SyncStatus {
     /// The server no longer serves this app or protocol version. Uploads stop (every item is
     /// kept) until an updated app opens the database.
     pub upgrade_required: Option<UpgradeRequired>,
+    /// The token's tenant, when it is not `AgentConfig.tenant`: nothing is sent until the agent
+    /// is opened with a matching configuration.
+    pub tenant_mismatch: Option<String>,
 }
 
 /// The server's minimums, from its `426 upgrade_required` answer.
@@ -296,6 +299,7 @@ impl From<kryonix_core::sync::SyncStatus> for SyncStatus {
             cache_hit_ratio: s.cache_hit_ratio,
             last_error: s.last_error,
             unauthorized: s.unauthorized,
+            tenant_mismatch: s.tenant_mismatch,
             upgrade_required: s.upgrade_required.map(|u| UpgradeRequired {
                 min_protocol: u.min_protocol,
                 min_app_version: u.min_app_version,

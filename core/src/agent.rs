@@ -94,6 +94,7 @@ impl Agent<HttpTransport> {
         observer: Option<Arc<dyn SyncObserver>>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self> {
+        check_server_url(&config.server_url)?;
         let transport = HttpTransport::new(&config.server_url, tokens, config.request_timeout)
             .map_err(|e| Error::Setup(e.message))?
             .with_app_version(config.app_version.clone());
@@ -229,21 +230,46 @@ impl<T: Transport> Agent<T> {
 
     /// Syncs the given tiers now (whatever the network class, unless offline) and returns when
     /// the wake-up is over: everything sent, or retries spent and rescheduled.
+    ///
+    /// When the call sends nothing while items wait, it fails with the cause instead of
+    /// returning a report: [`FailureKind::Retryable`](crate::sync::FailureKind) when offline or
+    /// the server is unreachable (answered at the first failed request; the agent keeps
+    /// retrying on its schedule), `Unauthorized` when the credentials are refused,
+    /// `UpgradeRequired` behind the upgrade gate. Nothing is lost either way.
     pub async fn sync_now(&self, tiers: TierSet) -> Result<SyncReport> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::SyncNow { tiers, reply })?;
-        answer.await.map_err(|_| Error::Closed)
+        self.send(Command::SyncNow {
+            tiers,
+            reply,
+            sent_before: self.items_sent(),
+        })?;
+        answer
+            .await
+            .map_err(|_| Error::Closed)?
+            .map_err(Error::Transport)
     }
 
     /// Uploads as much as fits in `window` (an OS background task's time), highest tiers first,
     /// and never starts a request it expects to outlast the window. What is left resumes later.
+    /// Fails like [`Agent::sync_now`] when it sends nothing while items wait.
     pub async fn flush(&self, window: Duration) -> Result<SyncReport> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Flush {
             deadline: Instant::now() + window,
             reply,
+            sent_before: self.items_sent(),
         })?;
-        answer.await.map_err(|_| Error::Closed)
+        answer
+            .await
+            .map_err(|_| Error::Closed)?
+            .map_err(Error::Transport)
+    }
+
+    fn items_sent(&self) -> u64 {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .items_sent
     }
 
     /// The OS reported a network change.
@@ -271,12 +297,30 @@ impl<T: Transport> Agent<T> {
         *self.profile.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The latest status the driver published.
+    /// The sync status: the queue figures read now (so a status taken right after an
+    /// `enqueue` counts it), the rest as the driver last published it.
     pub fn status(&self) -> SyncStatus {
-        self.status
+        let mut status = self
+            .status
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        match self.outbox.stats() {
+            Ok(stats) => {
+                for tier in Tier::ALL {
+                    let s = stats.tier(tier);
+                    let entry = status.tiers.entry(tier).or_default();
+                    entry.depth = s.depth;
+                    entry.oldest_age_ms = s.oldest_age_ms;
+                    entry.in_flight = s.in_flight;
+                    entry.dead_letters = s.dead;
+                    entry.overdue = s.overdue;
+                }
+            }
+            // The published figures are still a status; the error is the database's to report.
+            Err(error) => tracing::warn!(%error, "status: could not read the queue"),
+        }
+        status
     }
 
     /// Reads a key from the local cache; on a miss (or an expired entry) and when `online`,
@@ -348,6 +392,27 @@ impl<T: Transport> Drop for Agent<T> {
     }
 }
 
+/// An `http://` or `https://` URL with a host, or a typed error saying what is wrong with it.
+fn check_server_url(url: &str) -> Result<()> {
+    let invalid = |why: String| Error::InvalidConfig(format!("server_url {url:?}: {why}"));
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "the scheme must be https (or http), not {:?}",
+            parsed.scheme()
+        )));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("no host".into()));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(invalid(
+            "a query or fragment has no place in the server URL".into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -367,6 +432,8 @@ mod tests {
     struct FakeServer {
         stored: Mutex<HashSet<String>>,
         last: Mutex<std::collections::HashMap<(String, u8), u64>>,
+        /// The tenant of the token, echoed in the hello (`None`: an older server's answer).
+        token_tenant: Option<String>,
     }
 
     impl Transport for FakeServer {
@@ -414,6 +481,7 @@ mod tests {
         async fn hello(&self, producer: &str) -> Result<HelloResponse, TransportError> {
             let last = self.last.lock().unwrap();
             Ok(HelloResponse {
+                tenant: self.token_tenant.clone(),
                 producer: producer.to_owned(),
                 last_seq: std::array::from_fn(|i| {
                     last.get(&(producer.to_owned(), i as u8 + 1))
@@ -468,6 +536,71 @@ mod tests {
         let clock = Arc::new(SystemClock);
         let agent = Agent::with_transport(config, FakeServer::default(), clock, observer, &runtime);
         (dir, agent.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_server_url_that_cannot_work_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in [
+            "not a url",
+            "ftp://sync.example.com",
+            "https://",
+            "sync.example.com",
+            "https://h/?x=1",
+        ] {
+            let config =
+                AgentConfig::new(dir.path().join("a.db"), url, TenantId::new("acme").unwrap());
+            let tokens = Arc::new(crate::sync::StaticToken("t".into()));
+            let refused = Agent::open(config, tokens, None, &tokio::runtime::Handle::current())
+                .err()
+                .unwrap_or_else(|| panic!("{url:?} was accepted"));
+            assert!(
+                matches!(refused, Error::InvalidConfig(_)),
+                "{url:?}: {refused:?}"
+            );
+            assert!(
+                !dir.path().join("a.db").exists(),
+                "{url:?}: the database was created"
+            );
+        }
+        for url in [
+            "https://sync.example.com",
+            "http://127.0.0.1:8080/",
+            "https://h.example/base",
+        ] {
+            assert!(check_server_url(url).is_ok(), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_of_another_tenant_stops_sync_before_anything_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let mut config = AgentConfig::new(dir.path().join("a.db"), "http://unused", tenant);
+        config.profile.network = NetworkProfile::WIFI;
+        let server = FakeServer {
+            token_tenant: Some("globex".into()),
+            ..FakeServer::default()
+        };
+        let runtime = tokio::runtime::Handle::current();
+        let agent =
+            Agent::with_transport(config, server, Arc::new(SystemClock), None, &runtime).unwrap();
+        agent
+            .enqueue(Namespace::UserCache, "k", Op::Put, b"v", Tier::Critical)
+            .unwrap();
+        let refused = agent.sync_now(TierSet::ALL).await.unwrap_err();
+        assert!(
+            matches!(&refused, Error::Transport(e) if e.kind == crate::sync::FailureKind::TenantMismatch { token_tenant: "globex".into() }),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().contains("acme"), "{refused}");
+        assert!(agent.transport.stored.lock().unwrap().is_empty());
+        assert_eq!(agent.status().tenant_mismatch.as_deref(), Some("globex"));
+        // Asking again changes nothing.
+        assert!(agent.sync_now(TierSet::ALL).await.is_err());
+        assert!(agent.transport.stored.lock().unwrap().is_empty());
+        assert_eq!(agent.outbox().stats().unwrap().depth(), 1);
+        agent.close().await.unwrap();
     }
 
     #[tokio::test]
@@ -537,11 +670,14 @@ mod tests {
                 )
                 .unwrap();
         }
-        let offline = agent.sync_now(TierSet::ALL).await.unwrap();
-        assert_eq!(
-            (offline.items_sent, offline.remaining, offline.online),
-            (0, 250, false)
+        // Offline, the call says so instead of reporting that nothing went.
+        let offline = agent.sync_now(TierSet::ALL).await.unwrap_err();
+        assert!(
+            matches!(&offline, Error::Transport(e) if matches!(e.kind, crate::sync::FailureKind::Retryable { .. })),
+            "{offline:?}"
         );
+        assert!(offline.is_retryable());
+        assert_eq!(agent.status().tiers[&Tier::Critical].depth, 63);
 
         agent.set_network(NetworkProfile::WIFI).unwrap();
         let report = agent.sync_now(TierSet::ALL).await.unwrap();
@@ -643,8 +779,9 @@ mod tests {
         agent
             .enqueue(Namespace::UserCache, "k", Op::Put, b"v", Tier::Critical)
             .unwrap();
-        let report = agent.flush(Duration::ZERO).await.unwrap();
-        assert_eq!(report.remaining, 1);
+        let offline = agent.flush(Duration::ZERO).await.unwrap_err();
+        assert!(offline.is_retryable(), "{offline:?}");
+        assert_eq!(agent.outbox().stats().unwrap().depth(), 1);
         agent.set_network(NetworkProfile::WIFI).unwrap();
         let report = agent.flush(Duration::from_secs(30)).await.unwrap();
         assert_eq!(report.remaining, 0);

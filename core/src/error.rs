@@ -18,6 +18,10 @@ pub enum Error {
     Transport(crate::sync::TransportError),
     #[error("the agent is closed")]
     Closed,
+    /// The configuration can never work as given (a server URL that is not an http(s) URL);
+    /// found at open, so a config bug does not look like a network outage later.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// The agent could not be set up (e.g. no TLS roots for the HTTP client): retrying the same
     /// call will not help.
     #[error("cannot start the agent: {0}")]

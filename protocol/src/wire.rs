@@ -131,6 +131,10 @@ pub struct HelloResponse {
     /// The last sequence stored per tier (index 0 is tier 1); 0 when none (or forgotten after
     /// the producer's idle time).
     pub last_seq: [u64; 4],
+    /// The tenant of the token the hello came with, so a device opened for another tenant
+    /// finds out before it uploads anything. Absent from servers older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,7 +364,12 @@ mod tests {
         insta::assert_json_snapshot!(HelloResponse {
             producer: "0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d".into(),
             last_seq: [80, 0, 12, 0],
+            tenant: Some("acme".into()),
         });
+        // An older server's answer, without the tenant, still reads.
+        let old: HelloResponse =
+            serde_json::from_str(r#"{"producer":"p","last_seq":[1,2,3,4]}"#).unwrap();
+        assert_eq!(old.tenant, None);
     }
 
     #[test]

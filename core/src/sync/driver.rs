@@ -18,7 +18,7 @@ use kryonix_protocol::{DeviceProfile, TenantId, Tier};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Action, Event, FailureKind, SyncEngine, SyncStatus};
-use super::transport::Transport;
+use super::transport::{Transport, TransportError};
 use crate::cache::Cache;
 use crate::clock::{Clock, Millis, duration_ms};
 use crate::outbox::{ItemId, Outbox, OutboxError, Rejection, TierSet, Write};
@@ -89,23 +89,32 @@ fn apply(outbox: &Outbox, actions: Vec<Action>, step: &mut Step) -> Result<(), O
     Ok(())
 }
 
+/// What a `sync_now` or `flush` caller is answered: what the call achieved, or — when it sent
+/// nothing and items wait — why (offline, refused credentials, an upgrade required, the server
+/// unreachable).
+pub(crate) type Reply = oneshot::Sender<Result<SyncReport, TransportError>>;
+
 #[derive(Debug)]
 pub(crate) enum Command {
     Event(Event),
+    /// `sent_before`: the status's `items_sent` when the app called, so an upload already under
+    /// way at that moment counts for the call.
     SyncNow {
         tiers: TierSet,
-        reply: oneshot::Sender<SyncReport>,
+        reply: Reply,
+        sent_before: u64,
     },
     Flush {
         deadline: Instant,
-        reply: oneshot::Sender<SyncReport>,
+        reply: Reply,
+        sent_before: u64,
     },
     Shutdown,
 }
 
 /// A `sync_now` or `flush` caller waiting for the wake-up to end.
 struct Waiter {
-    reply: oneshot::Sender<SyncReport>,
+    reply: Reply,
     sent_before: u64,
     deadline: Option<Instant>,
 }
@@ -180,14 +189,17 @@ impl<T: Transport> Driver<T> {
             match action {
                 Action::Push { tier, limit } => {
                     let event = self.push(tier, limit, state).await;
+                    self.fail_waiters(&event, state);
                     state.queue.push_back(event);
                 }
                 Action::Hello => {
                     let event = self.hello().await;
+                    self.fail_waiters(&event, state);
                     state.queue.push_back(event);
                 }
                 Action::Pull { limit } => {
                     let event = self.pull(limit).await;
+                    self.fail_waiters(&event, state);
                     state.queue.push_back(event);
                 }
                 Action::SleepUntil(at) => state.sleep_until = at,
@@ -253,6 +265,21 @@ impl<T: Transport> Driver<T> {
             }
         };
         match self.transport.hello(&producer).await {
+            Ok(answer)
+                if answer
+                    .tenant
+                    .as_deref()
+                    .is_some_and(|t| t != self.tenant.as_str()) =>
+            {
+                let token_tenant = answer.tenant.unwrap_or_default();
+                Event::RequestFailed {
+                    error: format!(
+                        "the token is for tenant {token_tenant:?}, but the agent was opened for {:?}",
+                        self.tenant.as_str()
+                    ),
+                    kind: FailureKind::TenantMismatch { token_tenant },
+                }
+            }
             Ok(answer) if answer.producer == producer => Event::HelloAnswered {
                 last_seq: answer.last_seq,
             },
@@ -339,25 +366,33 @@ impl<T: Transport> Driver<T> {
                     }
                     state.queue.push_back(event);
                 }
-                Some(Command::SyncNow { tiers, reply }) => {
-                    state.waiters.push(self.waiter(reply, None));
+                Some(Command::SyncNow {
+                    tiers,
+                    reply,
+                    sent_before,
+                }) => {
+                    state.waiters.push(Waiter {
+                        reply,
+                        sent_before,
+                        deadline: None,
+                    });
                     state.queue.push_back(Event::SyncRequested(tiers));
                 }
-                Some(Command::Flush { deadline, reply }) => {
-                    state.waiters.push(self.waiter(reply, Some(deadline)));
+                Some(Command::Flush {
+                    deadline,
+                    reply,
+                    sent_before,
+                }) => {
+                    state.waiters.push(Waiter {
+                        reply,
+                        sent_before,
+                        deadline: Some(deadline),
+                    });
                     state.queue.push_back(Event::SyncRequested(TierSet::ALL));
                 }
             }
         }
         stop
-    }
-
-    fn waiter(&self, reply: oneshot::Sender<SyncReport>, deadline: Option<Instant>) -> Waiter {
-        Waiter {
-            reply,
-            sent_before: self.sent(),
-            deadline,
-        }
     }
 
     fn sent(&self) -> u64 {
@@ -367,25 +402,81 @@ impl<T: Transport> Driver<T> {
             .items_sent
     }
 
-    fn report(&self, waiter: &Waiter, deadline_reached: bool) -> SyncReport {
+    /// A request failed: callers whose call has sent nothing yet are answered now with the
+    /// cause, instead of after the in-call retries (the engine keeps retrying on its schedule).
+    fn fail_waiters(&self, event: &Event, state: &mut LoopState) {
+        let Event::RequestFailed { kind, error } = event else {
+            return;
+        };
+        let sent = self.sent();
+        let (failed, rest): (Vec<Waiter>, Vec<Waiter>) =
+            state.waiters.drain(..).partition(|w| sent <= w.sent_before);
+        state.waiters = rest;
+        for waiter in failed {
+            let _ = waiter.reply.send(Err(TransportError {
+                kind: kind.clone(),
+                message: error.clone(),
+            }));
+        }
+    }
+
+    /// The answer for a call that is over: its report, or why it sent nothing while items wait.
+    fn answer(
+        &self,
+        waiter: &Waiter,
+        deadline_reached: bool,
+    ) -> Result<SyncReport, TransportError> {
         let status = self
             .status
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        SyncReport {
+        let report = SyncReport {
             items_sent: status.items_sent.saturating_sub(waiter.sent_before),
             remaining: self.outbox.stats().map(|s| s.depth()).unwrap_or(0),
             online: status.online,
             deadline_reached,
+        };
+        if report.items_sent > 0 || report.remaining == 0 || deadline_reached {
+            return Ok(report);
         }
+        if let Some(gate) = status.upgrade_required {
+            return Err(TransportError {
+                kind: FailureKind::UpgradeRequired(gate),
+                message: "the server requires a newer app".into(),
+            });
+        }
+        if let Some(token_tenant) = status.tenant_mismatch {
+            return Err(TransportError {
+                message: format!(
+                    "the token is for tenant {token_tenant:?}, but the agent was opened for {:?}",
+                    self.tenant.as_str()
+                ),
+                kind: FailureKind::TenantMismatch { token_tenant },
+            });
+        }
+        if status.unauthorized {
+            return Err(TransportError {
+                kind: FailureKind::Unauthorized,
+                message: status
+                    .last_error
+                    .unwrap_or_else(|| "the server refused the credentials".into()),
+            });
+        }
+        if !status.online {
+            return Err(TransportError {
+                kind: FailureKind::Retryable { retry_after: None },
+                message: format!("offline: {} items wait for a network", report.remaining),
+            });
+        }
+        Ok(report)
     }
 
     fn finish_all(&self, waiters: &mut Vec<Waiter>) {
         for waiter in waiters.drain(..) {
-            let report = self.report(&waiter, false);
+            let answer = self.answer(&waiter, false);
             // The caller may have stopped waiting; that is fine.
-            let _ = waiter.reply.send(report);
+            let _ = waiter.reply.send(answer);
         }
     }
 
@@ -394,8 +485,8 @@ impl<T: Transport> Driver<T> {
             waiters.drain(..).partition(|w| w.deadline.is_some());
         *waiters = rest;
         for waiter in flushes {
-            let report = self.report(&waiter, deadline_reached);
-            let _ = waiter.reply.send(report);
+            let answer = self.answer(&waiter, deadline_reached);
+            let _ = waiter.reply.send(answer);
         }
     }
 

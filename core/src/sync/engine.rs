@@ -111,6 +111,10 @@ pub enum FailureKind {
     /// The server no longer serves this protocol or app version (`426`): nothing is sent until
     /// the app is updated (a new agent, opened by the updated app). Items wait.
     UpgradeRequired(UpgradeRequired),
+    /// The token belongs to another tenant than the agent was opened for: its uploads would go
+    /// to the token's tenant while the local cache keys them under the configured one. Nothing
+    /// is sent until the app opens the agent with matching tenant and token.
+    TenantMismatch { token_tenant: String },
 }
 
 /// The server's minimums, from its `426 upgrade_required` answer.
@@ -223,6 +227,9 @@ pub struct SyncStatus {
     pub unauthorized: bool,
     /// The server refused this app as too old: nothing is sent until the app is updated.
     pub upgrade_required: Option<UpgradeRequired>,
+    /// The token's tenant, when it is not the tenant the agent was opened for: nothing is sent
+    /// until the app opens the agent with a matching configuration.
+    pub tenant_mismatch: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -595,8 +602,12 @@ impl SyncEngine {
 
     /// Tiers the network lets out now.
     fn allowed(&self, outbox: &OutboxStats) -> TierSet {
-        // Behind the upgrade gate nothing goes: every request would be refused the same way.
-        if !self.online() || self.status.upgrade_required.is_some() {
+        // Behind the upgrade gate nothing goes: every request would be refused the same way;
+        // with another tenant's token everything would go to the wrong tenant.
+        if !self.online()
+            || self.status.upgrade_required.is_some()
+            || self.status.tenant_mismatch.is_some()
+        {
             return TierSet::NONE;
         }
         if !self.slow() {
@@ -766,13 +777,27 @@ impl SyncEngine {
             return;
         };
         self.status.last_error = Some(error.clone());
-        if let FailureKind::UpgradeRequired(minimums) = &kind {
-            tracing::warn!(
-                min_protocol = ?minimums.min_protocol,
-                min_app_version = ?minimums.min_app_version,
-                "sync: the server requires a newer app; syncing stops until the app is updated"
-            );
-            self.status.upgrade_required = Some(minimums.clone());
+        let halt = match &kind {
+            FailureKind::UpgradeRequired(minimums) => {
+                tracing::warn!(
+                    min_protocol = ?minimums.min_protocol,
+                    min_app_version = ?minimums.min_app_version,
+                    "sync: the server requires a newer app; syncing stops until the app is updated"
+                );
+                self.status.upgrade_required = Some(minimums.clone());
+                true
+            }
+            FailureKind::TenantMismatch { token_tenant } => {
+                tracing::error!(
+                    token_tenant,
+                    "sync: the token is another tenant's; syncing stops until the agent is opened with a matching tenant"
+                );
+                self.status.tenant_mismatch = Some(token_tenant.clone());
+                true
+            }
+            _ => false,
+        };
+        if halt {
             if let Some(wake) = self.wake {
                 self.end_wake(now, wake);
             }
@@ -825,7 +850,9 @@ impl SyncEngine {
                 }
             }
             // A batch in flight goes back as it was: not an attempt, nothing reordered.
-            FailureKind::UpgradeRequired(_) => Write::Release { tier },
+            FailureKind::UpgradeRequired(_) | FailureKind::TenantMismatch { .. } => {
+                Write::Release { tier }
+            }
             FailureKind::Retryable { .. } => Write::Reschedule {
                 tier,
                 at: self.retry_time(now, tier),

@@ -21,5 +21,5 @@ pub use engine::{
 };
 pub use retry::RetrySchedule;
 pub use transport::{
-    HttpTransport, PushReply, StaticToken, TokenProvider, Transport, TransportError,
+    HttpTransport, PushReply, StaticToken, TokenError, TokenProvider, Transport, TransportError,
 };

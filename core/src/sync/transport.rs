@@ -36,7 +36,20 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// asked before every request, so keep the current token and refresh only when `refresh` is set.
 pub trait TokenProvider: Send + Sync + Debug {
     /// A token for the server; `refresh` is true after the server refused the previous one.
-    fn token(&self, refresh: bool) -> Result<String, String>;
+    fn token(&self, refresh: bool) -> Result<String, TokenError>;
+}
+
+/// Why a [`TokenProvider`] has no token. The kind decides what the agent reports: only
+/// `SignInRequired` means "sign the user in again"; `Unavailable` is retried like a network
+/// failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The user must sign in again (the refresh token was revoked or expired).
+    #[error("sign-in required: {0}")]
+    SignInRequired(String),
+    /// No token right now (the identity provider is unreachable, a refresh timed out).
+    #[error("no token for now: {0}")]
+    Unavailable(String),
 }
 
 /// A fixed token (tests, tools, and apps that manage refresh themselves).
@@ -44,7 +57,7 @@ pub trait TokenProvider: Send + Sync + Debug {
 pub struct StaticToken(pub String);
 
 impl TokenProvider for StaticToken {
-    fn token(&self, _refresh: bool) -> Result<String, String> {
+    fn token(&self, _refresh: bool) -> Result<String, TokenError> {
         Ok(self.0.clone())
     }
 }
@@ -155,12 +168,17 @@ impl HttpTransport {
         let answer = tokio::task::spawn_blocking(move || tokens.token(refresh))
             .await
             .map_err(|e| TransportError {
-                kind: FailureKind::Unauthorized,
+                // The provider panicked (or the runtime is shutting down): not the user's
+                // credentials, so not "sign in again".
+                kind: FailureKind::Retryable { retry_after: None },
                 message: format!("the token provider failed: {e}"),
             })?;
         answer.map_err(|e| TransportError {
-            kind: FailureKind::Unauthorized,
-            message: format!("no token: {e}"),
+            kind: match e {
+                TokenError::SignInRequired(_) => FailureKind::Unauthorized,
+                TokenError::Unavailable(_) => FailureKind::Retryable { retry_after: None },
+            },
+            message: e.to_string(),
         })
     }
 
@@ -405,7 +423,7 @@ mod tests {
     }
 
     impl TokenProvider for RotatingToken {
-        fn token(&self, refresh: bool) -> Result<String, String> {
+        fn token(&self, refresh: bool) -> Result<String, TokenError> {
             self.calls.lock().unwrap().push(refresh);
             Ok(if refresh { "new" } else { "old" }.to_owned())
         }
@@ -484,7 +502,7 @@ mod tests {
     struct AlwaysOld;
 
     impl TokenProvider for AlwaysOld {
-        fn token(&self, _refresh: bool) -> Result<String, String> {
+        fn token(&self, _refresh: bool) -> Result<String, TokenError> {
             Ok("old".into())
         }
     }
@@ -501,6 +519,40 @@ mod tests {
         assert_eq!(err.kind, FailureKind::Unauthorized);
         assert!(err.message.contains("401"), "{}", err.message);
         assert_eq!(server.await.unwrap().len(), 2);
+    }
+
+    /// Fails every call the same way.
+    #[derive(Debug)]
+    struct NoToken(TokenError);
+
+    impl TokenProvider for NoToken {
+        fn token(&self, _refresh: bool) -> Result<String, TokenError> {
+            Err(self.0.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_provider_saying_sign_in_required_makes_the_device_unauthorized() {
+        let (url, _server) = auth_server(0).await;
+        for (failure, kind) in [
+            (
+                TokenError::SignInRequired("refresh token revoked".into()),
+                FailureKind::Unauthorized,
+            ),
+            (
+                TokenError::Unavailable("identity provider unreachable".into()),
+                FailureKind::Retryable { retry_after: None },
+            ),
+        ] {
+            let provider = Arc::new(NoToken(failure.clone()));
+            let transport = HttpTransport::new(&url, provider, Duration::from_secs(2)).unwrap();
+            let err = transport
+                .push(&[], DeviceProfile::default())
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, kind, "{failure:?}");
+            assert_eq!(err.message, failure.to_string());
+        }
     }
 
     #[tokio::test]

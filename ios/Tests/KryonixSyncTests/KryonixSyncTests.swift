@@ -45,6 +45,13 @@ private final class CountingTokens: TokenProvider, @unchecked Sendable {
     }
 }
 
+/// A provider that always throws `error`.
+private final class ThrowingTokens: TokenProvider, @unchecked Sendable {
+    private let error: TokenError
+    init(_ error: TokenError) { self.error = error }
+    func token(refresh: Bool) throws -> String { throw error }
+}
+
 /// A provider whose refresh waits on the network: it blocks its caller until released.
 private final class GatedTokens: TokenProvider, @unchecked Sendable {
     private let value: String
@@ -167,12 +174,19 @@ final class KryonixSyncTests: XCTestCase {
             { _ = try agent.get(namespace: .userCache, key: "bad\u{1}key") },
             { _ = try agent.enqueue(namespace: .userCache, key: "", op: .put, payload: Data(), tier: .critical) },
             { try agent.put(namespace: .userCache, key: "k", value: Data([1]), ttlMs: 0) },
-            { try agent.retryDeadLetter(id: "not-a-uuid") },
             { _ = try self.open(self.config(tenant: "bad:tenant")) },
         ] as [() throws -> Void] {
             let error = await kryonixError { try call() }
             guard case .InvalidInput = error else { return XCTFail("\(String(describing: error))") }
         }
+        for url in ["not a url", "ftp://sync.example.com", "sync.example.com"] {
+            let error = await kryonixError { try self.open(self.config(url: url)) }
+            guard case .InvalidInput(let reason) = error, reason.contains("server_url") else {
+                return XCTFail("\(url): \(String(describing: error))")
+            }
+        }
+        let unknown = await kryonixError { try agent.retryDeadLetter(id: "not-a-uuid") }
+        guard case .NotFound = unknown else { return XCTFail("\(String(describing: unknown))") }
         try await agent.shutdown()
     }
 
@@ -235,12 +249,12 @@ final class KryonixSyncTests: XCTestCase {
             { try agent.setNetwork(network: wifi) },
         ] as [() throws -> Void] {
             let error = await kryonixError { try call() }
-            XCTAssertEqual(error, .Closed)
+            guard case .Closed = error else { return XCTFail("\(String(describing: error))") }
         }
         let sync = await kryonixError { try await agent.syncNow(tiers: []) }
-        XCTAssertEqual(sync, .Closed)
+        guard case .Closed(let reason) = sync, !reason.isEmpty else { return XCTFail("\(String(describing: sync))") }
         let flush = await kryonixError { try await agent.flush(windowMs: 1000) }
-        XCTAssertEqual(flush, .Closed)
+        guard case .Closed = flush else { return XCTFail("\(String(describing: flush))") }
     }
 
     func testOffline() async throws {
@@ -259,14 +273,17 @@ final class KryonixSyncTests: XCTestCase {
         }
         _ = try agent.write(namespace: .userCache, key: "w", value: Data("x".utf8), tier: .background)
         XCTAssertEqual(try agent.get(namespace: .userCache, key: "w"), Data("x".utf8))
-        let report = try await agent.syncNow(tiers: [])
-        XCTAssertEqual(report.online, false)
-        XCTAssertEqual(report.remaining, 7)
+        // Offline, asking says why nothing went; the status counts every item at once.
+        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, 7)
+        let offline = await kryonixError { try await agent.syncNow(tiers: []) }
+        guard case .Offline(let reason) = offline, reason.contains("offline") else {
+            return XCTFail("\(String(describing: offline))")
+        }
         // uniffi does not pass Swift Task cancellation to Rust: the call runs to completion.
         let task = Task { try await agent.flush(windowMs: 500) }
         task.cancel()
-        let flushed = try await task.value
-        XCTAssertEqual(flushed.remaining, 7)
+        let flushed = await task.result
+        guard case .failure(KryonixError.Offline) = flushed else { return XCTFail("\(flushed)") }
         XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, 7)
         try await agent.shutdown()
     }
@@ -338,13 +355,46 @@ final class KryonixSyncTests: XCTestCase {
         let tokens = CountingTokens()
         let agent = try open(config(network: wifi), tokens: tokens)
         _ = try agent.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
-        let report = try await agent.syncNow(tiers: [])
-        XCTAssertEqual(report.remaining, 1)
+        let refused = await kryonixError { try await agent.syncNow(tiers: []) }
+        guard case .Unauthorized(let reason) = refused, reason.contains("401") else {
+            return XCTFail("\(String(describing: refused))")
+        }
+        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, 1)
         _ = try await poll("status.unauthorized") { try agent.status().unauthorized ? true : nil }
         XCTAssertGreaterThanOrEqual(tokens.refreshes, 1)
         let error = await kryonixError { try await agent.getOrFetch(namespace: .apiCache, key: "k") }
-        XCTAssertEqual(error, .Unauthorized)
+        guard case .Unauthorized = error else { return XCTFail("\(String(describing: error))") }
         try await agent.shutdown()
+    }
+
+    /// A provider that cannot reach its identity provider is "offline", not "sign in again"; one
+    /// that says the user must sign in is; an agent opened for another tenant uploads nothing.
+    func testTokenFailuresKeepTheirKindAndATenantMismatchIsCaught() async throws {
+        let unreachable = try open(config(network: wifi), tokens: ThrowingTokens(.Unavailable(reason: "identity provider unreachable")))
+        _ = try unreachable.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
+        let offline = await kryonixError { try await unreachable.syncNow(tiers: []) }
+        guard case .Offline(let reason) = offline, reason.contains("identity provider unreachable") else {
+            return XCTFail("\(String(describing: offline))")
+        }
+        XCTAssertFalse(try unreachable.status().unauthorized)
+        try await unreachable.shutdown()
+
+        let signedOut = try open(config(network: wifi), tokens: ThrowingTokens(.SignInRequired(reason: "refresh token revoked")))
+        _ = try signedOut.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
+        let signIn = await kryonixError { try await signedOut.syncNow(tiers: []) }
+        guard case .Unauthorized(let why) = signIn, why.contains("refresh token revoked") else {
+            return XCTFail("\(String(describing: signIn))")
+        }
+        try await signedOut.shutdown()
+
+        let wrong = try open(config(network: wifi, tenant: "globex"))
+        _ = try wrong.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
+        let mismatch = await kryonixError { try await wrong.syncNow(tiers: []) }
+        guard case .TenantMismatch(let tokenTenant, _) = mismatch, tokenTenant == "acme" else {
+            return XCTFail("\(String(describing: mismatch))")
+        }
+        XCTAssertEqual(try wrong.status().tenantMismatch, "acme")
+        try await wrong.shutdown()
     }
 
     func testBlockingTokenProviderDoesNotStallOtherAgents() async throws {
@@ -391,8 +441,11 @@ final class KryonixSyncTests: XCTestCase {
             _ = try old.enqueue(namespace: .userCache, key: "gate-\(i)", op: .put, payload: Data([UInt8(i)]), tier: .background)
         }
         try old.setNetwork(network: wifi)
-        let report = try await old.syncNow(tiers: [])
-        XCTAssertEqual(report.remaining, 3)
+        let gated = await kryonixError { try await old.syncNow(tiers: []) }
+        guard case .UpgradeRequired(_, let minimum) = gated, minimum == "2.0.0" else {
+            return XCTFail("\(String(describing: gated))")
+        }
+        XCTAssertEqual(try old.status().tiers.reduce(0) { $0 + $1.depth }, 3)
         let gate = UpgradeRequired(minProtocol: 2, minAppVersion: "2.0.0")
         XCTAssertEqual(try old.status().upgradeRequired, gate)
         _ = try await poll("the observer told") { recorder.statuses.last?.upgradeRequired == gate ? true : nil }

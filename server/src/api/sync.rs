@@ -372,6 +372,7 @@ pub async fn hello(
     Ok(Json(HelloResponse {
         producer: request.producer,
         last_seq,
+        tenant: Some(caller.0.tenant.as_str().to_owned()),
     }))
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
-use kryonix_core::sync::TokenProvider;
+use kryonix_core::sync::{TokenError, TokenProvider};
 use kryonix_core::{Agent, TierSet};
 use kryonix_e2e::open_agent;
 use kryonix_protocol::{NetworkProfile, Tier};
@@ -45,7 +45,7 @@ impl GatedToken {
 }
 
 impl TokenProvider for GatedToken {
-    fn token(&self, _refresh: bool) -> Result<String, String> {
+    fn token(&self, _refresh: bool) -> Result<String, TokenError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         while !*open {

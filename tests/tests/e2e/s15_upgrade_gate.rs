@@ -34,10 +34,16 @@ async fn an_app_too_old_keeps_its_items_until_the_updated_app_delivers_them() {
     );
 
     old.set_network(NetworkProfile::WIFI).unwrap();
-    let report = old.sync_now(TierSet::ALL).await.unwrap();
-    assert_eq!(report.remaining, total(&expected), "{report:?}");
-    // Asking again sends nothing: the gate is not a transient failure to retry.
-    old.sync_now(TierSet::ALL).await.unwrap();
+    let gated = |e: &kryonix_core::Error| {
+        matches!(e, kryonix_core::Error::Transport(t)
+            if matches!(t.kind, kryonix_core::sync::FailureKind::UpgradeRequired(_)))
+    };
+    let refused = old.sync_now(TierSet::ALL).await.unwrap_err();
+    assert!(gated(&refused), "{refused:?}");
+    assert!(!refused.is_retryable());
+    // Asking again sends nothing and says the same: the gate is not a failure to retry.
+    let refused = old.sync_now(TierSet::ALL).await.unwrap_err();
+    assert!(gated(&refused), "{refused:?}");
     assert_eq!(world.stored_total().await, 0);
     assert_eq!(old.outbox().stats().unwrap().depth(), total(&expected));
 
@@ -55,12 +61,11 @@ async fn an_app_too_old_keeps_its_items_until_the_updated_app_delivers_them() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Reads from the server's cache are refused the same way, with the same minimums.
-    let refused = old.get_or_fetch(Namespace::UserCache, "anything").await;
-    assert!(
-        matches!(&refused, Err(kryonix_core::Error::Transport(e))
-            if matches!(e.kind, kryonix_core::sync::FailureKind::UpgradeRequired(_))),
-        "{refused:?}"
-    );
+    let refused = old
+        .get_or_fetch(Namespace::UserCache, "anything")
+        .await
+        .unwrap_err();
+    assert!(gated(&refused), "{refused:?}");
     old.close().await.unwrap();
     drop(old);
 

@@ -21,10 +21,11 @@ async fn ten_thousand_offline_items_arrive_once_highest_tier_first() {
     let expected = enqueue(&agent, 10_000, &Tier::ALL, "s1");
     assert_eq!(total(&expected), 10_000);
 
-    // Offline: asking changes nothing, sends nothing.
-    let report = agent.sync_now(TierSet::ALL).await.unwrap();
-    assert!(!report.online);
-    assert_eq!((report.items_sent, report.remaining), (0, 10_000));
+    // Offline: asking sends nothing and says why.
+    let offline = agent.sync_now(TierSet::ALL).await.unwrap_err();
+    assert!(offline.is_retryable(), "{offline:?}");
+    assert!(offline.to_string().contains("offline"), "{offline}");
+    assert_eq!(agent.outbox().stats().unwrap().depth(), 10_000);
     assert_eq!(world.stored_total().await, 0);
 
     let started = Instant::now();

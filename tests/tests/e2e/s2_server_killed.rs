@@ -4,7 +4,7 @@
 //! once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kryonix_core::TierSet;
 use kryonix_e2e::{Fault, Proxy, Rule, wait_for};
@@ -84,8 +84,16 @@ async fn server_down_through_the_retries_then_sync_now_delivers_at_once() {
     world.server.kill().await;
 
     agent.set_network(NetworkProfile::WIFI).unwrap();
-    let report = agent.sync_now(TierSet::ALL).await.unwrap();
-    assert_eq!(report.remaining, 250, "retries spent with the server down");
+    // The call answers at the first refused connection, with the cause; the agent keeps
+    // retrying on its own until the wake-up's retries are spent.
+    let down = agent.sync_now(TierSet::ALL).await.unwrap_err();
+    assert!(down.is_retryable(), "{down:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.status().tiers.values().map(|t| t.retries).max() < Some(4) {
+        assert!(Instant::now() < deadline, "the retries never ran out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(agent.outbox().stats().unwrap().depth(), 250);
     assert!(agent.status().last_error.is_some());
 
     world.server.restart().await.unwrap();

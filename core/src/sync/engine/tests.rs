@@ -370,6 +370,9 @@ fn describe_failure(kind: &FailureKind) -> String {
         } => format!("retryable, Retry-After {} s", after.as_secs()),
         FailureKind::Unauthorized => "unauthorized".into(),
         FailureKind::TooLarge => "too large".into(),
+        FailureKind::TenantMismatch { token_tenant } => {
+            format!("the token is tenant {token_tenant:?}'s")
+        }
         FailureKind::UpgradeRequired(u) => format!(
             "upgrade required (min protocol {:?}, min app {:?})",
             u.min_protocol, u.min_app_version

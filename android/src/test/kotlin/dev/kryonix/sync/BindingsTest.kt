@@ -185,8 +185,12 @@ fun main() {
             agent.enqueue(Namespace.USER_CACHE, "", Op.PUT, byteArrayOf(), Tier.CRITICAL)
         }
         expectThrows<KryonixException.InvalidInput> { agent.put(Namespace.USER_CACHE, "k", byteArrayOf(1), 0UL) }
-        expectThrows<KryonixException.InvalidInput> { agent.retryDeadLetter("not-a-uuid") }
+        expectThrows<KryonixException.NotFound> { agent.retryDeadLetter("not-a-uuid") }
         expectThrows<KryonixException.InvalidInput> { open(config(tenant = "bad:tenant")) }
+        for (url in listOf("not a url", "ftp://sync.example.com", "sync.example.com")) {
+            val bad = expectThrows<KryonixException.InvalidInput> { open(config(url = url)) }
+            expect(bad.reason.contains("server_url")) { bad.reason }
+        }
         agent.shutdown()
     }
 
@@ -256,12 +260,11 @@ fun main() {
         expect(ids.toSet().size == 6) { "distinct ids: $ids" }
         agent.write(Namespace.USER_CACHE, "w", "x".encodeToByteArray(), Tier.BACKGROUND)
         expect(agent.get(Namespace.USER_CACHE, "w")?.decodeToString() == "x") { "write is visible at once" }
-        val r = agent.syncNow(emptyList())
-        expect(!r.online && r.itemsSent == 0UL && r.remaining == 7UL) { "$r" }
-        val f = agent.flush(500UL)
-        expect(!f.online && f.remaining == 7UL) { "$f" }
-        val depth = pollUntil("status shows the queue") { agent.status().tiers.sumOf { it.depth }.takeIf { it == 7UL } }
-        expect(depth == 7UL) { "depth" }
+        // Offline, asking says why nothing went; the status counts every item at once.
+        val offline = expectThrows<KryonixException.Offline> { agent.syncNow(emptyList()) }
+        expect(offline.reason.contains("offline")) { offline.reason }
+        expectThrows<KryonixException.Offline> { agent.flush(500UL) }
+        expect(agent.status().tiers.sumOf { it.depth } == 7UL) { "${agent.status()}" }
         agent.shutdown()
     }
 
@@ -306,8 +309,8 @@ fun main() {
             expect(agent.get(Namespace.USER_CACHE, "after")?.single() == 2.toByte()) { "cache after cancel" }
             agent.enqueue(Namespace.USER_CACHE, "k2", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
             agent.setNetwork(OFFLINE)
-            val r = agent.syncNow(emptyList())
-            expect(r.remaining == 2UL) { "nothing lost: $r" }
+            expectThrows<KryonixException.Offline> { agent.syncNow(emptyList()) }
+            expect(agent.status().tiers.sumOf { it.depth } == 2UL) { "nothing lost: ${agent.status()}" }
             agent.shutdown()
             held.forEach { it.close() }
         }
@@ -356,12 +359,41 @@ fun main() {
         val tokens = CountingTokens("not-a-valid-token")
         val agent = open(config(network = WIFI), tokens = tokens)
         agent.enqueue(Namespace.USER_CACHE, "k", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
-        val r = agent.syncNow(emptyList())
-        expect(r.remaining == 1UL) { "kept: $r" }
+        val refused = expectThrows<KryonixException.Unauthorized> { agent.syncNow(emptyList()) }
+        expect(refused.reason.contains("401")) { refused.reason }
+        expect(agent.status().tiers.sumOf { it.depth } == 1UL) { "kept: ${agent.status()}" }
         pollUntil("status.unauthorized") { agent.status().takeIf { it.unauthorized } }
         expect(tokens.refreshes.get() >= 1) { "asked for a fresh token" }
         expectThrows<KryonixException.Unauthorized> { agent.getOrFetch(Namespace.API_CACHE, "k") }
         agent.shutdown()
+    }
+
+    check("token provider failures keep their kind; a tenant mismatch is caught before any upload") {
+        // The provider cannot reach its identity provider: "offline", not "sign in again", and
+        // the status carries the exception's message without its stack trace.
+        val unreachable = open(config(network = WIFI), tokens = object : TokenProvider {
+            override fun token(refresh: Boolean): String = throw java.io.IOException("identity provider unreachable")
+        })
+        unreachable.enqueue(Namespace.USER_CACHE, "k", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
+        val offline = expectThrows<KryonixException.Offline> { unreachable.syncNow(emptyList()) }
+        expect(offline.reason.contains("identity provider unreachable") && !offline.reason.contains("\tat ")) { offline.reason }
+        expect(!unreachable.status().unauthorized) { "${unreachable.status()}" }
+        unreachable.shutdown()
+        // The provider says the user must sign in.
+        val signedOut = open(config(network = WIFI), tokens = object : TokenProvider {
+            override fun token(refresh: Boolean): String = throw TokenException.SignInRequired("refresh token revoked")
+        })
+        signedOut.enqueue(Namespace.USER_CACHE, "k", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
+        val signIn = expectThrows<KryonixException.Unauthorized> { signedOut.syncNow(emptyList()) }
+        expect(signIn.reason.contains("refresh token revoked")) { signIn.reason }
+        signedOut.shutdown()
+        // An agent opened for globex with acme's token uploads nothing.
+        val wrong = open(config(network = WIFI, tenant = "globex"))
+        wrong.enqueue(Namespace.USER_CACHE, "k", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
+        val mismatch = expectThrows<KryonixException.TenantMismatch> { wrong.syncNow(emptyList()) }
+        expect(mismatch.tokenTenant == "acme" && mismatch.reason.contains("globex")) { "$mismatch" }
+        expect(wrong.status().tenantMismatch == "acme") { "${wrong.status()}" }
+        wrong.shutdown()
     }
 
     check("a token provider that blocks (a refresh over the network) does not stall other agents") {
@@ -396,8 +428,9 @@ fun main() {
         val old = open(config(path = path, appVersion = "1.9.3"), observer = rec)
         repeat(3) { old.enqueue(Namespace.USER_CACHE, "gate-$it", Op.PUT, byteArrayOf(it.toByte()), Tier.BACKGROUND) }
         old.setNetwork(WIFI)
-        val report = old.syncNow(emptyList())
-        expect(report.remaining == 3UL) { "$report" }
+        val gated = expectThrows<KryonixException.UpgradeRequired> { old.syncNow(emptyList()) }
+        expect(gated.minAppVersion == "2.0.0") { "$gated" }
+        expect(old.status().tiers.sumOf { it.depth } == 3UL) { "${old.status()}" }
         val gate = UpgradeRequired(minProtocol = 2u, minAppVersion = "2.0.0")
         expect(old.status().upgradeRequired == gate) { "${old.status()}" }
         pollUntil("the observer told") { rec.statuses.lastOrNull()?.takeIf { it.upgradeRequired == gate } }
