@@ -481,6 +481,7 @@ mod tests {
         async fn hello(&self, producer: &str) -> Result<HelloResponse, TransportError> {
             let last = self.last.lock().unwrap();
             Ok(HelloResponse {
+                max_value_bytes: None,
                 tenant: self.token_tenant.clone(),
                 producer: producer.to_owned(),
                 last_seq: std::array::from_fn(|i| {

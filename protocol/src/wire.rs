@@ -135,6 +135,10 @@ pub struct HelloResponse {
     /// finds out before it uploads anything. Absent from servers older than this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The largest payload this server accepts (its `max_value_bytes`), so the device refuses
+    /// larger ones at `enqueue` instead of having them dead-lettered after the upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_value_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +369,7 @@ mod tests {
             producer: "0193a1f0-7c2e-7b61-9d1a-3f4e5a6b7c8d".into(),
             last_seq: [80, 0, 12, 0],
             tenant: Some("acme".into()),
+            max_value_bytes: Some(262_144),
         });
         // An older server's answer, without the tenant, still reads.
         let old: HelloResponse =

@@ -39,6 +39,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kryonix_protocol::wire::{MAX_PUSH_ITEMS, MAX_VALUE_BYTES, Op};
 use kryonix_protocol::{KeyError, Namespace, TenantId, TenantKey, Tier};
@@ -231,6 +232,8 @@ pub struct Outbox {
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
     config: OutboxConfig,
+    /// The server's value limit from its last hello; 0 while unknown.
+    server_max_payload: Arc<AtomicUsize>,
 }
 
 /// Where an item is in its life.
@@ -343,6 +346,9 @@ pub struct Applied {
     pub renumbered: usize,
 }
 
+/// Meta key of the largest value the server accepts, as its last hello said.
+const SERVER_MAX_PAYLOAD_KEY: &str = "server_max_value_bytes";
+
 /// The columns [`item_from_row`] reads, from `outbox AS o` joined with its producer `p`.
 const ITEM_COLUMNS: &str =
     "o.id, o.tier, o.namespace, o.key, o.op, o.payload, o.created_at, o.attempts, p.id, o.tier_seq";
@@ -374,10 +380,20 @@ impl Outbox {
                 "outbox: items interrupted in flight are pending again"
             );
         }
+        // What the server said at the last hello; unknown (0) on a new database.
+        let server_max = store.read(|conn| {
+            Ok::<_, OutboxError>(
+                Store::meta_get(conn, SERVER_MAX_PAYLOAD_KEY)?
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0),
+            )
+        })?;
         Ok(Self {
             store,
             clock,
             config,
+            server_max_payload: Arc::new(AtomicUsize::new(server_max)),
         })
     }
 
@@ -396,11 +412,34 @@ impl Outbox {
         if item.namespace.is_internal() {
             return Err(OutboxError::InternalNamespace(item.namespace));
         }
-        if item.payload.len() > self.config.max_payload_bytes {
+        let max = self.max_payload_bytes();
+        if item.payload.len() > max {
             return Err(OutboxError::PayloadTooLarge {
                 size: item.payload.len(),
-                max: self.config.max_payload_bytes,
+                max,
             });
+        }
+        Ok(())
+    }
+
+    /// The largest payload `enqueue` accepts now: the configured limit, lowered to the server's
+    /// own once a hello has told it.
+    pub fn max_payload_bytes(&self) -> usize {
+        match self.server_max_payload.load(Ordering::Relaxed) {
+            0 => self.config.max_payload_bytes,
+            server => server.min(self.config.max_payload_bytes),
+        }
+    }
+
+    /// Records the largest value the server accepts (its hello says so), for this session and
+    /// the next ones: from now on `enqueue` refuses what the server would dead-letter.
+    pub fn set_server_limit(&self, bytes: u64) -> Result<()> {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX).max(1);
+        if self.server_max_payload.swap(bytes, Ordering::Relaxed) != bytes {
+            self.store.write(|tx| {
+                Store::meta_set(tx, SERVER_MAX_PAYLOAD_KEY, bytes.to_string().as_bytes())
+                    .map_err(OutboxError::from)
+            })?;
         }
         Ok(())
     }

@@ -280,9 +280,17 @@ impl<T: Transport> Driver<T> {
                     kind: FailureKind::TenantMismatch { token_tenant },
                 }
             }
-            Ok(answer) if answer.producer == producer => Event::HelloAnswered {
-                last_seq: answer.last_seq,
-            },
+            Ok(answer) if answer.producer == producer => {
+                if let Some(max) = answer.max_value_bytes {
+                    // Losing this only delays the check to the server's answer: log, go on.
+                    if let Err(error) = self.outbox.set_server_limit(max) {
+                        tracing::warn!(%error, "could not record the server's value limit");
+                    }
+                }
+                Event::HelloAnswered {
+                    last_seq: answer.last_seq,
+                }
+            }
             Ok(answer) => Event::RequestFailed {
                 kind: FailureKind::Retryable { retry_after: None },
                 error: format!(

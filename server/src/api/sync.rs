@@ -373,6 +373,7 @@ pub async fn hello(
         producer: request.producer,
         last_seq,
         tenant: Some(caller.0.tenant.as_str().to_owned()),
+        max_value_bytes: u64::try_from(state.config.max_value_bytes).ok(),
     }))
 }
 

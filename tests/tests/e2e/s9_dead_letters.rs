@@ -108,5 +108,38 @@ async fn rejected_items_are_dead_lettered_and_the_rest_flows() {
     assert_eq!(dead.len(), 3, "back in the lane, not dropped");
     assert!(dead.iter().any(|d| d.item.id == retried && d.code == code));
     world.assert_exactly_once(&expected).await;
+
+    // The hello told the device the server's value limit (4 KiB here): from now on, and in the
+    // next session, a payload the server would dead-letter is refused at enqueue.
+    let too_large = |agent: &kryonix_core::Agent| {
+        agent.enqueue(
+            Namespace::UserCache,
+            "big-again",
+            Op::Put,
+            &vec![7u8; 5000],
+            Tier::Critical,
+        )
+    };
+    assert!(
+        matches!(
+            too_large(&agent),
+            Err(kryonix_core::Error::Outbox(
+                kryonix_core::OutboxError::PayloadTooLarge { max: 4096, .. }
+            ))
+        ),
+        "accepted a payload the server refuses"
+    );
     agent.close().await.unwrap();
+    drop(agent);
+    let again = world.agent("phone-9", world.config("phone-9", &world.server.url()), None);
+    assert!(matches!(
+        too_large(&again),
+        Err(kryonix_core::Error::Outbox(
+            kryonix_core::OutboxError::PayloadTooLarge { max: 4096, .. }
+        ))
+    ));
+    again
+        .enqueue(Namespace::UserCache, "fits", Op::Put, &[1u8; 4096], Tier::Critical)
+        .unwrap();
+    again.close().await.unwrap();
 }
