@@ -12,15 +12,18 @@
 //! - [`callbacks`]: the foreign traits `SyncObserver` and `TokenProvider` and their adapters.
 //! - [`error`]: `KryonixError` (Kotlin `KryonixException`) and the one mapping from core errors.
 //! - [`runtime`]: the lazily built tokio runtime shared by every agent of the process.
+//! - [`logs`]: the foreign `LogSink` and `set_log_sink`, fed by a `tracing` layer.
 
 pub mod agent;
 pub mod callbacks;
 pub mod error;
+pub mod logs;
 pub mod runtime;
 pub mod types;
 
 pub use agent::KryonixAgent;
 pub use callbacks::{CallbackError, SyncObserver, TokenProvider};
 pub use error::KryonixError;
+pub use logs::{LogLevel, LogSink, set_log_sink};
 
 uniffi::setup_scaffolding!();

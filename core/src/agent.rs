@@ -222,7 +222,8 @@ impl<T: Transport> Agent<T> {
         // the item queued all the same.
         if let Err(Error::Outbox(_)) = &queued {
             if let Err(error) = self.cache.delete(&tenant_key) {
-                tracing::warn!(%error, key = tenant_key.as_str(), "could not drop the cached copy of a write that was not queued");
+                // The key is the app's data: not in a warning.
+                tracing::warn!(%error, %namespace, "could not drop the cached copy of a write that was not queued");
             }
         }
         queued

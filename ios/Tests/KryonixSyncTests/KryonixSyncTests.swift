@@ -45,6 +45,17 @@ private final class CountingTokens: TokenProvider, @unchecked Sendable {
     }
 }
 
+/// Records the library's log lines.
+private final class RecordingLogSink: LogSink, @unchecked Sendable {
+    private let lock = NSLock()
+    private var _lines: [(LogLevel, String, String)] = []
+    var lines: [(LogLevel, String, String)] { lock.withLock { _lines } }
+    func clear() { lock.withLock { _lines.removeAll() } }
+    func log(level: LogLevel, target: String, message: String) {
+        lock.withLock { _lines.append((level, target, message)) }
+    }
+}
+
 /// A provider that always throws `error`.
 private final class ThrowingTokens: TokenProvider, @unchecked Sendable {
     private let error: TokenError
@@ -463,6 +474,30 @@ final class KryonixSyncTests: XCTestCase {
         }
         XCTAssertNil(try updated.status().upgradeRequired)
         try await updated.shutdown()
+    }
+
+    func testLogSinkGetsLinesAtItsLevel() async throws {
+        let sink = RecordingLogSink()
+        try setLogSink(sink: sink, level: .debug)
+        defer { try? setLogSink(sink: nil, level: .error) }
+        let agent = try open(config(network: wifi))
+        _ = try agent.enqueue(namespace: .userCache, key: "logged", op: .put, payload: Data([1]), tier: .critical)
+        _ = try await poll("everything sent") { () async throws -> SyncReport? in
+            let r = try await agent.syncNow(tiers: [])
+            return r.remaining == 0 ? r : nil
+        }
+        let sync = sink.lines.filter { $0.1.hasPrefix("kryonix_core::sync") }
+        XCTAssertTrue(sync.contains { $0.0 == .debug && $0.2.hasPrefix("sync: wake-up") }, "\(sync)")
+        XCTAssertFalse(sink.lines.contains { $0.2.contains("logged") }, "a key reached the log")
+        try setLogSink(sink: sink, level: .warn)
+        sink.clear()
+        _ = try agent.enqueue(namespace: .userCache, key: "quiet", op: .put, payload: Data([1]), tier: .critical)
+        _ = try await poll("everything sent") { () async throws -> SyncReport? in
+            let r = try await agent.syncNow(tiers: [])
+            return r.remaining == 0 ? r : nil
+        }
+        XCTAssertFalse(sink.lines.contains { $0.0 == .debug || $0.0 == .info }, "\(sink.lines)")
+        try await agent.shutdown()
     }
 
     func testQuickStart() async throws {

@@ -131,7 +131,11 @@ async fn rejected_items_are_dead_lettered_and_the_rest_flows() {
     );
     agent.close().await.unwrap();
     drop(agent);
-    let again = world.agent("phone-9", world.config("phone-9", &world.server.url()), None);
+    let again = world.agent(
+        "phone-9",
+        world.config("phone-9", &world.server.url()),
+        None,
+    );
     assert!(matches!(
         too_large(&again),
         Err(kryonix_core::Error::Outbox(
@@ -139,7 +143,13 @@ async fn rejected_items_are_dead_lettered_and_the_rest_flows() {
         ))
     ));
     again
-        .enqueue(Namespace::UserCache, "fits", Op::Put, &[1u8; 4096], Tier::Critical)
+        .enqueue(
+            Namespace::UserCache,
+            "fits",
+            Op::Put,
+            &[1u8; 4096],
+            Tier::Critical,
+        )
         .unwrap();
     again.close().await.unwrap();
 }

@@ -445,6 +445,30 @@ fun main() {
         updated.shutdown()
     }
 
+    check("log sink: the library's lines at the chosen level, level changes honoured") {
+        val lines = Collections.synchronizedList(mutableListOf<Triple<LogLevel, String, String>>())
+        val sink = object : LogSink {
+            override fun log(level: LogLevel, target: String, message: String) { lines += Triple(level, target, message) }
+        }
+        setLogSink(sink, LogLevel.DEBUG)
+        try {
+            val agent = open(config(network = WIFI))
+            agent.enqueue(Namespace.USER_CACHE, "logged", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
+            pollUntil("everything sent") { agent.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
+            val sync = lines.filter { it.second.startsWith("kryonix_core::sync") }
+            expect(sync.any { it.first == LogLevel.DEBUG && it.third.startsWith("sync: wake-up") }) { "$sync" }
+            expect(lines.none { it.third.contains("logged") }) { "a key reached the log: $lines" }
+            setLogSink(sink, LogLevel.WARN)
+            lines.clear()
+            agent.enqueue(Namespace.USER_CACHE, "quiet", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
+            pollUntil("everything sent") { agent.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
+            expect(lines.none { it.first == LogLevel.DEBUG || it.first == LogLevel.INFO }) { "$lines" }
+            agent.shutdown()
+        } finally {
+            setLogSink(null, LogLevel.ERROR)
+        }
+    }
+
     check("quick start (README) against the real server") {
         val report = quickStart(dbPath(), serverUrl, token)
         expect(report.online && report.remaining == 0UL) { "$report" }
