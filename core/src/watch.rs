@@ -207,7 +207,7 @@ impl Watchers {
     }
 
     /// Registers a subscription. The caller holds the cache's ledger lock, so no transaction
-    /// commits between this and the snapshot the caller reads next.
+    /// commits between this and the snapshot the caller reads next. After [`Watchers::close`] the watch is born ended: its initial state, then `None`.
     pub(crate) fn subscribe(self: &Arc<Self>, filter: Filter, key_start: usize) -> Watch {
         let sub = Arc::new(Sub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -215,18 +215,19 @@ impl Watchers {
             key_start,
             pending: Mutex::new(Pending {
                 initial: true,
-                state: if self.closed.load(Ordering::Acquire) {
-                    SubState::Closed
-                } else {
-                    SubState::Open
-                },
                 ..Pending::default()
             }),
             wake: Notify::new(),
         });
         let mut subs = lock(&self.subs);
-        subs.push(sub.clone());
-        self.count.store(subs.len(), Ordering::Release);
+        // Checked under the list's lock: `close` sets the flag before taking the list, so a
+        // watch is either taken by it or sees the flag.
+        if self.closed.load(Ordering::Acquire) {
+            lock(&sub.pending).state = SubState::Closed;
+        } else {
+            subs.push(sub.clone());
+            self.count.store(subs.len(), Ordering::Release);
+        }
         drop(subs);
         Watch {
             sub,

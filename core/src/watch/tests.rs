@@ -377,6 +377,7 @@ async fn closing_ends_every_watch_after_what_is_pending() {
         .cache
         .watch_key(&f.key(Namespace::UserCache, "k"))
         .unwrap();
+    assert_eq!(f.cache.watcher_count(), 0);
     assert_eq!(
         next(&mut late).await,
         [change("k", Some(b"last"), Cause::Initial)]
