@@ -11,13 +11,14 @@ use kryonix_core::cache::Expiry;
 use kryonix_core::{Agent, ItemId};
 use kryonix_protocol::{AppVersion, DeviceProfile, TenantId};
 
-use crate::callbacks::{ObserverAdapter, SyncObserver, TokenAdapter, TokenProvider};
+use crate::callbacks::{CacheWatcher, ObserverAdapter, SyncObserver, TokenAdapter, TokenProvider};
 use crate::error::KryonixError;
 use crate::runtime;
 use crate::types::{
     AgentConfig, CacheStats, DeadLetter, DeviceClass, Namespace, NetworkProfile, Op, SyncReport,
     SyncStatus, Tier, tier_set,
 };
+use crate::watch::{self, WatchHandle};
 
 type Result<T, E = KryonixError> = std::result::Result<T, E>;
 
@@ -137,6 +138,38 @@ impl KryonixAgent {
 
     pub fn cache_stats(&self) -> Result<CacheStats> {
         Ok(self.agent()?.cache().stats().into())
+    }
+
+    /// Watches one key: `watcher` is told its current value first (null when it has none), then
+    /// every change — put, delete, write, a pulled change, an expiry noticed, an eviction.
+    /// Keep the handle: cancelling or closing it ends the watch, and so does shutdown.
+    pub fn watch(
+        &self,
+        namespace: Namespace,
+        key: String,
+        watcher: Arc<dyn CacheWatcher>,
+    ) -> Result<Arc<WatchHandle>> {
+        let watch = self.agent()?.watch(namespace.into(), &key)?;
+        watch::forward(watch, watcher)
+    }
+
+    /// Watches every key of `namespace`, or those starting with `prefix`: every live entry
+    /// first, then a batch per committed change (a pulled page is one batch, one change per key).
+    pub fn watch_namespace(
+        &self,
+        namespace: Namespace,
+        prefix: Option<String>,
+        watcher: Arc<dyn CacheWatcher>,
+    ) -> Result<Arc<WatchHandle>> {
+        let watch = self
+            .agent()?
+            .watch_namespace(namespace.into(), prefix.as_deref())?;
+        watch::forward(watch, watcher)
+    }
+
+    /// How many watches are live (a cancelled or closed handle no longer counts).
+    pub fn watcher_count(&self) -> Result<u64> {
+        Ok(u64::try_from(self.agent()?.watcher_count()).unwrap_or(u64::MAX))
     }
 
     /// Queues a mutation for upload and returns its id once it is durable.

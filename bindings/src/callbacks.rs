@@ -1,7 +1,7 @@
 //! The traits the app implements (foreign traits) and their adapters to core's traits.
 //!
-//! Neither is called on the app's main thread. The observer runs on the bindings' runtime
-//! threads: keep it quick. The token provider runs on the runtime's blocking pool, so it may
+//! None is called on the app's main thread. The observer and the cache watcher run on the
+//! bindings' runtime threads: keep them quick. The token provider runs on the runtime's blocking pool, so it may
 //! block (a token refresh over the network) without stalling other agents' sync. Both must be
 //! thread-safe. Implementations must not hold a strong reference to the
 //! `KryonixAgent` they are given to (the agent owns them; a reference back is a cycle that
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use kryonix_core::ItemId;
 
-use crate::types::SyncStatus;
+use crate::types::{CacheChange, SyncStatus};
 
 /// What a callback may throw. Anything else it throws arrives as `Unexpected`.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
@@ -65,6 +65,16 @@ impl From<uniffi::UnexpectedUniFFICallbackError> for TokenError {
 fn first_line(text: &str) -> String {
     let line = text.lines().next().unwrap_or_default().trim();
     line.chars().take(500).collect()
+}
+
+/// Told when watched cache keys change (`KryonixAgent.watch`, `watchNamespace`). Called for one
+/// watch at a time, in order: first the state when the watch began, then a batch per change that
+/// committed, at most one change per key, each with the key's newest value. Keep it quick (hand
+/// the batch to a channel or stream): while it runs, later changes of the same keys are merged
+/// into the next batch. Errors it throws are logged and otherwise ignored.
+#[uniffi::export(with_foreign)]
+pub trait CacheWatcher: Send + Sync {
+    fn on_change(&self, changes: Vec<CacheChange>) -> Result<(), CallbackError>;
 }
 
 /// Supplies bearer tokens; the app owns sign-in.

@@ -7,9 +7,11 @@
 //!
 //! # Layout
 //!
-//! - [`agent`]: `KryonixAgent`, the one exported object (cache, outbox, sync, status, close).
+//! - [`agent`]: `KryonixAgent`, the exported agent (cache, watches, outbox, sync, status, close).
 //! - [`types`]: FFI records and enums (config, profile, tiers, status, reports, dead letters).
-//! - [`callbacks`]: the foreign traits `SyncObserver` and `TokenProvider` and their adapters.
+//! - [`callbacks`]: the foreign traits `SyncObserver`, `CacheWatcher` and `TokenProvider`, and the
+//!   adapters of the first and last to core's traits.
+//! - [`watch`]: `WatchHandle` and the task that hands a core watch's batches to a `CacheWatcher`.
 //! - [`error`]: `KryonixError` (Kotlin `KryonixException`) and the one mapping from core errors.
 //! - [`runtime`]: the lazily built tokio runtime shared by every agent of the process.
 //! - [`logs`]: the foreign `LogSink` and `set_log_sink`, fed by a `tracing` layer.
@@ -20,10 +22,12 @@ pub mod error;
 pub mod logs;
 pub mod runtime;
 pub mod types;
+pub mod watch;
 
 pub use agent::KryonixAgent;
-pub use callbacks::{CallbackError, SyncObserver, TokenProvider};
+pub use callbacks::{CacheWatcher, CallbackError, SyncObserver, TokenProvider};
 pub use error::KryonixError;
 pub use logs::{LogLevel, LogSink, set_log_sink};
+pub use watch::WatchHandle;
 
 uniffi::setup_scaffolding!();

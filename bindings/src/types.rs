@@ -393,3 +393,54 @@ impl From<kryonix_core::CacheStats> for CacheStats {
         }
     }
 }
+
+/// Why a watched key changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ChangeCause {
+    /// The state when the watch began (`value` is null when the key had none).
+    Initial,
+    /// Written on this device: `put`, `write`, a read-through fill.
+    Put,
+    /// Deleted on this device.
+    Deleted,
+    /// Pulled from the server: a new value, or a delete (`value` null).
+    Pulled,
+    /// Found expired by a read or a purge.
+    Expired,
+    /// Evicted to make room under the namespace's policy.
+    Evicted,
+}
+
+impl From<kryonix_core::Cause> for ChangeCause {
+    fn from(cause: kryonix_core::Cause) -> Self {
+        use kryonix_core::Cause as C;
+        match cause {
+            C::Initial => Self::Initial,
+            C::Put => Self::Put,
+            C::Deleted => Self::Deleted,
+            C::Pulled => Self::Pulled,
+            C::Expired => Self::Expired,
+            C::Evicted => Self::Evicted,
+        }
+    }
+}
+
+/// One watched key's new state.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct CacheChange {
+    /// The app's key (without tenant and namespace).
+    pub key: String,
+    /// The value now; null when the key has none (deleted, expired, evicted, never set).
+    pub value: Option<Vec<u8>>,
+    pub cause: ChangeCause,
+}
+
+impl From<kryonix_core::KeyChange> for CacheChange {
+    fn from(c: kryonix_core::KeyChange) -> Self {
+        Self {
+            key: c.key,
+            value: c.value.map(|v| v.to_vec()),
+            cause: c.cause.into(),
+        }
+    }
+}

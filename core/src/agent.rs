@@ -1,6 +1,6 @@
 //! The agent: what an app holds. One object that owns the database, the cache, the outbox and
 //! the sync driver task, with the calls an app makes — read and write the cache, enqueue, ask
-//! for a sync, tell it about the network, watch its status.
+//! for a sync, tell it about the network, watch its status and watch cached data.
 //!
 //! The bindings (`kryonix-ffi`) export this object to Kotlin and Swift almost one to one.
 
@@ -23,6 +23,7 @@ use crate::store::{Durability, Store, StoreOptions};
 use crate::sync::driver::{Command, Driver, SyncObserver, SyncReport};
 use crate::sync::engine::{EngineConfig, Event, SyncEngine, SyncStatus};
 use crate::sync::transport::{HttpTransport, TokenProvider, Transport};
+use crate::watch::Watch;
 
 /// Everything an agent needs to start.
 #[derive(Debug, Clone)]
@@ -356,6 +357,37 @@ impl<T: Transport> Agent<T> {
         Ok(Some(value))
     }
 
+    /// Watches one key of this tenant: its current value first (`None` when it has none), then
+    /// every change — a local put, delete or write, a pulled change, an expiry noticed, an
+    /// eviction — coalesced to the newest value while the caller is not reading. See
+    /// [`crate::watch`]. Dropping the [`Watch`] ends it; closing the agent ends it too.
+    pub fn watch(&self, namespace: Namespace, key: &str) -> Result<Watch> {
+        self.ensure_open()?;
+        Ok(self.cache.watch_key(&self.key(namespace, key)?)?)
+    }
+
+    /// Watches every key of `namespace` (or those starting with `prefix`): every live entry
+    /// first, then each change, one batch per committed transaction at most one change per key.
+    pub fn watch_namespace(&self, namespace: Namespace, prefix: Option<&str>) -> Result<Watch> {
+        self.ensure_open()?;
+        Ok(self
+            .cache
+            .watch_prefix(&self.tenant, namespace, prefix.unwrap_or_default())?)
+    }
+
+    /// How many watches are live (a cancelled or dropped one no longer counts).
+    pub fn watcher_count(&self) -> usize {
+        self.cache.watcher_count()
+    }
+
+    /// `Closed` once the driver has stopped (after `close`): a watch would never end otherwise.
+    fn ensure_open(&self) -> Result<()> {
+        if self.commands.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         Ok(self.outbox.dead_letters()?)
     }
@@ -370,8 +402,8 @@ impl<T: Transport> Agent<T> {
         Ok(self.outbox.discard_dead(id)?)
     }
 
-    /// Stops the driver after the request in flight (if any) settles. Queued items stay in the
-    /// database for the next start.
+    /// Stops the driver after the request in flight (if any) settles, and ends every watch
+    /// (after what each has pending). Queued items stay in the database for the next start.
     pub async fn close(&self) -> Result<()> {
         let _ = self.commands.send(Command::Shutdown);
         let task = self
@@ -379,10 +411,13 @@ impl<T: Transport> Agent<T> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(task) = task {
-            task.await.map_err(|e| Error::Task(e.to_string()))?;
-        }
-        Ok(())
+        let stopped = match task {
+            Some(task) => task.await.map_err(|e| Error::Task(e.to_string())),
+            None => Ok(()),
+        };
+        // After the driver: a page it applied on its way out is still told.
+        self.cache.close_watches();
+        stopped
     }
 }
 

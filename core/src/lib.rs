@@ -16,6 +16,8 @@
 //! - [`sync`]: the sans-I/O sync engine — tier cadences, network gating, ride-along wake-ups,
 //!   retries and backoff, as a state machine from events to actions — and the driver that runs
 //!   it against the outbox, HTTP and a timer.
+//! - [`watch`]: live data — subscriptions to a key, a namespace or a key prefix, told of every
+//!   committed change (local, pulled, expired, evicted), coalesced per key, never blocking a writer.
 //! - [`clock`]: wall-clock time behind a trait, so TTLs and backoff are tested without sleeping.
 //! - [`error`]: the crate-wide [`Error`] over each module's own error enum.
 
@@ -26,6 +28,7 @@ pub mod error;
 pub mod outbox;
 pub mod store;
 pub mod sync;
+pub mod watch;
 
 pub use agent::{Agent, AgentConfig};
 pub use cache::{Cache, CacheConfig, CacheEntry, CacheError, CacheStats, Expiry};
@@ -37,6 +40,7 @@ pub use outbox::{
 };
 pub use store::{Durability, Store, StoreError, StoreOptions};
 pub use sync::RetrySchedule;
+pub use watch::{Cause, KeyChange, Watch, WatchCanceller};
 
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -174,6 +174,20 @@ impl TenantKey {
         })
     }
 
+    /// The start every key of `tenant` and `namespace` shares, `tenant:{tenant}:{namespace}:`:
+    /// a full key starts with it followed by a key prefix exactly when its key starts with that
+    /// prefix (a tenant or namespace never contains the separator). Matching a namespace or a
+    /// key prefix by full key rests on this.
+    pub fn namespace_prefix(tenant: &TenantId, namespace: Namespace) -> String {
+        let mut prefix =
+            String::with_capacity(PREFIX.len() + tenant.0.len() + namespace.name().len() + 3);
+        for part in [PREFIX, tenant.as_str(), namespace.name()] {
+            prefix.push_str(part);
+            prefix.push(SEPARATOR);
+        }
+        prefix
+    }
+
     /// Builds a key from unvalidated strings (as they come off the wire).
     pub fn from_parts(tenant: &str, namespace: &str, key: &str) -> Result<Self, KeyError> {
         let tenant = TenantId::new(tenant)?;
@@ -250,6 +264,9 @@ mod tests {
         assert_eq!(k.namespace(), Namespace::UserCache);
         assert_eq!(k.key(), "user:42:avatar");
         assert_eq!(TenantKey::parse(k.as_str()).unwrap(), k);
+        let start = TenantKey::namespace_prefix(&acme(), Namespace::UserCache);
+        assert_eq!(start, "tenant:acme:user_cache:");
+        assert_eq!(k.as_str().strip_prefix(start.as_str()), Some(k.key()));
     }
 
     #[test]

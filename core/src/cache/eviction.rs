@@ -20,20 +20,20 @@ use crate::clock::Millis;
 const VICTIM_BATCH: i64 = 64;
 
 // Victim queries: ?1 namespace, ?2 the key being written (never its own victim), ?3 now, ?4 limit.
-// Each is served by one of the schema's cache_* indexes.
-const EXPIRED_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value) \
+// Each is served by one of the schema's cache_* indexes. The key comes back for the watchers.
+const EXPIRED_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value), full_key \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at <= ?3 \
      ORDER BY expires_at LIMIT ?4";
-const LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value) \
+const LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value), full_key \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 \
      AND (expires_at IS NULL OR expires_at > ?3) ORDER BY last_access, rowid LIMIT ?4";
-const LFU_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value) \
+const LFU_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value), full_key \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 \
      AND (expires_at IS NULL OR expires_at > ?3) ORDER BY access_count, last_access, rowid LIMIT ?4";
-const VOLATILE_LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value) \
+const VOLATILE_LRU_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value), full_key \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
      ORDER BY last_access, rowid LIMIT ?4";
-const VOLATILE_TTL_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value) \
+const VOLATILE_TTL_VICTIMS_SQL: &str = "SELECT rowid, namespace, charged_bytes, raw_size, length(value), full_key \
      FROM cache_entries WHERE namespace = ?1 AND full_key <> ?2 AND expires_at > ?3 \
      ORDER BY expires_at, rowid LIMIT ?4";
 
@@ -58,15 +58,21 @@ fn drain(
                     room.now,
                     VICTIM_BATCH
                 ],
-                |r| Ok((r.get::<_, i64>(0)?, RowSize::from_row(r, 1)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        RowSize::from_row(r, 1)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                },
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         if batch.is_empty() {
             return Ok(need);
         }
-        for (rowid, size) in batch {
+        for (rowid, size, full_key) in batch {
             delete.execute([rowid])?;
-            change.remove(size, why);
+            change.removed(size, why, &full_key);
             need = need.saturating_sub(to_u64(size.charged));
             if need == 0 {
                 return Ok(0);

@@ -6,10 +6,15 @@
 //! a `Change` as it goes (several writes in one transaction see each other's bytes through it)
 //! and the ledger takes the change only after the commit. A removal also records why the row
 //! left (`Removal`), because the eviction and expiration counters are taken from the same
-//! committed change and so can never count a removal that rolled back.
+//! committed change and so can never count a removal that rolled back. For the same reason the
+//! change also carries, while anyone watches, the notices for the watchers (`crate::watch`): what
+//! each key became and why, told only once the transaction has committed.
+
+use std::sync::Arc;
 
 use super::Cache;
 use super::stats::{NS_COUNT, Usage};
+use crate::watch::{Cause, Notice};
 
 /// Net effect of one committed write transaction, applied to the ledger and the counters.
 #[derive(Debug, Default, Clone)]
@@ -17,6 +22,9 @@ pub(super) struct Change {
     pub(super) usage: [UsageDelta; NS_COUNT],
     evicted: [u64; NS_COUNT],
     expired: [u64; NS_COUNT],
+    /// What watchers are told after the commit; `None` while nobody watches, so a transaction
+    /// nobody watches collects nothing.
+    notices: Option<Vec<Notice>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,7 +65,53 @@ pub(super) enum Removal {
     Deleted,
 }
 
+impl Removal {
+    /// What a watcher is told a removal of this kind was.
+    fn cause(self) -> Cause {
+        match self {
+            Self::Evicted => Cause::Evicted,
+            Self::Expired => Cause::Expired,
+            Self::Deleted => Cause::Deleted,
+        }
+    }
+}
+
 impl Change {
+    /// An empty change that collects notices when `watched`.
+    pub(super) fn new(watched: bool) -> Self {
+        Self {
+            notices: watched.then(Vec::new),
+            ..Self::default()
+        }
+    }
+
+    /// Whether notices are collected (someone watches).
+    pub(super) fn watched(&self) -> bool {
+        self.notices.is_some()
+    }
+
+    /// Records what `full_key` became, for the watchers.
+    pub(super) fn notice(&mut self, full_key: &str, value: Option<Arc<[u8]>>, cause: Cause) {
+        if let Some(notices) = &mut self.notices {
+            notices.push(Notice {
+                full_key: full_key.to_owned(),
+                value,
+                cause,
+            });
+        }
+    }
+
+    /// A row removed for `why`, under `full_key`: the ledger and the watchers both hear of it.
+    pub(super) fn removed(&mut self, row: RowSize, why: Removal, full_key: &str) {
+        self.remove(row, why);
+        self.notice(full_key, None, why.cause());
+    }
+
+    /// The notices collected, leaving none.
+    pub(super) fn take_notices(&mut self) -> Vec<Notice> {
+        self.notices.take().unwrap_or_default()
+    }
+
     pub(super) fn add(&mut self, row: RowSize) {
         if let Some(d) = self.usage.get_mut(row.namespace) {
             d.entries += 1;

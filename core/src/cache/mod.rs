@@ -25,12 +25,16 @@
 //!   removed; reading it removes it, and [`Cache::purge_expired`] reclaims the rest in small steps.
 //! - **Compression** above 1 KiB per the device profile ([`codec`]), with the encoding stored in
 //!   the row and values that do not shrink stored as they are.
+//! - **Watchers are told after the commit.** While anyone watches ([`crate::watch`]), a write
+//!   transaction collects what each key became and why, and the registry tells the matching
+//!   subscribers once it has committed, before the next transaction can start.
 //!
 //! This file holds the [`Cache`] itself, its configuration, errors and public API, and the
 //! write of one value (`upsert`). The rest is split by concern: `sql` (the statements and row
 //! readers), `ledger` (what a transaction changes in the usage, applied after it commits),
 //! `access` (the batched access statistics), `eviction` (making room under a namespace's
-//! policy), `remote` (applying pulled pages), [`stats`] and [`codec`].
+//! policy), `remote` (applying pulled pages), `subscribe` (starting a watch from the right
+//! snapshot), [`stats`] and [`codec`].
 
 mod access;
 pub mod codec;
@@ -39,6 +43,7 @@ mod ledger;
 mod remote;
 mod sql;
 pub mod stats;
+mod subscribe;
 
 #[cfg(test)]
 mod tests;
@@ -54,6 +59,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::clock::{Clock, Millis, duration_ms};
 use crate::store::{Store, StoreError};
+use crate::watch::{Cause, Watchers};
 
 pub use codec::CodecError;
 pub use remote::ApplyReport;
@@ -180,6 +186,8 @@ pub struct Cache {
     /// Hits since the last flush, by full key.
     accesses: Mutex<HashMap<String, Access>>,
     stats: Stats,
+    /// Who watches which keys; told after each committed write transaction.
+    watchers: Arc<Watchers>,
 }
 
 /// A value checked and compressed, ready to be written inside a transaction.
@@ -191,6 +199,29 @@ struct PreparedPut<'k> {
     row: RowSize,
     expires_at: Option<Millis>,
     budget: u64,
+    /// The value before compression, kept only when someone watched as it was prepared.
+    value: Option<Arc<[u8]>>,
+    /// What watchers are told the write was.
+    cause: Cause,
+}
+
+impl PreparedPut<'_> {
+    /// The value as watchers receive it. A watch that began after the value was prepared gets
+    /// it back from the stored bytes; should that ever fail, the notice is left out (logged)
+    /// rather than failing a write that has nothing to do with the watcher.
+    fn watched_value(&self) -> Option<Arc<[u8]>> {
+        if let Some(value) = &self.value {
+            return Some(value.clone());
+        }
+        let raw = usize::try_from(self.row.raw).unwrap_or(usize::MAX);
+        match codec::decode(self.encoding, &self.stored, raw) {
+            Ok(value) => Some(value.into()),
+            Err(error) => {
+                tracing::error!(%error, key = self.key.as_str(), "watchers not told of a write");
+                None
+            }
+        }
+    }
 }
 
 /// Writes a prepared value inside `tx`, making room with the namespace's policy first.
@@ -245,6 +276,11 @@ fn upsert(
         put.expires_at,
     ])?;
     change.add(put.row);
+    if change.watched() {
+        if let Some(value) = put.watched_value() {
+            change.notice(key.as_str(), Some(value), put.cause);
+        }
+    }
     Ok(())
 }
 
@@ -301,6 +337,7 @@ impl Cache {
             ledger: Mutex::new(ledger),
             accesses: Mutex::new(HashMap::new()),
             stats: Stats::new(),
+            watchers: Arc::default(),
         })
     }
 
@@ -444,6 +481,8 @@ impl Cache {
             row,
             expires_at,
             budget,
+            value: self.watchers.active().then(|| Arc::from(value)),
+            cause: Cause::Put,
         })
     }
 
@@ -532,29 +571,16 @@ impl Cache {
             self.stats.miss();
             return Ok(Lookup::Expired);
         }
-        let encoding = codec::encoding_from_tag(row.encoding)?;
-        let raw_size = usize::try_from(row.raw_size).unwrap_or(0);
-        let value = if encoding == Encoding::Identity {
-            row.value
-        } else {
-            codec::decode(encoding, &row.value, raw_size)?
-        };
-        if value.len() != raw_size {
-            return Err(CodecError::Corrupt {
-                encoding,
-                reason: format!("decoded to {} bytes, {} were stored", value.len(), raw_size),
-            }
-            .into());
-        }
+        let expires_at = row.expires_at;
+        let charged = row.charged;
+        let (encoding, value) = decode_row(row)?;
         self.stats.hit();
         self.record_access(full_key, now);
         Ok(Lookup::Found(CacheEntry {
             value,
-            ttl: row
-                .expires_at
-                .map(|at| Duration::from_millis(to_u64(at.saturating_sub(now)))),
+            ttl: expires_at.map(|at| Duration::from_millis(to_u64(at.saturating_sub(now)))),
             encoding,
-            charged_bytes: to_u64(row.charged),
+            charged_bytes: to_u64(charged),
         }))
     }
 
@@ -584,11 +610,11 @@ impl Cache {
                 .optional()?;
             Ok(match row {
                 Some((size, Some(at))) if at <= now => {
-                    change.remove(size, Removal::Expired);
+                    change.removed(size, Removal::Expired, key.as_str());
                     false
                 }
                 Some((size, _)) => {
-                    change.remove(size, Removal::Deleted);
+                    change.removed(size, Removal::Deleted, key.as_str());
                     true
                 }
                 None => false,
@@ -604,10 +630,12 @@ impl Cache {
         let removed = self.write_rows(|tx, _, change| {
             let mut stmt = tx.prepare_cached(PURGE_SQL)?;
             let rows = stmt
-                .query_map(params![now, to_i64(limit)], |r| RowSize::from_row(r, 0))?
+                .query_map(params![now, to_i64(limit)], |r| {
+                    Ok((RowSize::from_row(r, 0)?, r.get::<_, String>(4)?))
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            for &row in &rows {
-                change.remove(row, Removal::Expired);
+            for (row, full_key) in &rows {
+                change.removed(*row, Removal::Expired, full_key);
             }
             Ok(rows.len())
         })?;
@@ -628,21 +656,26 @@ impl Cache {
 
     /// Runs `f` in a write transaction of the cache: the ledger is held throughout, batched
     /// accesses are flushed first, and the ledger and counters change only once it commits.
+    /// Watchers are told of the committed change before the ledger is released, so a watch that
+    /// starts (under the same lock) sees every commit either in its snapshot or as a notice.
     fn write_rows<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>, &[Usage; NS_COUNT], &mut Change) -> Result<T, CacheError>,
     ) -> Result<T, CacheError> {
         let mut ledger = lock(&self.ledger);
         let accesses = self.take_accesses();
+        // Stable for the whole transaction: a watch starts only while holding the ledger.
+        let watched = self.watchers.active();
         let result = self.store.write(|tx| -> Result<(T, Change), CacheError> {
             flush_accesses(tx, &accesses)?;
-            let mut change = Change::default();
+            let mut change = Change::new(watched);
             let value = f(tx, &ledger, &mut change)?;
             Ok((value, change))
         });
         match result {
-            Ok((value, change)) => {
+            Ok((value, mut change)) => {
                 self.apply(&mut ledger, &change);
+                self.watchers.publish(&change.take_notices());
                 Ok(value)
             }
             Err(e) => {
@@ -663,7 +696,7 @@ impl Cache {
                     .query_row(params![key, now], |r| RowSize::from_row(r, 0))
                     .optional()?
                 {
-                    change.remove(row, Removal::Expired);
+                    change.removed(row, Removal::Expired, key);
                 }
             }
             Ok(())
@@ -672,6 +705,32 @@ impl Cache {
             tracing::warn!(%error, "could not remove expired cache entries; purge will retry");
         }
     }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // Watches hold the registry, not the cache: tell them nothing more will come.
+        self.watchers.close();
+    }
+}
+
+/// Decompresses a stored row, checking it decodes to the size that was stored.
+fn decode_row(row: StoredValue) -> Result<(Encoding, Vec<u8>), CacheError> {
+    let encoding = codec::encoding_from_tag(row.encoding)?;
+    let raw_size = usize::try_from(row.raw_size).unwrap_or(0);
+    let value = if encoding == Encoding::Identity {
+        row.value
+    } else {
+        codec::decode(encoding, &row.value, raw_size)?
+    };
+    if value.len() != raw_size {
+        return Err(CodecError::Corrupt {
+            encoding,
+            reason: format!("decoded to {} bytes, {} were stored", value.len(), raw_size),
+        }
+        .into());
+    }
+    Ok((encoding, value))
 }
 
 /// Outcome of reading one key.

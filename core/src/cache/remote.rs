@@ -13,6 +13,10 @@
 //!
 //! A change that cannot be stored (bad key, undecodable value, a full `noeviction` namespace) is
 //! skipped and counted, never allowed to wedge the cursor.
+//!
+//! The page is one transaction, so watchers hear of it as one batch (at most one change per key,
+//! `Cause::Pulled`), and only of the changes that took effect: a duplicate or shadowed change
+//! changed nothing.
 
 use std::time::Duration;
 
@@ -27,6 +31,7 @@ use super::{Cache, CacheError, Expiry, PreparedPut, codec, upsert};
 use crate::clock::{Millis, duration_ms};
 use crate::outbox::ItemState;
 use crate::store::Store;
+use crate::watch::Cause;
 
 /// How long the server keeps downstream changes; older applied ids can be forgotten.
 const APPLIED_RETENTION: Duration = Duration::from_secs(48 * 3600);
@@ -135,7 +140,9 @@ impl Cache {
             Some(0) | None => Expiry::Adaptive,
             Some(secs) => Expiry::After(Duration::from_secs(secs)),
         };
-        self.prepare_put(key, &value, expiry, now)
+        let mut put = self.prepare_put(key, &value, expiry, now)?;
+        put.cause = Cause::Pulled;
+        Ok(put)
     }
 
     /// The stored value of a meta key as text (the pull cursor).
@@ -230,6 +237,7 @@ fn delete_row(tx: &Transaction<'_>, delta: &mut Change, key: &TenantKey) -> rusq
         .optional()?
     {
         delta.remove(row, Removal::Deleted);
+        delta.notice(key.as_str(), None, Cause::Pulled);
     }
     Ok(())
 }

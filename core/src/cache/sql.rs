@@ -28,10 +28,18 @@ pub(super) const DELETE_EXPIRED_KEY_SQL: &str = "DELETE FROM cache_entries WHERE
      RETURNING namespace, charged_bytes, raw_size, length(value)";
 pub(super) const PURGE_SQL: &str = "DELETE FROM cache_entries WHERE rowid IN \
      (SELECT rowid FROM cache_entries WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2) \
-     RETURNING namespace, charged_bytes, raw_size, length(value)";
+     RETURNING namespace, charged_bytes, raw_size, length(value), full_key";
 pub(super) const DELETE_ROWID_SQL: &str = "DELETE FROM cache_entries WHERE rowid = ?1";
 pub(super) const USAGE_SQL: &str = "SELECT namespace, count(*), sum(charged_bytes), sum(raw_size), sum(length(value)) \
      FROM cache_entries GROUP BY namespace";
+
+/// The initial state of a key watch (?1 the full key) and of a prefix watch (?1 the prefix, ?2
+/// the first full key past it), in `[full_key, read_value's columns]` order. The prefix form is a
+/// range scan of the `full_key` index.
+pub(super) const WATCH_KEY_SQL: &str = "SELECT full_key, value, encoding, raw_size, charged_bytes, expires_at \
+     FROM cache_entries WHERE full_key = ?1";
+pub(super) const WATCH_RANGE_SQL: &str = "SELECT full_key, value, encoding, raw_size, charged_bytes, expires_at \
+     FROM cache_entries WHERE full_key >= ?1 AND full_key < ?2 ORDER BY full_key";
 
 /// A row as `get` reads it.
 pub(super) struct StoredValue {
@@ -42,19 +50,24 @@ pub(super) struct StoredValue {
     pub(super) expires_at: Option<Millis>,
 }
 
+impl StoredValue {
+    /// Reads the columns of `GET_SQL` starting at column `first`.
+    pub(super) fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            value: r.get(first)?,
+            encoding: r.get(first + 1)?,
+            raw_size: r.get(first + 2)?,
+            charged: r.get(first + 3)?,
+            expires_at: r.get(first + 4)?,
+        })
+    }
+}
+
 pub(super) fn read_value(
     conn: &Connection,
     full_key: &str,
 ) -> rusqlite::Result<Option<StoredValue>> {
     conn.prepare_cached(GET_SQL)?
-        .query_row([full_key], |r| {
-            Ok(StoredValue {
-                value: r.get(0)?,
-                encoding: r.get(1)?,
-                raw_size: r.get(2)?,
-                charged: r.get(3)?,
-                expires_at: r.get(4)?,
-            })
-        })
+        .query_row([full_key], |r| StoredValue::from_row(r, 0))
         .optional()
 }

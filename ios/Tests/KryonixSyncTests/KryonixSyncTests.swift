@@ -2,12 +2,16 @@
 // (android/src/test/kotlin/dev/kryonix/sync/BindingsTest.kt). Run by scripts/test-bindings in the
 // Swift root, against a kryonix-server it starts (KRYONIX_TEST_SERVER_URL, KRYONIX_TEST_TOKEN).
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import XCTest
 @testable import KryonixSync
 
 private let env = ProcessInfo.processInfo.environment
 private let serverUrl = env["KRYONIX_TEST_SERVER_URL"] ?? "http://127.0.0.1:9"
 private let token = env["KRYONIX_TEST_TOKEN"] ?? "unset"
+private let serviceToken = env["KRYONIX_TEST_SERVICE_TOKEN"] ?? "unset"
 private let wifi = NetworkProfile(kind: .wifi, metered: false)
 private let offline = NetworkProfile(kind: .offline, metered: false)
 
@@ -81,6 +85,46 @@ private final class GatedTokens: TokenProvider, @unchecked Sendable {
         }
         return value
     }
+}
+
+/// Records what a CacheWatcher is told, and what the streams yield.
+private final class Recorder<T: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _items: [T] = []
+    var items: [T] { lock.withLock { _items } }
+    func append(_ item: T) { lock.withLock { _items.append(item) } }
+}
+
+private final class RecordingWatcher: CacheWatcher, Sendable {
+    let changes = Recorder<CacheChange>()
+    func onChange(changes: [CacheChange]) {
+        for change in changes { self.changes.append(change) }
+    }
+}
+
+private struct PublishFailed: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Publishes a put to every device of the tenant, as a backend does (`POST /v1/publish`).
+private func publish(namespace: String, key: String, value: Data) async throws {
+    guard let url = URL(string: "\(serverUrl)/v1/publish") else { throw PublishFailed(description: "bad URL") }
+    var request = URLRequest(url: url)
+    request.httpMethod = "POST"
+    request.setValue("Bearer \(serviceToken)", forHTTPHeaderField: "authorization")
+    request.setValue("application/json", forHTTPHeaderField: "content-type")
+    let change = #"{"namespace":"\#(namespace)","key":"\#(key)","op":"put","value":"\#(value.base64EncodedString())"}"#
+    request.httpBody = Data(#"{"changes":[\#(change)]}"#.utf8)
+    let status: Int = try await withCheckedThrowingContinuation { continuation in
+        URLSession.shared.dataTask(with: request) { _, response, error in
+            if let error {
+                continuation.resume(throwing: error)
+            } else {
+                continuation.resume(returning: (response as? HTTPURLResponse)?.statusCode ?? 0)
+            }
+        }.resume()
+    }
+    guard status == 200 else { throw PublishFailed(description: "publish answered \(status)") }
 }
 
 private func noise(_ count: Int, seed: UInt64) -> Data {
@@ -497,6 +541,52 @@ final class KryonixSyncTests: XCTestCase {
             return r.remaining == 0 ? r : nil
         }
         XCTAssertFalse(sink.lines.contains { $0.0 == .debug || $0.0 == .info }, "\(sink.lines)")
+        try await agent.shutdown()
+    }
+
+    func testWatchWithACacheWatcher() async throws {
+        let agent = try open()
+        let watcher = RecordingWatcher()
+        let handle = try agent.watch(namespace: .userCache, key: "watched", watcher: watcher)
+        XCTAssertEqual(try agent.watcherCount(), 1)
+        _ = try await poll("the initial state") { watcher.changes.items.first }
+        try agent.put(namespace: .userCache, key: "watched", value: Data("1".utf8), ttlMs: nil)
+        _ = try await poll("the put") { watcher.changes.items.count >= 2 ? true : nil }
+        XCTAssertTrue(try agent.delete(namespace: .userCache, key: "watched"))
+        _ = try await poll("the delete") { watcher.changes.items.count >= 3 ? true : nil }
+        XCTAssertEqual(watcher.changes.items.map(\.cause), [.initial, .put, .deleted])
+        XCTAssertEqual(watcher.changes.items.map(\.value), [nil, Data("1".utf8), nil])
+        handle.cancel()
+        XCTAssertEqual(try agent.watcherCount(), 0)
+        let bad = await kryonixError { try agent.watchNamespace(namespace: .userCache, prefix: "bad\u{1}", watcher: watcher) }
+        guard case .InvalidInput = bad else { return XCTFail("\(String(describing: bad))") }
+        try await agent.shutdown()
+        let closed = await kryonixError { try agent.watch(namespace: .userCache, key: "watched", watcher: watcher) }
+        guard case .Closed = closed else { return XCTFail("\(String(describing: closed))") }
+    }
+
+    func testWatchStreamsSeeAChangePublishedOnTheServer() async throws {
+        let agent = try open(config(network: wifi))
+        let key = "flags-swift-\(UUID().uuidString)"
+        let values = try agent.watchStream(namespace: .tenantConfig, key: key)
+        let entries = try agent.watchNamespaceStream(namespace: .tenantConfig, prefix: key)
+        XCTAssertEqual(try agent.watcherCount(), 2)
+        let seenValues = Recorder<Data?>()
+        let seenEntries = Recorder<[String: Data]>()
+        let valueTask = Task { for await value in values { seenValues.append(value) } }
+        let entriesTask = Task { for await map in entries { seenEntries.append(map) } }
+        _ = try await poll("the initial state (no value)") { seenValues.items.isEmpty ? nil : true }
+        XCTAssertEqual(seenValues.items.first, .some(nil))
+
+        try await publish(namespace: "tenant_config", key: key, value: Data("on".utf8))
+        _ = try await agent.syncNow(tiers: []) // pulls the published change
+        _ = try await poll("the value stream") { seenValues.items.last == Data("on".utf8) ? true : nil }
+        _ = try await poll("the entries stream") { seenEntries.items.last?[key] == Data("on".utf8) ? true : nil }
+
+        // Cancelling the iterating tasks ends both watches.
+        valueTask.cancel()
+        entriesTask.cancel()
+        _ = try await poll("every watch ended") { try agent.watcherCount() == 0 ? true : nil }
         try await agent.shutdown()
     }
 

@@ -16,6 +16,7 @@ mod s12_sentinel;
 mod s13_hostile_answers;
 mod s14_slow_token;
 mod s15_upgrade_gate;
+mod s16_watch;
 mod s1_offline_drain;
 mod s2_server_killed;
 mod s3_device_killed;

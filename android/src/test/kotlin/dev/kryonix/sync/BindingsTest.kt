@@ -6,7 +6,12 @@ package dev.kryonix.sync
 
 import java.io.File
 import java.net.ServerSocket
+import java.net.URI
+import java.net.http.HttpClient
+import java.net.http.HttpRequest
+import java.net.http.HttpResponse
 import java.nio.file.Files
+import java.util.Base64
 import java.util.Collections
 import java.util.Random
 import java.util.concurrent.CountDownLatch
@@ -67,6 +72,7 @@ private val env = System.getenv()
 private val serverUrl = env["KRYONIX_TEST_SERVER_URL"] ?: error("KRYONIX_TEST_SERVER_URL unset")
 private val token = env["KRYONIX_TEST_TOKEN"] ?: error("KRYONIX_TEST_TOKEN unset")
 private val redisPort = env["KRYONIX_TEST_REDIS_PORT"] ?: error("KRYONIX_TEST_REDIS_PORT unset")
+private val serviceToken = env["KRYONIX_TEST_SERVICE_TOKEN"] ?: error("KRYONIX_TEST_SERVICE_TOKEN unset")
 private val tmp: File = Files.createTempDirectory("kryonix-kotlin").toFile()
 private val dbCounter = AtomicInteger()
 
@@ -138,6 +144,27 @@ private fun xlen(stream: String): Long {
     val out = p.inputStream.bufferedReader().readText().trim()
     p.waitFor()
     return out.toLongOrNull() ?: throw AssertionError("redis-cli XLEN $stream: $out")
+}
+
+/** Publishes a put to every device of the tenant, as a backend does (`POST /v1/publish`). */
+private fun publish(namespace: String, key: String, value: ByteArray) {
+    val value64 = Base64.getEncoder().encodeToString(value)
+    val body = """{"changes":[{"namespace":"$namespace","key":"$key","op":"put","value":"$value64"}]}"""
+    val request = HttpRequest.newBuilder(URI.create("$serverUrl/v1/publish"))
+        .header("authorization", "Bearer $serviceToken")
+        .header("content-type", "application/json")
+        .POST(HttpRequest.BodyPublishers.ofString(body))
+        .build()
+    val response = HttpClient.newHttpClient().send(request, HttpResponse.BodyHandlers.ofString())
+    expect(response.statusCode() == 200) { "publish answered ${response.statusCode()}: ${response.body()}" }
+}
+
+/** Records what a CacheWatcher is told. */
+private class RecordingWatcher : CacheWatcher {
+    val changes: MutableList<CacheChange> = Collections.synchronizedList(mutableListOf())
+    override fun onChange(changes: List<CacheChange>) {
+        this.changes += changes
+    }
 }
 
 private fun incompressible(size: Int, seed: Long) = ByteArray(size).also { Random(seed).nextBytes(it) }
@@ -467,6 +494,59 @@ fun main() {
         } finally {
             setLogSink(null, LogLevel.ERROR)
         }
+    }
+
+    check("watch: a CacheWatcher sees the initial state, a put and a delete; cancel ends it") {
+        val agent = open()
+        val watcher = RecordingWatcher()
+        val handle = agent.watch(Namespace.USER_CACHE, "watched", watcher)
+        expect(agent.watcherCount() == 1UL) { "one watch" }
+        pollUntil("the initial state") { watcher.changes.firstOrNull() }
+        agent.put(Namespace.USER_CACHE, "watched", "1".encodeToByteArray(), ttlMs = null)
+        pollUntil("the put") { watcher.changes.getOrNull(1) }
+        agent.delete(Namespace.USER_CACHE, "watched")
+        pollUntil("the delete") { watcher.changes.getOrNull(2) }
+        val seen = watcher.changes.map { Triple(it.key, it.value?.decodeToString(), it.cause) }
+        expect(
+            seen == listOf(
+                Triple("watched", null, ChangeCause.INITIAL),
+                Triple("watched", "1", ChangeCause.PUT),
+                Triple("watched", null, ChangeCause.DELETED),
+            ),
+        ) { "$seen" }
+        handle.cancel()
+        expect(agent.watcherCount() == 0UL) { "cancelled" }
+        handle.close()
+        val prefixed = agent.watchNamespace(Namespace.USER_CACHE, "user:", RecordingWatcher())
+        expectThrows<KryonixException.InvalidInput> { agent.watchNamespace(Namespace.USER_CACHE, "bad\u0001", watcher) }
+        agent.shutdown()
+        expectThrows<KryonixException.Closed> { agent.watch(Namespace.USER_CACHE, "watched", watcher) }
+        prefixed.close()
+    }
+
+    check("watch: Flows see a change published on the real server; cancelling the collector ends the watch") {
+        val agent = open(config(network = WIFI))
+        val key = "flags-kotlin-${System.nanoTime()}"
+        coroutineScope {
+            val value = async(start = CoroutineStart.UNDISPATCHED) {
+                agent.watchFlow(Namespace.TENANT_CONFIG, key).first { it?.decodeToString() == "on" }
+            }
+            val maps = Collections.synchronizedList(mutableListOf<Map<String, ByteArray>>())
+            val collector = launch(start = CoroutineStart.UNDISPATCHED) {
+                agent.watchNamespaceFlow(Namespace.TENANT_CONFIG, prefix = key).collect { maps += it }
+            }
+            pollUntil("both watches live") { true.takeIf { agent.watcherCount() == 2UL } }
+            pollUntil("the namespace flow's initial (empty) map") { maps.firstOrNull() }
+            publish("tenant_config", key, "on".encodeToByteArray())
+            agent.syncNow(emptyList()) // pulls the published change
+            expect(value.await()?.decodeToString() == "on") { "the key flow" }
+            pollUntil("the namespace flow") { maps.lastOrNull()?.get(key)?.takeIf { it.decodeToString() == "on" } }
+            // `first` completed its collection: that watch is gone. Cancel the other collector.
+            pollUntil("the key flow's watch ended") { true.takeIf { agent.watcherCount() == 1UL } }
+            collector.cancelAndJoin()
+            pollUntil("every watch ended") { true.takeIf { agent.watcherCount() == 0UL } }
+        }
+        agent.shutdown()
     }
 
     check("quick start (README) against the real server") {
