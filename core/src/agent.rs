@@ -19,7 +19,7 @@ use crate::cache::{Cache, CacheConfig, Expiry, codec};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::outbox::{DeadLetter, ItemId, Outbox, OutboxConfig, TierSet};
-use crate::store::{Durability, Store, StoreOptions};
+use crate::store::{Durability, EncryptionKey, FileLock, Store, StoreOptions};
 use crate::sync::driver::{Command, Driver, SyncObserver, SyncReport};
 use crate::sync::engine::{EngineConfig, Event, SyncEngine, SyncStatus};
 use crate::sync::transport::{HttpTransport, TokenProvider, Transport};
@@ -40,6 +40,9 @@ pub struct AgentConfig {
     pub engine: EngineConfig,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// The database key (from the Android Keystore or iOS Keychain), or `None` for a plaintext
+    /// file. See [`StoreOptions::key`].
+    pub encryption_key: Option<EncryptionKey>,
 }
 
 impl AgentConfig {
@@ -57,6 +60,7 @@ impl AgentConfig {
             durability: Durability::Normal,
             engine: EngineConfig::default(),
             request_timeout: Duration::from_secs(30),
+            encryption_key: None,
         }
     }
 }
@@ -72,6 +76,10 @@ pub struct Agent<T: Transport = HttpTransport> {
     status: Arc<Mutex<SyncStatus>>,
     commands: mpsc::UnboundedSender<Command>,
     task: Mutex<Option<JoinHandle<()>>>,
+    store: Arc<Store>,
+    /// This agent's claim on the file (one agent per database): released by `close` once the
+    /// sync task has ended, or when the agent is dropped.
+    lock: Mutex<Option<FileLock>>,
 }
 
 impl Agent<HttpTransport> {
@@ -92,6 +100,9 @@ impl Agent<HttpTransport> {
 
 impl<T: Transport> Agent<T> {
     /// Like [`Agent::open`] with any transport and clock (tests, simulations).
+    ///
+    /// Fails with [`crate::StoreError::AlreadyOpen`] while another agent, in this process or
+    /// another, has the same file open: two sync loops would hand out the same outbox items.
     pub fn with_transport(
         config: AgentConfig,
         transport: T,
@@ -99,8 +110,11 @@ impl<T: Transport> Agent<T> {
         observer: Option<Arc<dyn SyncObserver>>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self> {
+        // Before the store opens, so a refused second agent never touches the file.
+        let lock = FileLock::acquire(&config.db_path)?;
         let options = StoreOptions {
             durability: config.durability,
+            key: config.encryption_key,
             ..StoreOptions::default()
         };
         let store = Arc::new(Store::open(&config.db_path, &options)?);
@@ -110,7 +124,7 @@ impl<T: Transport> Agent<T> {
         };
         let cache = Arc::new(Cache::open(store.clone(), clock.clone(), cache_config)?);
         let outbox = Outbox::open(
-            store,
+            store.clone(),
             clock.clone(),
             OutboxConfig::new(config.tenant.clone()),
         )?;
@@ -143,12 +157,26 @@ impl<T: Transport> Agent<T> {
             status,
             commands,
             task: Mutex::new(Some(task)),
+            store,
+            lock: Mutex::new(Some(lock)),
         };
         agent.send(Command::Event(Event::DeviceChanged(config.profile.device)))?;
         agent.send(Command::Event(Event::NetworkChanged(
             config.profile.network,
         )))?;
         Ok(agent)
+    }
+
+    /// Re-encrypts the database under `new_key` ([`Store::rekey`]); calls wait while every page
+    /// is rewritten. Keep the old key until this returns `Ok`, then forget it.
+    pub fn rekey(&self, new_key: &EncryptionKey) -> Result<()> {
+        // Held throughout, so `close` cannot hand the file to another agent mid-rewrite; a
+        // closed agent no longer owns the file and changes nothing.
+        let lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if lock.is_none() {
+            return Err(Error::Closed);
+        }
+        Ok(self.store.rekey(new_key)?)
     }
 
     fn send(&self, command: Command) -> Result<()> {
@@ -311,6 +339,8 @@ impl<T: Transport> Agent<T> {
         if let Some(task) = task {
             task.await.map_err(|e| Error::Task(e.to_string()))?;
         }
+        // No sync loop runs on the file any more: another agent may open it.
+        drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
         Ok(())
     }
 }
