@@ -340,7 +340,12 @@ impl<T: Transport> Agent<T> {
             task.await.map_err(|e| Error::Task(e.to_string()))?;
         }
         // No sync loop runs on the file any more: another agent may open it.
-        drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
+        drop(
+            self.lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         Ok(())
     }
 }

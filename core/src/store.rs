@@ -219,7 +219,10 @@ impl Store {
     /// open-path errors for a file that is not a plaintext database of ours (another app's, a
     /// newer schema, one that is already encrypted: [`StoreError::KeyRequired`]). The plaintext
     /// the file held may survive in freed blocks of the flash; only never writing it avoids that.
-    pub fn encrypt_plaintext(path: impl AsRef<Path>, key: &EncryptionKey) -> Result<(), StoreError> {
+    pub fn encrypt_plaintext(
+        path: impl AsRef<Path>,
+        key: &EncryptionKey,
+    ) -> Result<(), StoreError> {
         let path = path.as_ref();
         encryption::require_support()?;
         let _lock = FileLock::acquire(path)?;
@@ -256,8 +259,13 @@ impl Store {
         writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         // The reader still holds the old key. Opening a new one with the new key also verifies
         // the re-key, which SQLCipher reports as done even when its commit failed.
-        *reader = open_reader(&self.path, self.durability, self.busy_timeout, Some(new_key))
-            .map_err(|e| StoreError::Cipher(format!("the re-keyed file does not open: {e}")))?;
+        *reader = open_reader(
+            &self.path,
+            self.durability,
+            self.busy_timeout,
+            Some(new_key),
+        )
+        .map_err(|e| StoreError::Cipher(format!("the re-keyed file does not open: {e}")))?;
         tracing::info!(path = %self.path.display(), "database re-keyed");
         Ok(())
     }

@@ -331,12 +331,8 @@ mod tests {
         /// Writes the marker through the cache, the outbox and the meta table.
         fn write_marked(store: Arc<Store>, rows: usize) {
             let tenant = TenantId::new("acme").unwrap();
-            let cache = Cache::open(
-                store.clone(),
-                Arc::new(SystemClock),
-                CacheConfig::default(),
-            )
-            .unwrap();
+            let cache =
+                Cache::open(store.clone(), Arc::new(SystemClock), CacheConfig::default()).unwrap();
             let outbox = Outbox::open(
                 store.clone(),
                 Arc::new(SystemClock),
@@ -347,7 +343,11 @@ mod tests {
                 let k = TenantKey::new(&tenant, Namespace::UserCache, &format!("{MARKER}-{i}"))
                     .unwrap();
                 cache
-                    .put(&k, format!("{MARKER} value {i}").as_bytes(), Expiry::Adaptive)
+                    .put(
+                        &k,
+                        format!("{MARKER} value {i}").as_bytes(),
+                        Expiry::Adaptive,
+                    )
                     .unwrap();
                 outbox
                     .enqueue(
@@ -411,7 +411,10 @@ mod tests {
             let (db, log) = (read(&path), read(&wal(&path)));
             assert!(log.len() > 4096, "the writes went to the WAL");
             assert!(!contains(&db, MARKER) && !contains(&log, MARKER));
-            assert!(!contains(&db, "SQLite format 3"), "even the header is encrypted");
+            assert!(
+                !contains(&db, "SQLite format 3"),
+                "even the header is encrypted"
+            );
             store
                 .write(|tx| {
                     tx.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -468,7 +471,11 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             for (name, content, page_aligned) in [
                 ("pages", vec![0x5Au8; 8192], true),
-                ("text", b"not a database, with a key or without".to_vec(), false),
+                (
+                    "text",
+                    b"not a database, with a key or without".to_vec(),
+                    false,
+                ),
             ] {
                 let path = dir.path().join(name);
                 std::fs::write(&path, &content).unwrap();
@@ -476,7 +483,10 @@ mod tests {
                 if page_aligned {
                     assert!(matches!(err, StoreError::WrongKey { .. }), "{name}: {err}");
                 } else {
-                    assert!(matches!(err, StoreError::NotADatabase { .. }), "{name}: {err}");
+                    assert!(
+                        matches!(err, StoreError::NotADatabase { .. }),
+                        "{name}: {err}"
+                    );
                 }
                 assert_eq!(read(&path), content, "{name} was modified");
                 assert!(!wal(&path).exists());
@@ -503,10 +513,11 @@ mod tests {
             assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
             let store = Store::open(&path, &options(Some(key(2)))).unwrap();
             let mut expected = before;
-            expected
-                .get_mut("meta")
-                .unwrap()
-                .push(format!("{:?}|{:?}", rusqlite::types::ValueRef::Text(b"after"), rusqlite::types::ValueRef::Blob(b"rekey")));
+            expected.get_mut("meta").unwrap().push(format!(
+                "{:?}|{:?}",
+                rusqlite::types::ValueRef::Text(b"after"),
+                rusqlite::types::ValueRef::Blob(b"rekey")
+            ));
             expected.get_mut("meta").unwrap().sort();
             assert_eq!(dump(&store), expected);
 
@@ -582,7 +593,10 @@ mod tests {
             assert!(contains(&read(&wal(&path)), MARKER), "rows only in the WAL");
 
             Store::encrypt_plaintext(&path, &key(1)).unwrap();
-            assert!(!wal(&path).exists(), "the plaintext WAL went with the plaintext file");
+            assert!(
+                !wal(&path).exists(),
+                "the plaintext WAL went with the plaintext file"
+            );
             let store = Store::open(&path, &options(Some(key(1)))).unwrap();
             assert_eq!(dump(&store), before);
         }
@@ -596,11 +610,17 @@ mod tests {
             write_marked(store.clone(), 5);
             let (db, log) = (read(&path), read(&wal(&path)));
             let err = Store::encrypt_plaintext(&path, &key(1)).unwrap_err();
-            assert!(matches!(err, StoreError::Cipher(ref m) if m.contains("in use")), "{err}");
+            assert!(
+                matches!(err, StoreError::Cipher(ref m) if m.contains("in use")),
+                "{err}"
+            );
             assert_eq!((read(&path), read(&wal(&path))), (db, log));
             assert!(!temp_path(&path).exists());
             assert_eq!(
-                store.read(|c| Store::meta_get(c, "marker")).unwrap().as_deref(),
+                store
+                    .read(|c| Store::meta_get(c, "marker"))
+                    .unwrap()
+                    .as_deref(),
                 Some(MARKER.as_bytes())
             );
         }

@@ -75,7 +75,10 @@ mod tests {
         assert_eq!(first.path(), dir.path().join("device.db.lock"));
         // Same process, another descriptor: flock locks conflict between descriptors.
         let err = FileLock::acquire(&db).unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyOpen { ref path } if *path == db), "{err}");
+        assert!(
+            matches!(err, StoreError::AlreadyOpen { ref path } if *path == db),
+            "{err}"
+        );
         drop(first);
         let again = FileLock::acquire(&db).unwrap();
         // Other files are independent.
