@@ -77,9 +77,10 @@ pub struct Agent<T: Transport = HttpTransport> {
     commands: mpsc::UnboundedSender<Command>,
     task: Mutex<Option<JoinHandle<()>>>,
     store: Arc<Store>,
-    /// This agent's claim on the file (one agent per database): released by `close` once the
-    /// sync task has ended, or when the agent is dropped.
-    lock: Mutex<Option<FileLock>>,
+    /// This agent's claim on the file (one agent per database). The sync task holds a clone, so
+    /// the claim ends when both the agent has let go (`close`, or drop) and the task has ended:
+    /// a dropped agent's task may still be finishing a request that writes to the outbox.
+    lock: Mutex<Option<Arc<FileLock>>>,
 }
 
 impl Agent<HttpTransport> {
@@ -103,6 +104,8 @@ impl<T: Transport> Agent<T> {
     ///
     /// Fails with [`crate::StoreError::AlreadyOpen`] while another agent, in this process or
     /// another, has the same file open: two sync loops would hand out the same outbox items.
+    /// The file is free again once [`Agent::close`] returns; after a drop without `close`, once
+    /// the sync task has ended (it stops at its next step, after the request in flight).
     pub fn with_transport(
         config: AgentConfig,
         transport: T,
@@ -111,7 +114,7 @@ impl<T: Transport> Agent<T> {
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self> {
         // Before the store opens, so a refused second agent never touches the file.
-        let lock = FileLock::acquire(&config.db_path)?;
+        let lock = Arc::new(FileLock::acquire(&config.db_path)?);
         let options = StoreOptions {
             durability: config.durability,
             key: config.encryption_key,
@@ -147,7 +150,11 @@ impl<T: Transport> Agent<T> {
             status: status.clone(),
             profile: offline_profile,
         };
-        let task = runtime.spawn(driver.run(receiver));
+        let claim = lock.clone();
+        let task = runtime.spawn(async move {
+            driver.run(receiver).await;
+            drop(claim);
+        });
         let agent = Self {
             tenant: config.tenant,
             cache,
@@ -339,7 +346,8 @@ impl<T: Transport> Agent<T> {
         if let Some(task) = task {
             task.await.map_err(|e| Error::Task(e.to_string()))?;
         }
-        // No sync loop runs on the file any more: another agent may open it.
+        // No sync loop runs on the file any more (the task dropped its claim when it ended):
+        // another agent may open it.
         drop(
             self.lock
                 .lock()

@@ -152,7 +152,15 @@ fn a_second_agent_is_refused_until_the_first_closes() {
         .enqueue(Namespace::UserCache, "k", Op::Put, b"v", Tier::Critical)
         .unwrap();
     let before = std::fs::read(path).unwrap();
-    assert!(is_already_open(open_agent(path, &runtime)));
+    let refused = open_agent(path, &runtime).unwrap_err();
+    assert!(
+        matches!(refused, Error::Store(StoreError::AlreadyOpen { .. })),
+        "{refused}"
+    );
+    assert!(
+        refused.is_retryable(),
+        "free again once the other agent closes"
+    );
     assert_eq!(
         std::fs::read(path).unwrap(),
         before,
@@ -167,9 +175,21 @@ fn a_second_agent_is_refused_until_the_first_closes() {
         Err(Error::Closed)
     ));
     assert_eq!(second.outbox().stats().unwrap().depth(), 1);
-    // Dropping an agent without `close` releases it too.
+    // Dropping an agent without `close` releases it too, once its sync task has seen the
+    // shutdown (the task holds the claim while it may still write).
     drop(second);
-    drop(open_agent(path, &runtime).unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match open_agent(path, &runtime) {
+            Ok(third) => break drop(third),
+            Err(Error::Store(StoreError::AlreadyOpen { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("not released after a drop: {e}"),
+        }
+    }
 }
 
 /// The child's body; a no-op in a normal test run. Opens an agent, queues one item, says so and

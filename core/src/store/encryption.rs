@@ -73,6 +73,17 @@ impl TryFrom<&[u8]> for EncryptionKey {
     }
 }
 
+/// Takes the bytes as they come across the FFI and zeroes them whatever the outcome, so the only
+/// copy left is the key's own.
+impl TryFrom<Vec<u8>> for EncryptionKey {
+    type Error = KeyLengthError;
+
+    fn try_from(bytes: Vec<u8>) -> Result<Self, Self::Error> {
+        let bytes = Zeroizing::new(bytes);
+        Self::try_from(bytes.as_slice())
+    }
+}
+
 /// Whether the SQLite linked into this build is SQLCipher (asked once, of an in-memory database,
 /// so no file is created to find out).
 pub fn encryption_available() -> bool {
@@ -261,6 +272,14 @@ mod tests {
             Err(KeyLengthError(31))
         );
         assert!(EncryptionKey::try_from(&[0u8; 32][..]).is_ok());
+        assert_eq!(
+            EncryptionKey::try_from(vec![1u8; 33]),
+            Err(KeyLengthError(33))
+        );
+        assert_eq!(
+            EncryptionKey::try_from(vec![0xAB; KEY_LEN]),
+            Ok(EncryptionKey::new([0xAB; KEY_LEN]))
+        );
     }
 
     /// Without SQLCipher a key is refused before any file is created: plain SQLite would ignore
