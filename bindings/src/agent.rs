@@ -13,11 +13,11 @@ use kryonix_protocol::{DeviceProfile, TenantId};
 
 use crate::callbacks::{ObserverAdapter, SyncObserver, TokenAdapter, TokenProvider};
 use crate::error::KryonixError;
-use crate::runtime;
 use crate::types::{
     AgentConfig, CacheStats, DeadLetter, DeviceClass, Namespace, NetworkProfile, Op, SyncReport,
     SyncStatus, Tier, tier_set,
 };
+use crate::{encryption, runtime};
 
 type Result<T, E = KryonixError> = std::result::Result<T, E>;
 
@@ -66,6 +66,7 @@ impl KryonixAgent {
         if let Some(ms) = config.request_timeout_ms {
             core.request_timeout = Duration::from_millis(ms);
         }
+        core.encryption_key = config.encryption_key.map(encryption::key).transpose()?;
         let observer = observer
             .map(|o| Arc::new(ObserverAdapter(o)) as Arc<dyn kryonix_core::sync::SyncObserver>);
         let agent = Agent::open(
@@ -236,7 +237,7 @@ impl KryonixAgent {
 }
 
 impl KryonixAgent {
-    fn agent(&self) -> Result<Arc<Agent>> {
+    pub(crate) fn agent(&self) -> Result<Arc<Agent>> {
         self.inner
             .read()
             .unwrap_or_else(PoisonError::into_inner)

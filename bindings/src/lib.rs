@@ -8,6 +8,7 @@
 //! # Layout
 //!
 //! - [`agent`]: `KryonixAgent`, the one exported object (cache, outbox, sync, status, close).
+//! - [`encryption`]: the database key — `KryonixAgent.rekey` and `encrypt_database`.
 //! - [`types`]: FFI records and enums (config, profile, tiers, status, reports, dead letters).
 //! - [`callbacks`]: the foreign traits `SyncObserver` and `TokenProvider` and their adapters.
 //! - [`error`]: `KryonixError` (Kotlin `KryonixException`) and the one mapping from core errors.
@@ -15,6 +16,7 @@
 
 pub mod agent;
 pub mod callbacks;
+pub mod encryption;
 pub mod error;
 pub mod runtime;
 pub mod types;
