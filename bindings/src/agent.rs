@@ -13,12 +13,12 @@ use kryonix_protocol::{AppVersion, DeviceProfile, TenantId};
 
 use crate::callbacks::{CacheWatcher, ObserverAdapter, SyncObserver, TokenAdapter, TokenProvider};
 use crate::error::KryonixError;
-use crate::runtime;
 use crate::types::{
     AgentConfig, CacheStats, DeadLetter, DeviceClass, Namespace, NetworkProfile, Op, SyncReport,
     SyncStatus, Tier, tier_set,
 };
 use crate::watch::{self, WatchHandle};
+use crate::{encryption, runtime};
 
 type Result<T, E = KryonixError> = std::result::Result<T, E>;
 
@@ -73,6 +73,7 @@ impl KryonixAgent {
         if let Some(version) = config.app_version {
             core.app_version = Some(version.parse::<AppVersion>().map_err(invalid)?);
         }
+        core.encryption_key = config.encryption_key.map(encryption::key).transpose()?;
         let observer = observer
             .map(|o| Arc::new(ObserverAdapter(o)) as Arc<dyn kryonix_core::sync::SyncObserver>);
         let agent = Agent::open(
@@ -275,7 +276,7 @@ impl KryonixAgent {
 }
 
 impl KryonixAgent {
-    fn agent(&self) -> Result<Arc<Agent>> {
+    pub(crate) fn agent(&self) -> Result<Arc<Agent>> {
         self.inner
             .read()
             .unwrap_or_else(PoisonError::into_inner)

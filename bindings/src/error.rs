@@ -3,13 +3,19 @@
 //! Variants are what an app acts on: wait for a network (`Offline`), sign in again
 //! (`Unauthorized`), fix the call (`InvalidInput`), free space or drop data (`NamespaceFull`),
 //! free space on the device (`StorageFull`), report a broken database (`Storage`), reopen
-//! (`Closed`), ship an update (`UpgradeRequired`).
-//! Everything else is `Other`.
+//! (`Closed`), ship an update (`UpgradeRequired`), wait for the other agent on the file
+//! (`AlreadyOpen`), find the right key or give up the data (`WrongKey`), migrate a plaintext file
+//! (`NotEncrypted`). Everything else is `Other`.
 //! Named `KryonixError`, never `Error`, so it cannot clash with Swift's `Error` protocol;
 //! Kotlin sees it as `KryonixException`.
 
 use kryonix_core::sync::FailureKind;
 use kryonix_core::{CacheError, Error, OutboxError, StoreError};
+
+/// A path for the app: it chose it, so showing it back leaks nothing.
+fn display(path: &std::path::Path) -> String {
+    path.display().to_string()
+}
 
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 pub enum KryonixError {
@@ -62,6 +68,19 @@ pub enum KryonixError {
     /// The agent was closed; open a new one.
     #[error("closed: {reason}")]
     Closed { reason: String },
+    /// Another agent, in this process or another, has this database file open. Shut that one
+    /// down first; a crashed process never leaves the file held.
+    #[error("{path} is already open by another agent")]
+    AlreadyOpen { path: String },
+    /// The key given does not open the database: another key, no key for an encrypted file, or
+    /// a file that is not a database at all (encrypted pages look like random bytes). The file
+    /// was not changed. Without its key the data cannot be recovered.
+    #[error("the key does not open the database: {reason}")]
+    WrongKey { reason: String },
+    /// Opened with a key, the database is still plaintext. Encrypt it first with
+    /// `encrypt_database`, or open it without a key; it is never converted silently.
+    #[error("{path} is not encrypted; call encrypt_database first")]
+    NotEncrypted { path: String },
     /// Anything else (a failed task, a callback that threw).
     #[error("{reason}")]
     Other { reason: String },
@@ -97,6 +116,21 @@ impl From<Error> for KryonixError {
                 budget,
             },
             Error::Outbox(OutboxError::NotFound(id)) => Self::NotFound { id: id.to_string() },
+            Error::Store(StoreError::AlreadyOpen { path }) => Self::AlreadyOpen {
+                path: display(&path),
+            },
+            Error::Store(e @ (StoreError::WrongKey { .. } | StoreError::KeyRequired { .. })) => {
+                Self::WrongKey {
+                    reason: e.to_string(),
+                }
+            }
+            Error::Store(StoreError::NotEncrypted { path }) => Self::NotEncrypted {
+                path: display(&path),
+            },
+            // Only a build without SQLCipher says this; the bindings always link it.
+            Error::Store(e @ StoreError::EncryptionUnavailable) => Self::Other {
+                reason: e.to_string(),
+            },
             Error::Cache(
                 e @ (CacheError::InvalidKey(_)
                 | CacheError::ValueTooLarge { .. }
@@ -133,7 +167,11 @@ impl From<Error> for KryonixError {
                 retryable: false, ..
             }
             | Self::Other { .. } => tracing::error!(error = %mapped, "kryonix call failed"),
-            Self::Storage { .. } | Self::NamespaceFull { .. } | Self::StorageFull => {
+            Self::Storage { .. }
+            | Self::NamespaceFull { .. }
+            | Self::StorageFull
+            | Self::WrongKey { .. }
+            | Self::AlreadyOpen { .. } => {
                 tracing::warn!(error = %mapped, "kryonix call failed");
             }
             _ => tracing::debug!(error = %mapped, "kryonix call failed"),
@@ -244,5 +282,67 @@ mod tests {
             KryonixError::from(Error::Closed),
             KryonixError::Closed { .. }
         ));
+    }
+
+    #[test]
+    fn store_open_errors_map_to_their_own_variants() {
+        use std::path::PathBuf;
+
+        let path = PathBuf::from("/data/app/kryonix.db");
+        assert!(matches!(
+            KryonixError::from(StoreError::AlreadyOpen { path: path.clone() }),
+            KryonixError::AlreadyOpen { path } if path == "/data/app/kryonix.db"
+        ));
+        for e in [
+            StoreError::WrongKey { path: path.clone() },
+            StoreError::KeyRequired { path: path.clone() },
+        ] {
+            assert!(
+                matches!(KryonixError::from(e), KryonixError::WrongKey { .. }),
+                "wrong key"
+            );
+        }
+        assert!(matches!(
+            KryonixError::from(StoreError::NotEncrypted { path }),
+            KryonixError::NotEncrypted { .. }
+        ));
+        assert!(matches!(
+            KryonixError::from(StoreError::Cipher("export failed".into())),
+            KryonixError::Storage {
+                retryable: false,
+                ..
+            }
+        ));
+        let short = crate::encryption::key(vec![0; 16]).unwrap_err();
+        assert!(
+            matches!(short, KryonixError::InvalidInput { ref reason } if reason.contains("32")),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn the_config_debug_never_shows_the_key() {
+        let config = crate::types::AgentConfig {
+            db_path: "db".into(),
+            server_url: "https://sync.example.com".into(),
+            tenant: "acme".into(),
+            device: crate::types::DeviceClass::Phone,
+            network: crate::types::NetworkProfile {
+                kind: crate::types::NetworkClass::Wifi,
+                metered: false,
+            },
+            cache_budget_bytes: None,
+            max_value_bytes: None,
+            request_timeout_ms: None,
+            max_db_bytes: None,
+            app_version: None,
+            encryption_key: Some(vec![0xAB; 32]),
+        };
+        let shown = format!("{config:?}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(
+            !shown.contains("171") && !shown.to_lowercase().contains("ab, "),
+            "{shown}"
+        );
     }
 }

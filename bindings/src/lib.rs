@@ -8,6 +8,7 @@
 //! # Layout
 //!
 //! - [`agent`]: `KryonixAgent`, the exported agent (cache, watches, outbox, sync, status, close).
+//! - [`encryption`]: the database key — `KryonixAgent.rekey` and `encrypt_database`.
 //! - [`types`]: FFI records and enums (config, profile, tiers, status, reports, dead letters).
 //! - [`callbacks`]: the foreign traits `SyncObserver`, `CacheWatcher` and `TokenProvider`, and the
 //!   adapters of the first and last to core's traits.
@@ -18,6 +19,7 @@
 
 pub mod agent;
 pub mod callbacks;
+pub mod encryption;
 pub mod error;
 pub mod logs;
 pub mod runtime;

@@ -49,3 +49,18 @@ where
             reason: format!("the task failed: {e}"),
         })?
 }
+
+/// Runs blocking `work` (a whole-file SQLCipher rewrite) on the shared runtime's blocking pool and
+/// waits for it from any executor, so neither the caller's thread nor a runtime worker is held.
+pub(crate) async fn spawn_blocking<F, T>(work: F) -> Result<T, KryonixError>
+where
+    F: FnOnce() -> Result<T, KryonixError> + Send + 'static,
+    T: Send + 'static,
+{
+    handle()?
+        .spawn_blocking(work)
+        .await
+        .map_err(|e| KryonixError::Other {
+            reason: format!("the task failed: {e}"),
+        })?
+}

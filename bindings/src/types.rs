@@ -191,7 +191,7 @@ impl From<NetworkProfile> for proto::NetworkProfile {
 }
 
 /// How to open an agent. Budgets left unset take the core defaults.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Clone, PartialEq, Eq, uniffi::Record)]
 pub struct AgentConfig {
     /// The SQLite file (created if missing), in the app's private storage.
     pub db_path: String,
@@ -219,6 +219,33 @@ pub struct AgentConfig {
     /// version name (`BuildConfig.VERSION_NAME`, `CFBundleShortVersionString`).
     #[uniffi(default = None)]
     pub app_version: Option<String>,
+    /// The database key: 32 random bytes the app keeps in the Android Keystore or the iOS
+    /// Keychain (see android/README.md, ios/README.md). Unset: a plaintext database. Another
+    /// length fails with `InvalidInput`; a key that does not open the file with `WrongKey`.
+    #[uniffi(default = None)]
+    pub encryption_key: Option<Vec<u8>>,
+}
+
+/// By hand, so that no byte of the key reaches a log through `{:?}`.
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("db_path", &self.db_path)
+            .field("server_url", &self.server_url)
+            .field("tenant", &self.tenant)
+            .field("device", &self.device)
+            .field("network", &self.network)
+            .field("cache_budget_bytes", &self.cache_budget_bytes)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("max_db_bytes", &self.max_db_bytes)
+            .field("app_version", &self.app_version)
+            .field(
+                "encryption_key",
+                &self.encryption_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// Per-tier queue and sync figures.

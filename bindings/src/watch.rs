@@ -122,6 +122,7 @@ mod tests {
                 request_timeout_ms: None,
                 max_db_bytes: None,
                 app_version: None,
+                encryption_key: None,
             },
             Arc::new(NoToken),
             None,

@@ -19,7 +19,7 @@ use crate::cache::{Cache, CacheConfig, Expiry, codec};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::outbox::{DeadLetter, ItemId, Outbox, OutboxConfig, TierSet};
-use crate::store::{Durability, Store, StoreOptions};
+use crate::store::{Durability, EncryptionKey, FileLock, Store, StoreOptions};
 use crate::sync::driver::{Command, Driver, SyncObserver, SyncReport};
 use crate::sync::engine::{EngineConfig, Event, SyncEngine, SyncStatus};
 use crate::sync::transport::{HttpTransport, TokenProvider, Transport};
@@ -49,6 +49,9 @@ pub struct AgentConfig {
     /// minimum app version can stop apps too old for it (`426 upgrade_required`). `None`: not
     /// sent, and only the protocol version is gated.
     pub app_version: Option<AppVersion>,
+    /// The database key (from the Android Keystore or iOS Keychain), or `None` for a plaintext
+    /// file. See [`StoreOptions::key`].
+    pub encryption_key: Option<EncryptionKey>,
 }
 
 impl AgentConfig {
@@ -68,6 +71,7 @@ impl AgentConfig {
             request_timeout: Duration::from_secs(30),
             max_db_bytes: None,
             app_version: None,
+            encryption_key: None,
         }
     }
 }
@@ -83,6 +87,11 @@ pub struct Agent<T: Transport = HttpTransport> {
     status: Arc<Mutex<SyncStatus>>,
     commands: mpsc::UnboundedSender<Command>,
     task: Mutex<Option<JoinHandle<()>>>,
+    store: Arc<Store>,
+    /// This agent's claim on the file (one agent per database). The sync task holds a clone, so
+    /// the claim ends when both the agent has let go (`close`, or drop) and the task has ended:
+    /// a dropped agent's task may still be finishing a request that writes to the outbox.
+    lock: Mutex<Option<Arc<FileLock>>>,
 }
 
 impl Agent<HttpTransport> {
@@ -105,6 +114,11 @@ impl Agent<HttpTransport> {
 
 impl<T: Transport> Agent<T> {
     /// Like [`Agent::open`] with any transport and clock (tests, simulations).
+    ///
+    /// Fails with [`crate::StoreError::AlreadyOpen`] while another agent, in this process or
+    /// another, has the same file open: two sync loops would hand out the same outbox items.
+    /// The file is free again once [`Agent::close`] returns; after a drop without `close`, once
+    /// the sync task has ended (it stops at its next step, after the request in flight).
     pub fn with_transport(
         config: AgentConfig,
         transport: T,
@@ -112,9 +126,12 @@ impl<T: Transport> Agent<T> {
         observer: Option<Arc<dyn SyncObserver>>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self> {
+        // Before the store opens, so a refused second agent never touches the file.
+        let lock = Arc::new(FileLock::acquire(&config.db_path)?);
         let options = StoreOptions {
             durability: config.durability,
             max_size_bytes: config.max_db_bytes,
+            key: config.encryption_key,
             ..StoreOptions::default()
         };
         let store = Arc::new(Store::open(&config.db_path, &options)?);
@@ -124,7 +141,7 @@ impl<T: Transport> Agent<T> {
         };
         let cache = Arc::new(Cache::open(store.clone(), clock.clone(), cache_config)?);
         let outbox = Outbox::open(
-            store,
+            store.clone(),
             clock.clone(),
             OutboxConfig::new(config.tenant.clone()),
         )?;
@@ -147,7 +164,11 @@ impl<T: Transport> Agent<T> {
             status: status.clone(),
             profile: offline_profile,
         };
-        let task = runtime.spawn(driver.run(receiver));
+        let claim = lock.clone();
+        let task = runtime.spawn(async move {
+            driver.run(receiver).await;
+            drop(claim);
+        });
         let agent = Self {
             tenant: config.tenant,
             cache,
@@ -157,12 +178,26 @@ impl<T: Transport> Agent<T> {
             status,
             commands,
             task: Mutex::new(Some(task)),
+            store,
+            lock: Mutex::new(Some(lock)),
         };
         agent.send(Command::Event(Event::DeviceChanged(config.profile.device)))?;
         agent.send(Command::Event(Event::NetworkChanged(
             config.profile.network,
         )))?;
         Ok(agent)
+    }
+
+    /// Re-encrypts the database under `new_key` ([`Store::rekey`]); calls wait while every page
+    /// is rewritten. Keep the old key until this returns `Ok`, then forget it.
+    pub fn rekey(&self, new_key: &EncryptionKey) -> Result<()> {
+        // Held throughout, so `close` cannot hand the file to another agent mid-rewrite; a
+        // closed agent no longer owns the file and changes nothing.
+        let lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if lock.is_none() {
+            return Err(Error::Closed);
+        }
+        Ok(self.store.rekey(new_key)?)
     }
 
     fn send(&self, command: Command) -> Result<()> {
@@ -221,11 +256,11 @@ impl<T: Transport> Agent<T> {
         let queued = self.enqueue(namespace, key, Op::Put, value, tier);
         // Only a refusal by the queue means "not queued"; an agent closed after the enqueue has
         // the item queued all the same.
-        if let Err(Error::Outbox(_)) = &queued {
-            if let Err(error) = self.cache.delete(&tenant_key) {
-                // The key is the app's data: not in a warning.
-                tracing::warn!(%error, %namespace, "could not drop the cached copy of a write that was not queued");
-            }
+        if let Err(Error::Outbox(_)) = &queued
+            && let Err(error) = self.cache.delete(&tenant_key)
+        {
+            // The key is the app's data: not in a warning.
+            tracing::warn!(%error, %namespace, "could not drop the cached copy of a write that was not queued");
         }
         queued
     }
@@ -417,6 +452,14 @@ impl<T: Transport> Agent<T> {
         };
         // After the driver: a page it applied on its way out is still told.
         self.cache.close_watches();
+        // No sync loop runs on the file any more (the task dropped its claim when it ended):
+        // another agent may open it.
+        drop(
+            self.lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         stopped
     }
 }

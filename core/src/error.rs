@@ -35,10 +35,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Whether the same call may succeed later without the caller changing anything: a database
-    /// locked by another process is retryable; an invalid key or a corrupt file is not.
+    /// locked by another process, or held by another agent, is retryable; an invalid key, a
+    /// wrong encryption key or a corrupt file is not.
     pub fn is_retryable(&self) -> bool {
         if let Self::Transport(e) = self {
             return matches!(e.kind, crate::sync::FailureKind::Retryable { .. });
+        }
+        if let Self::Store(StoreError::AlreadyOpen { .. }) = self {
+            return true;
         }
         let store = match self {
             Self::Store(e) => Some(e),

@@ -8,7 +8,8 @@
 //! # Layout
 //!
 //! - [`agent`]: what an app holds — database, cache, outbox and the sync task behind one object.
-//! - [`store`]: the SQLite database — WAL, migrations, `read`/`write` closures, `meta` table.
+//! - [`store`]: the SQLite database — WAL, migrations, `read`/`write` closures, `meta` table;
+//!   encryption at rest with SQLCipher (feature `encryption`) and the one-agent-per-file lock.
 //! - [`cache`]: per-tenant, per-namespace values — TTLs (explicit or adaptive), compression
 //!   above 1 KiB, budgets enforced with each namespace's eviction policy, stats.
 //! - [`outbox`]: the durable upload queue — four priority tiers, batches of 100, backoff, dead
@@ -38,7 +39,7 @@ pub use outbox::{
     Applied, DeadLetter, ItemId, ItemState, NewItem, Outbox, OutboxConfig, OutboxError, OutboxItem,
     OutboxStats, Rejection, TierSet, TierStats, Write,
 };
-pub use store::{Durability, Store, StoreError, StoreOptions};
+pub use store::{Durability, EncryptionKey, FileLock, Store, StoreError, StoreOptions};
 pub use sync::RetrySchedule;
 pub use watch::{Cause, KeyChange, Watch, WatchCanceller};
 

@@ -6,9 +6,15 @@
 //! commits only when the closure returns `Ok`, so a failed operation never leaves half a change.
 //!
 //! Opening is careful with files it does not own. A file that is not SQLite, a SQLite database
-//! of another application, or one written by a newer version of this library gets a typed
-//! error, and the file is left byte-for-byte as it was: the checks run before any statement that
-//! could write (even `journal_mode = WAL` rewrites the header).
+//! of another application, one written by a newer version of this library, or — with
+//! encryption — an encrypted file and a key that does not open it, gets a typed error, and the
+//! file is left byte-for-byte as it was: the checks run before any statement that could write
+//! (even `journal_mode = WAL` rewrites the header).
+//!
+//! With a key ([`StoreOptions::key`], crate feature `encryption`), the file is a SQLCipher
+//! database ([`encryption`]). Whether a file is encrypted is never changed behind the app's
+//! back: a plaintext file opened with a key is refused with [`StoreError::NotEncrypted`] and is
+//! migrated only by [`Store::encrypt_plaintext`]; [`Store::rekey`] changes the key.
 
 use std::fs::File;
 use std::io::Read;
@@ -17,6 +23,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+
+pub mod encryption;
+pub mod lock;
+
+pub use encryption::{EncryptionKey, KEY_LEN, KeyLengthError, encryption_available};
+pub use lock::FileLock;
 
 /// Identifies a Kryonix database in the SQLite header (`PRAGMA application_id`): "KRYX".
 pub const APPLICATION_ID: i32 = 0x4B52_5958;
@@ -58,7 +70,35 @@ pub enum StoreError {
     /// The same call succeeds once space is freed.
     #[error("the disk or the database's size limit is full; nothing was written")]
     Full,
-    #[error("could not read {path}: {source}")]
+    /// The key does not decrypt the file. SQLCipher cannot tell a wrong key from a file that is
+    /// not a database at all (both fail the first page's HMAC), so the message says both.
+    #[error(
+        "{path} cannot be opened with this key: the key is wrong, or the file is not a database or is damaged; it was left untouched"
+    )]
+    WrongKey { path: PathBuf },
+    /// Opened without a key, the file is not plaintext SQLite but has the shape of an encrypted
+    /// database (whole pages): it needs its key. A file of random bytes looks the same.
+    #[error(
+        "{path} is not a plaintext SQLite database: it looks encrypted, so it needs its key (or it is not a database); it was left untouched"
+    )]
+    KeyRequired { path: PathBuf },
+    /// Opened with a key, the file is an unencrypted database of ours. It is encrypted only on
+    /// request, by [`Store::encrypt_plaintext`].
+    #[error(
+        "{path} is not encrypted; encrypt it first (Store::encrypt_plaintext) or open it without a key; it was left untouched"
+    )]
+    NotEncrypted { path: PathBuf },
+    /// A key was given, but this build links plain SQLite (crate feature `encryption` off),
+    /// which would ignore the key and write plaintext.
+    #[error("this build has no encryption support (SQLCipher); refusing to open with a key")]
+    EncryptionUnavailable,
+    /// SQLCipher refused a key, re-key or export step. Never carries the key.
+    #[error("encryption: {0}")]
+    Cipher(String),
+    /// Another agent, in this process or another, has the file open.
+    #[error("{path} is already open by another agent; close it first")]
+    AlreadyOpen { path: PathBuf },
+    #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -101,6 +141,9 @@ pub struct StoreOptions {
     /// but the disk's. Past it, writes fail with [`StoreError::Full`] exactly as on a full
     /// disk. Never below what the file already holds.
     pub max_size_bytes: Option<u64>,
+    /// The SQLCipher key, or `None` for a plaintext database. Needs the crate feature
+    /// `encryption`; without it a key gets [`StoreError::EncryptionUnavailable`].
+    pub key: Option<EncryptionKey>,
 }
 
 impl Default for StoreOptions {
@@ -110,6 +153,7 @@ impl Default for StoreOptions {
             busy_timeout: Duration::from_secs(5),
             verify_on_open: false,
             max_size_bytes: None,
+            key: None,
         }
     }
 }
@@ -120,6 +164,11 @@ pub struct Store {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     path: PathBuf,
+    /// Opened with a key: [`Store::rekey`] applies. The key itself is not kept.
+    encrypted: bool,
+    /// What the reader was opened with, to open it again after a re-key.
+    durability: Durability,
+    busy_timeout: Duration,
 }
 
 /// A poisoned lock only means another thread panicked while holding it; SQLite rolled back its
@@ -129,13 +178,31 @@ fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 }
 
 impl Store {
-    /// Opens (creating if missing) and migrates the database at `path`.
+    /// Opens (creating if missing) and migrates the database at `path`, encrypted when
+    /// `options.key` is set.
     pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        check_header(&path)?;
+        let kind = check_header(&path)?;
+        let key = options.key.as_ref();
+        if key.is_some() {
+            encryption::require_support()?;
+        }
+        match (kind, key) {
+            (FileKind::Opaque, None) => return Err(StoreError::KeyRequired { path }),
+            (FileKind::Plaintext, Some(_)) => {
+                // Say what the file is first: another app's or a newer one gets the same error
+                // as without a key; only a database of ours is "not encrypted".
+                inspect(&Connection::open(&path)?, &path, None)?;
+                return Err(StoreError::NotEncrypted { path });
+            }
+            _ => {}
+        }
         let writer = Connection::open(&path)?;
+        if let Some(key) = key {
+            encryption::apply_key(&writer, key)?;
+        }
         writer.busy_timeout(options.busy_timeout)?;
-        inspect(&writer, &path)?;
+        inspect(&writer, &path, key)?;
         if options.verify_on_open {
             quick_check(&writer)?;
         }
@@ -145,24 +212,81 @@ impl Store {
             limit_size(&writer, bytes)?;
         }
         writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-
-        let reader = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
-        )?;
-        reader.busy_timeout(options.busy_timeout)?;
-        configure(&reader, options.durability)?;
-        // The reader must never write, even by mistake: writes go through the writer's lock.
-        reader.pragma_update(None, "query_only", true)?;
-        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-
+        let reader = open_reader(&path, options.durability, options.busy_timeout, key)?;
         Ok(Self {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             path,
+            encrypted: key.is_some(),
+            durability: options.durability,
+            busy_timeout: options.busy_timeout,
         })
+    }
+
+    /// Encrypts the plaintext database at `path` under `key`, in place: `sqlcipher_export` into
+    /// `<path>.encrypting`, a row count of every table on both sides, then an atomic rename over
+    /// the original. Nothing is changed if any step fails; a crash before the rename leaves the
+    /// plaintext file as it was (the next call replaces the leftover). A missing or empty file
+    /// has nothing to encrypt and is left alone.
+    ///
+    /// Refused with [`StoreError::AlreadyOpen`] while an agent has the file open, and with the
+    /// open-path errors for a file that is not a plaintext database of ours (another app's, a
+    /// newer schema, one that is already encrypted: [`StoreError::KeyRequired`]). The plaintext
+    /// the file held may survive in freed blocks of the flash; only never writing it avoids that.
+    pub fn encrypt_plaintext(
+        path: impl AsRef<Path>,
+        key: &EncryptionKey,
+    ) -> Result<(), StoreError> {
+        let path = path.as_ref();
+        encryption::require_support()?;
+        let _lock = FileLock::acquire(path)?;
+        match check_header(path)? {
+            FileKind::New => return Ok(()),
+            FileKind::Opaque => {
+                return Err(StoreError::KeyRequired {
+                    path: path.to_path_buf(),
+                });
+            }
+            FileKind::Plaintext => {}
+        }
+        let conn = Connection::open(path)?;
+        inspect(&conn, path, None)?;
+        tracing::info!(path = %path.display(), "encrypting a plaintext database");
+        encryption::encrypt_plaintext(conn, path, key)
+    }
+
+    /// Re-encrypts the database under `new_key` (`PRAGMA rekey`): every page is rewritten in one
+    /// transaction, so a crash leaves the file under the old key or the new one, never a mix.
+    /// Reads and writes wait while it runs. The old key opens nothing afterwards; the app should
+    /// keep both keys until this returns, and then forget the old one.
+    pub fn rekey(&self, new_key: &EncryptionKey) -> Result<(), StoreError> {
+        if !self.encrypted {
+            return Err(StoreError::NotEncrypted {
+                path: self.path.clone(),
+            });
+        }
+        let writer = lock(&self.writer);
+        let mut reader = lock(&self.reader);
+        encryption::rekey(&writer, new_key)?;
+        // Move the re-encrypted pages from the WAL into the main file, so no page under the old
+        // key is left on disk (as far as the file system goes).
+        writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        // The reader still holds the old key. Opening a new one with the new key also verifies
+        // the re-key, which SQLCipher reports as done even when its commit failed.
+        *reader = open_reader(
+            &self.path,
+            self.durability,
+            self.busy_timeout,
+            Some(new_key),
+        )
+        .map_err(|e| StoreError::Cipher(format!("the re-keyed file does not open: {e}")))?;
+        tracing::info!(path = %self.path.display(), "database re-keyed");
+        Ok(())
+    }
+
+    /// Whether the database was opened with a key.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
     }
 
     pub fn path(&self) -> &Path {
@@ -214,11 +338,24 @@ impl Store {
     }
 }
 
-/// Refuses files whose first bytes are not SQLite's magic string, without opening them in SQLite.
-fn check_header(path: &Path) -> Result<(), StoreError> {
+/// What the first bytes of a file say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    /// Missing or empty: a new database.
+    New,
+    /// Starts with SQLite's magic string: a plaintext database (or a damaged one).
+    Plaintext,
+    /// Not plaintext SQLite, but whole 512-byte multiples: what a SQLCipher file looks like
+    /// from outside (random salt, then encrypted pages). Only a key can tell more.
+    Opaque,
+}
+
+/// Classifies the file by its header and size, without opening it in SQLite; refuses a file
+/// that can be neither plaintext SQLite nor an encrypted database.
+fn check_header(path: &Path) -> Result<FileKind, StoreError> {
     let mut file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileKind::New),
         Err(source) => {
             return Err(StoreError::Io {
                 path: path.to_path_buf(),
@@ -240,9 +377,21 @@ fn check_header(path: &Path) -> Result<(), StoreError> {
             }
         }
     }
+    let len = file
+        .metadata()
+        .map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
     // An empty file is an empty database (SQLite creates files this way).
-    if read == 0 || (read == header.len() && &header == SQLITE_MAGIC) {
-        Ok(())
+    if read == 0 {
+        Ok(FileKind::New)
+    } else if read == header.len() && &header == SQLITE_MAGIC {
+        Ok(FileKind::Plaintext)
+    } else if len % 512 == 0 {
+        // SQLCipher writes whole pages, and a page is 512 bytes to 64 KiB.
+        Ok(FileKind::Opaque)
     } else {
         Err(StoreError::NotADatabase {
             path: path.to_path_buf(),
@@ -250,8 +399,10 @@ fn check_header(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Read-only look at who owns the database and which schema it has.
-fn inspect(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+/// Read-only look at who owns the database and which schema it has. With a key, this is also
+/// where a wrong one shows: the first page fails its HMAC and SQLCipher answers "not a
+/// database".
+fn inspect(conn: &Connection, path: &Path, key: Option<&EncryptionKey>) -> Result<(), StoreError> {
     let read = || -> rusqlite::Result<(i32, i64, i64)> {
         let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -260,6 +411,9 @@ fn inspect(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         Ok((app_id, version, objects))
     };
     let (app_id, version, objects) = read().map_err(|e| match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) if key.is_some() => StoreError::WrongKey {
+            path: path.to_path_buf(),
+        },
         Some(ErrorCode::NotADatabase) => StoreError::NotADatabase {
             path: path.to_path_buf(),
         },
@@ -276,6 +430,30 @@ fn inspect(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             application_id,
         }),
     }
+}
+
+/// The read connection: keyed first like the writer, and never allowed to write.
+fn open_reader(
+    path: &Path,
+    durability: Durability,
+    busy_timeout: Duration,
+    key: Option<&EncryptionKey>,
+) -> Result<Connection, StoreError> {
+    let reader = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    if let Some(key) = key {
+        encryption::apply_key(&reader, key)?;
+    }
+    reader.busy_timeout(busy_timeout)?;
+    configure(&reader, durability)?;
+    // The reader must never write, even by mistake: writes go through the writer's lock.
+    reader.pragma_update(None, "query_only", true)?;
+    reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    Ok(reader)
 }
 
 fn quick_check(conn: &Connection) -> Result<(), StoreError> {
@@ -310,14 +488,21 @@ fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError
 /// Caps the file at `bytes` (whole pages, at least one more than it holds: SQLite never shrinks
 /// the limit below the current size).
 fn limit_size(conn: &Connection, bytes: u64) -> Result<(), StoreError> {
-    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    // SQLCipher answers `page_size` as text (its `cipher_page_size`); plain SQLite as a number.
+    let page_size = match conn.query_row("PRAGMA page_size", [], |r| {
+        r.get::<_, rusqlite::types::Value>(0)
+    })? {
+        rusqlite::types::Value::Integer(n) => n,
+        rusqlite::types::Value::Text(text) => text.trim().parse().unwrap_or(4096),
+        _ => 4096,
+    };
     let pages = i64::try_from(bytes).unwrap_or(i64::MAX) / page_size.max(1);
-    let set: i64 = conn.query_row(
+    let set = conn.query_row(
         &format!("PRAGMA max_page_count = {}", pages.max(1)),
         [],
-        |r| r.get(0),
+        |r| r.get::<_, rusqlite::types::Value>(0),
     )?;
-    tracing::debug!(bytes, pages = set, "database size limit");
+    tracing::debug!(bytes, pages = ?set, "database size limit");
     Ok(())
 }
 
@@ -418,18 +603,18 @@ mod tests {
     #[test]
     fn not_a_database_is_left_untouched() {
         let dir = tempfile::tempdir().unwrap();
+        let random = |len: u32| -> Vec<u8> {
+            (0..len)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect()
+        };
         for (name, content) in [
             (
                 "text",
                 b"hello, this is a text file and not a database at all".to_vec(),
             ),
             ("short", b"SQLite".to_vec()),
-            (
-                "random",
-                (0..8192u32)
-                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-                    .collect(),
-            ),
+            ("random", random(8000)),
         ] {
             let path = dir.path().join(name);
             std::fs::write(&path, &content).unwrap();
@@ -441,6 +626,15 @@ mod tests {
             assert_eq!(file_bytes(&path), content, "{name} was modified");
             assert!(!dir.path().join(format!("{name}-wal")).exists());
         }
+        // Random bytes in whole pages are what an encrypted database looks like without its key:
+        // refused as needing one, and left untouched all the same.
+        let path = dir.path().join("pages");
+        let content = random(8192);
+        std::fs::write(&path, &content).unwrap();
+        let err = Store::open(&path, &StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::KeyRequired { .. }), "{err}");
+        assert_eq!(file_bytes(&path), content);
+        assert!(!dir.path().join("pages-wal").exists());
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! An enqueue loop in a child process is killed with SIGKILL; every id the child saw returned
-//! from `enqueue` must be in the database afterwards.
+//! What a process killed with SIGKILL leaves behind.
 //!
-//! The child is this same test binary, re-run with `KRYONIX_CRASH_CHILD_DB` set: it enqueues
-//! forever and prints each id after `enqueue` returns. The parent reads those lines, kills the
-//! child mid-loop (SIGKILL: no destructor, no close, no checkpoint), and reopens the file.
+//! - An enqueue loop in a child process is killed; every id the child saw returned from
+//!   `enqueue` must be in the database afterwards.
+//! - A child holding an agent open is killed; its one-agent-per-file lock must not outlive it.
+//!
+//! The child is this same test binary, re-run with `KRYONIX_CRASH_CHILD_DB` (or
+//! `KRYONIX_LOCK_CHILD_DB`) set: it runs its part and prints what it did. The parent reads those
+//! lines, kills the child (SIGKILL: no destructor, no close, no checkpoint, no unlock), and
+//! reopens the file.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 
@@ -11,12 +15,18 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
-use kryonix_core::{ItemId, Outbox, OutboxConfig, Store, StoreOptions, SystemClock, TierSet};
+use kryonix_core::sync::StaticToken;
+use kryonix_core::{
+    Agent, AgentConfig, EncryptionKey, Error, ItemId, Outbox, OutboxConfig, Store, StoreError,
+    StoreOptions, SystemClock, TierSet,
+};
 use kryonix_protocol::wire::Op;
-use kryonix_protocol::{Namespace, TenantId, Tier};
+use kryonix_protocol::{Namespace, NetworkProfile, TenantId, Tier};
 
 const CHILD_ENV: &str = "KRYONIX_CRASH_CHILD_DB";
+const LOCK_CHILD_ENV: &str = "KRYONIX_LOCK_CHILD_DB";
 
 fn open(path: &str) -> Outbox {
     let store = Arc::new(Store::open(path, &StoreOptions::default()).unwrap());
@@ -106,4 +116,136 @@ fn sigkill_during_enqueue_loses_no_returned_id() {
     );
     // The child may have committed a few more that it never got to print.
     assert!(stored.len() >= seen.len());
+}
+
+/// Encrypted when SQLCipher is built in, so the crash path of an encrypted agent runs too.
+fn agent_key() -> Option<EncryptionKey> {
+    cfg!(feature = "encryption").then(|| EncryptionKey::new([7; 32]))
+}
+
+/// An offline agent on `path` (no request is ever made).
+fn open_agent(path: &str, runtime: &tokio::runtime::Runtime) -> Result<Agent, Error> {
+    let mut config = AgentConfig::new(path, "http://127.0.0.1:9", TenantId::new("acme").unwrap());
+    config.profile.network = NetworkProfile::OFFLINE;
+    config.encryption_key = agent_key();
+    Agent::open(
+        config,
+        Arc::new(StaticToken("unused".into())),
+        None,
+        runtime.handle(),
+    )
+}
+
+fn is_already_open(result: Result<Agent, Error>) -> bool {
+    matches!(result, Err(Error::Store(StoreError::AlreadyOpen { .. })))
+}
+
+#[test]
+fn a_second_agent_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    let path = path.to_str().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    let first = open_agent(path, &runtime).unwrap();
+    first
+        .enqueue(Namespace::UserCache, "k", Op::Put, b"v", Tier::Critical)
+        .unwrap();
+    let before = std::fs::read(path).unwrap();
+    let refused = open_agent(path, &runtime).unwrap_err();
+    assert!(
+        matches!(refused, Error::Store(StoreError::AlreadyOpen { .. })),
+        "{refused}"
+    );
+    assert!(
+        refused.is_retryable(),
+        "free again once the other agent closes"
+    );
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        before,
+        "the refused open touched nothing"
+    );
+
+    // `close` releases the file even though the first agent object is still alive.
+    runtime.block_on(first.close()).unwrap();
+    let second = open_agent(path, &runtime).unwrap();
+    assert!(matches!(
+        first.rekey(&EncryptionKey::new([8; 32])),
+        Err(Error::Closed)
+    ));
+    assert_eq!(second.outbox().stats().unwrap().depth(), 1);
+    // Dropping an agent without `close` releases it too, once its sync task has seen the
+    // shutdown (the task holds the claim while it may still write).
+    drop(second);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match open_agent(path, &runtime) {
+            Ok(third) => break drop(third),
+            Err(Error::Store(StoreError::AlreadyOpen { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("not released after a drop: {e}"),
+        }
+    }
+}
+
+/// The child's body; a no-op in a normal test run. Opens an agent, queues one item, says so and
+/// waits to be killed.
+#[test]
+fn crash_child_hold_agent() {
+    let Ok(path) = std::env::var(LOCK_CHILD_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let agent = open_agent(&path, &runtime).unwrap();
+    let id = agent
+        .enqueue(Namespace::UserCache, "held", Op::Put, b"v", Tier::Critical)
+        .unwrap();
+    println!("OPEN {id}");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+#[test]
+fn a_sigkilled_agent_does_not_leave_the_file_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    let path = path.to_str().unwrap().to_owned();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crash_child_hold_agent",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LOCK_CHILD_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let id = BufReader::new(stdout)
+        .lines()
+        .map(Result::unwrap)
+        // libtest prints "test crash_child_hold_agent ... " without a newline before the test
+        // body runs, so the marker can be mid-line.
+        .find_map(|line| line.split_once("OPEN ").map(|(_, id)| id.to_owned()))
+        .expect("the child opened its agent");
+    let id: ItemId = id.parse().unwrap();
+
+    // Another process holds the file: refused.
+    assert!(is_already_open(open_agent(&path, &runtime)));
+    // `Child::kill` is SIGKILL on Unix: the kernel drops the lock with the process.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let agent = open_agent(&path, &runtime).unwrap();
+    let batch = agent.outbox().next_batch(100, TierSet::ALL).unwrap();
+    assert_eq!(batch.iter().map(|i| i.id).collect::<Vec<_>>(), [id]);
 }

@@ -42,10 +42,11 @@ struct Device {
     outbox: Outbox,
 }
 
-fn open(path: &std::path::Path, limit: Option<u64>) -> Device {
+fn open(path: &std::path::Path, limit: Option<u64>, key: Option<[u8; 32]>) -> Device {
     let clock = ManualClock::new(1_796_083_200_000);
     let options = StoreOptions {
         max_size_bytes: limit,
+        key: key.map(|k| kryonix_core::EncryptionKey::try_from(&k[..]).unwrap()),
         ..StoreOptions::default()
     };
     let store = Arc::new(Store::open(path, &options).unwrap());
@@ -79,9 +80,20 @@ fn integrity(store: &Store) -> String {
 
 #[test]
 fn a_full_disk_refuses_writes_loses_nothing_and_recovers_when_space_is_freed() {
+    full_disk(None);
+}
+
+/// The same with SQLCipher, whose pages carry a MAC and whose pragmas answer differently.
+#[cfg(feature = "encryption")]
+#[test]
+fn an_encrypted_full_disk_behaves_the_same() {
+    full_disk(Some([7; 32]));
+}
+
+fn full_disk(db_key: Option<[u8; 32]>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("device.db");
-    let device = open(&path, Some(LIMIT));
+    let device = open(&path, Some(LIMIT), db_key);
 
     // 100 KiB of evictable cache (allkeys-lru), then the outbox until the disk is full.
     for i in 0..50 {
@@ -191,7 +203,7 @@ fn a_full_disk_refuses_writes_loses_nothing_and_recovers_when_space_is_freed() {
     drop(device);
 
     // Reopened without the limit, the file holds everything it acknowledged.
-    let device = open(&path, None);
+    let device = open(&path, None, db_key);
     assert_eq!(integrity(&device.store), "ok");
     let depth = device.outbox.stats().unwrap().depth();
     assert_eq!(depth, (queued.len() - sent.len() + 20) as u64);

@@ -270,13 +270,13 @@ impl ServerConfig {
                 "--sentinel and --sentinel-master go together".into(),
             ));
         }
-        if let Some(p) = self.up_partitions {
-            if p == 0 || p > crate::keys::MAX_PARTITIONS {
-                return Err(ConfigError::Invalid(format!(
-                    "up_partitions must be 1 to {}",
-                    crate::keys::MAX_PARTITIONS
-                )));
-            }
+        if let Some(p) = self.up_partitions
+            && (p == 0 || p > crate::keys::MAX_PARTITIONS)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "up_partitions must be 1 to {}",
+                crate::keys::MAX_PARTITIONS
+            )));
         }
         Ok(())
     }

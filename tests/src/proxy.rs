@@ -119,10 +119,10 @@ impl Shared {
         if rule.fault == Fault::Pass {
             return Fault::Pass;
         }
-        if let Some(prefix) = &rule.only {
-            if !head.starts_with(prefix.as_bytes()) {
-                return Fault::Pass;
-            }
+        if let Some(prefix) = &rule.only
+            && !head.starts_with(prefix.as_bytes())
+        {
+            return Fault::Pass;
         }
         if rule.skip > 0 {
             rule.skip -= 1;
@@ -256,12 +256,12 @@ async fn handle(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>, id
                     c.answered = true;
                     c.new_request = true;
                     let (status, retry_after) = answer_facts(chunk);
-                    if let Some(index) = c.index {
-                        if let Some(entry) = shared.log().get_mut(index) {
-                            entry.answered_at = Some(Instant::now());
-                            entry.status = status;
-                            entry.retry_after = retry_after;
-                        }
+                    if let Some(index) = c.index
+                        && let Some(entry) = shared.log().get_mut(index)
+                    {
+                        entry.answered_at = Some(Instant::now());
+                        entry.status = status;
+                        entry.retry_after = retry_after;
                     }
                 }
                 (c.fault, first)

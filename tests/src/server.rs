@@ -351,10 +351,10 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(mut running) = self.running.take() {
-            if let Some(kill) = running.kill.take() {
-                let _ = kill.send(());
-            }
+        if let Some(mut running) = self.running.take()
+            && let Some(kill) = running.kill.take()
+        {
+            let _ = kill.send(());
         }
     }
 }

@@ -276,10 +276,10 @@ fn upsert(
         put.expires_at,
     ])?;
     change.add(put.row);
-    if change.watched() {
-        if let Some(value) = put.watched_value() {
-            change.notice(key.as_str(), Some(value), put.cause);
-        }
+    if change.watched()
+        && let Some(value) = put.watched_value()
+    {
+        change.notice(key.as_str(), Some(value), put.cause);
     }
     Ok(())
 }

@@ -202,10 +202,10 @@ impl HttpTransport {
             if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
                 headers.insert(header::AUTHORIZATION, value);
             }
-            if let Some(profile) = profile {
-                if let Ok(value) = HeaderValue::from_str(&profile.to_string()) {
-                    headers.insert(DEVICE_PROFILE_HEADER, value);
-                }
+            if let Some(profile) = profile
+                && let Ok(value) = HeaderValue::from_str(&profile.to_string())
+            {
+                headers.insert(DEVICE_PROFILE_HEADER, value);
             }
             let mut request = self
                 .client
@@ -298,10 +298,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 fn encode_body(json: Vec<u8>, profile: DeviceProfile) -> (Vec<u8>, Encoding) {
     if json.len() > COMPRESSION_THRESHOLD {
         let encoding = profile.device.compression();
-        if let Ok(compressed) = codec::encode(encoding, &json) {
-            if compressed.len() < json.len() {
-                return (compressed, encoding);
-            }
+        if let Ok(compressed) = codec::encode(encoding, &json)
+            && compressed.len() < json.len()
+        {
+            return (compressed, encoding);
         }
     }
     (json, Encoding::Identity)

@@ -13,6 +13,22 @@ private let serverUrl = env["KRYONIX_TEST_SERVER_URL"] ?? "http://127.0.0.1:9"
 private let token = env["KRYONIX_TEST_TOKEN"] ?? "unset"
 private let serviceToken = env["KRYONIX_TEST_SERVICE_TOKEN"] ?? "unset"
 private let wifi = NetworkProfile(kind: .wifi, metered: false)
+
+/// A fresh 32-byte database key (an app keeps its key in the iOS Keychain: ios/README.md).
+private func newKey() -> Data {
+    var generator = SystemRandomNumberGenerator()
+    return Data((0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) })
+}
+
+/// The key every agent of this suite opens with: the suite runs encrypted.
+private let suiteKey = newKey()
+
+/// The database file and its WAL, concatenated: what a copy of the app's files would hold.
+private func fileBytes(_ path: String) -> Data {
+    ["", "-wal"].reduce(into: Data()) { all, suffix in
+        if let data = FileManager.default.contents(atPath: path + suffix) { all.append(data) }
+    }
+}
 private let offline = NetworkProfile(kind: .offline, metered: false)
 
 /// The OS name of the current thread (Linux; the Rust runtime names its threads "kryonix-sync").
@@ -178,13 +194,13 @@ final class KryonixSyncTests: XCTestCase {
     private func config(
         url: String = serverUrl, network: NetworkProfile = offline, tenant: String = "acme",
         budget: UInt64? = nil, maxValue: UInt64? = nil, path: String? = nil, appVersion: String? = nil,
-        maxDbBytes: UInt64? = nil
+        maxDbBytes: UInt64? = nil, key: Data? = suiteKey
     ) -> AgentConfig {
         AgentConfig(
             dbPath: path ?? dir.appendingPathComponent("\(UUID().uuidString).db").path,
             serverUrl: url, tenant: tenant, device: .phone, network: network,
             cacheBudgetBytes: budget, maxValueBytes: maxValue, requestTimeoutMs: nil, maxDbBytes: maxDbBytes,
-            appVersion: appVersion
+            appVersion: appVersion, encryptionKey: key
         )
     }
 
@@ -271,8 +287,10 @@ final class KryonixSyncTests: XCTestCase {
     }
 
     func testCorruptDatabase() async throws {
+        // Not a whole number of pages, so not an encrypted database either (random whole pages
+        // are indistinguishable from one under another key: WrongKey).
         let path = dir.appendingPathComponent("corrupt.db").path
-        try noise(8192, seed: 1).write(to: URL(fileURLWithPath: path))
+        try noise(8000, seed: 1).write(to: URL(fileURLWithPath: path))
         let error = await kryonixError { try self.open(self.config(path: path)) }
         guard case .Storage(_, let retryable) = error else { return XCTFail("\(String(describing: error))") }
         XCTAssertFalse(retryable)
@@ -292,6 +310,81 @@ final class KryonixSyncTests: XCTestCase {
         XCTAssertNil(try agent.get(namespace: .userCache, key: "k\(written)"))
         XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, UInt64(written))
         try await agent.shutdown()
+    }
+
+    func testEncryptedWrongKeyLeavesTheFileUntouched() async throws {
+        let path = dir.appendingPathComponent("encrypted.db").path
+        let agent = try open(config(path: path))
+        try agent.put(namespace: .userCache, key: "secret-key-1", value: Data("tenant secret value".utf8), ttlMs: nil)
+        _ = try agent.enqueue(namespace: .userCache, key: "secret-key-2", op: .put,
+                              payload: Data("tenant secret payload".utf8), tier: .critical)
+        try await agent.shutdown()
+        let bytes = fileBytes(path)
+        XCTAssertGreaterThanOrEqual(bytes.count, 4096)
+        for plaintext in ["tenant secret", "secret-key", "SQLite format 3"] {
+            XCTAssertNil(bytes.range(of: Data(plaintext.utf8)), "\(plaintext) is in the file")
+        }
+        let before = try Data(contentsOf: URL(fileURLWithPath: path))
+        for key in [newKey(), nil] as [Data?] {
+            let error = await kryonixError { try self.open(self.config(path: path, key: key)) }
+            guard case .WrongKey = error else { return XCTFail("\(String(describing: error))") }
+        }
+        let short = await kryonixError { try self.open(self.config(path: path, key: Data(count: 16))) }
+        guard case .InvalidInput = short else { return XCTFail("\(String(describing: short))") }
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path)), before, "the refused opens changed the file")
+        let again = try open(config(path: path))
+        XCTAssertEqual(try again.get(namespace: .userCache, key: "secret-key-1"), Data("tenant secret value".utf8))
+        try await again.shutdown()
+    }
+
+    func testRekey() async throws {
+        let path = dir.appendingPathComponent("rekey.db").path
+        let agent = try open(config(path: path))
+        try agent.put(namespace: .userCache, key: "k", value: Data("v".utf8), ttlMs: nil)
+        _ = try agent.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data("v".utf8), tier: .background)
+        let next = newKey()
+        let short = await kryonixError { try await agent.rekey(newKey: Data(count: 31)) }
+        guard case .InvalidInput = short else { return XCTFail("\(String(describing: short))") }
+        try await agent.rekey(newKey: next)
+        XCTAssertEqual(try agent.get(namespace: .userCache, key: "k"), Data("v".utf8))
+        try await agent.shutdown()
+        let old = await kryonixError { try self.open(self.config(path: path)) }
+        guard case .WrongKey = old else { return XCTFail("\(String(describing: old))") }
+        let reopened = try open(config(path: path, key: next))
+        XCTAssertEqual(try reopened.get(namespace: .userCache, key: "k"), Data("v".utf8))
+        _ = try await poll("the queued item") { try reopened.status().tiers.reduce(0) { $0 + $1.depth } == 1 ? true : nil }
+        try await reopened.shutdown()
+    }
+
+    func testEncryptDatabaseOnRequestOnly() async throws {
+        let path = dir.appendingPathComponent("plain.db").path
+        let plain = try open(config(path: path, key: nil))
+        try plain.put(namespace: .userCache, key: "kept", value: Data("cached".utf8), ttlMs: nil)
+        for i in 0..<3 {
+            _ = try plain.enqueue(namespace: .userCache, key: "item-\(i)", op: .put, payload: Data("queued".utf8), tier: .application)
+        }
+        let held = await kryonixError { try await encryptDatabase(dbPath: path, key: suiteKey) }
+        guard case .AlreadyOpen = held else { return XCTFail("\(String(describing: held))") }
+        try await plain.shutdown()
+        let refused = await kryonixError { try self.open(self.config(path: path)) }
+        guard case .NotEncrypted = refused else { return XCTFail("\(String(describing: refused))") }
+        XCTAssertNotNil(fileBytes(path).range(of: Data("cached".utf8)), "nothing converted silently")
+        try await encryptDatabase(dbPath: path, key: suiteKey)
+        XCTAssertNil(fileBytes(path).range(of: Data("cached".utf8)))
+        let agent = try open(config(path: path))
+        XCTAssertEqual(try agent.get(namespace: .userCache, key: "kept"), Data("cached".utf8))
+        _ = try await poll("the 3 queued items") { try agent.status().tiers.reduce(0) { $0 + $1.depth } == 3 ? true : nil }
+        try await agent.shutdown()
+    }
+
+    func testAlreadyOpen() async throws {
+        let path = dir.appendingPathComponent("shared.db").path
+        let first = try open(config(path: path))
+        let error = await kryonixError { try self.open(self.config(path: path)) }
+        XCTAssertEqual(error, .AlreadyOpen(path: path))
+        try await first.shutdown()
+        let second = try open(config(path: path))
+        try await second.shutdown()
     }
 
     func testClosed() async throws {
@@ -591,7 +684,8 @@ final class KryonixSyncTests: XCTestCase {
     }
 
     func testQuickStart() async throws {
-        let report = try await quickStart(dbPath: dir.appendingPathComponent("quick.db").path, serverUrl: serverUrl, token: token)
+        let report = try await quickStart(dbPath: dir.appendingPathComponent("quick.db").path, serverUrl: serverUrl, token: token,
+                                          dbKey: suiteKey)
         XCTAssertTrue(report.online)
         XCTAssertEqual(report.remaining, 0)
     }

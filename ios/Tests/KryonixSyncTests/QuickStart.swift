@@ -2,7 +2,8 @@ import Foundation
 import KryonixSync
 
 // Quick start: open an agent, use the cache, queue an upload, sync, watch the status.
-func quickStart(dbPath: String, serverUrl: String, token: String) async throws -> SyncReport {
+// dbKey: the 32-byte database key the app keeps in the iOS Keychain (ios/README.md).
+func quickStart(dbPath: String, serverUrl: String, token: String, dbKey: Data) async throws -> SyncReport {
     let observer = SyncStatusStream()
     let agent = try KryonixAgent.open(
         config: AgentConfig(
@@ -10,7 +11,8 @@ func quickStart(dbPath: String, serverUrl: String, token: String) async throws -
             serverUrl: serverUrl,
             tenant: "acme",
             device: .phone,
-            network: NetworkProfile(kind: .wifi, metered: false)
+            network: NetworkProfile(kind: .wifi, metered: false),
+            encryptionKey: dbKey // SQLCipher; the file holds no plaintext
         ),
         tokens: StaticTokenProvider(token),
         observer: observer

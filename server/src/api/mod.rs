@@ -191,12 +191,12 @@ fn versions_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), AppErro
             .map_err(|_| AppError::Malformed(format!("{APP_VERSION_HEADER} must be ASCII")))?
             .parse()
             .map_err(|e: InvalidAppVersion| AppError::Malformed(e.to_string()))?;
-        if let Some(min) = min_app_version {
-            if stated < *min {
-                return Err(upgrade(format!(
-                    "app version {stated} is no longer served (the oldest is {min}): update the app"
-                )));
-            }
+        if let Some(min) = min_app_version
+            && stated < *min
+        {
+            return Err(upgrade(format!(
+                "app version {stated} is no longer served (the oldest is {min}): update the app"
+            )));
         }
     }
     Ok(())

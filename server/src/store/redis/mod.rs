@@ -185,12 +185,12 @@ impl RedisStore {
         items: &[NewItem],
         options: &PushOptions,
     ) -> Result<PushOutcome, StoreError> {
-        if let Source::Sentinel(follower) = &self.source {
-            if let Some(reason) = follower.refusing() {
-                return Err(StoreError::Unavailable(format!(
-                    "pushes are refused on the current primary: {reason}"
-                )));
-            }
+        if let Source::Sentinel(follower) = &self.source
+            && let Some(reason) = follower.refusing()
+        {
+            return Err(StoreError::Unavailable(format!(
+                "pushes are refused on the current primary: {reason}"
+            )));
         }
         if items.is_empty() {
             // Nothing to store or to wait for: the answer only needs the producer's state.

@@ -11,6 +11,8 @@ import java.net.http.HttpClient
 import java.net.http.HttpRequest
 import java.net.http.HttpResponse
 import java.nio.file.Files
+import java.security.MessageDigest
+import java.security.SecureRandom
 import java.util.Base64
 import java.util.Collections
 import java.util.Random
@@ -78,6 +80,24 @@ private val dbCounter = AtomicInteger()
 
 private fun dbPath() = File(tmp, "agent-${dbCounter.incrementAndGet()}.db").path
 
+/** A fresh 32-byte database key (an app keeps its key in the Android Keystore: android/README.md). */
+private fun newKey() = ByteArray(32).also { SecureRandom().nextBytes(it) }
+
+/** The key every agent of this suite opens with: the suite runs encrypted. */
+private val KEY = newKey()
+
+private fun sha256(path: String): String =
+    MessageDigest.getInstance("SHA-256").digest(File(path).readBytes()).joinToString("") { "%02x".format(it) }
+
+/** The database file and its WAL, concatenated: what a copy of the app's files would hold. */
+private fun fileBytes(path: String): ByteArray =
+    listOf("", "-wal").map { File(path + it) }.filter { it.exists() }.fold(ByteArray(0)) { acc, f -> acc + f.readBytes() }
+
+private fun ByteArray.containsText(needle: String): Boolean {
+    val n = needle.encodeToByteArray()
+    return (0..size - n.size).any { i -> n.indices.all { this[i + it] == n[it] } }
+}
+
 private val WIFI = NetworkProfile(NetworkClass.WIFI, metered = false)
 private val OFFLINE = NetworkProfile(NetworkClass.OFFLINE, metered = false)
 
@@ -91,7 +111,11 @@ private fun config(
     timeoutMs: ULong? = null,
     appVersion: String? = null,
     maxDbBytes: ULong? = null,
-) = AgentConfig(path, url, tenant, DeviceClass.PHONE, network, budget, maxValue, timeoutMs, maxDbBytes = maxDbBytes, appVersion = appVersion)
+    key: ByteArray? = KEY,
+) = AgentConfig(
+    path, url, tenant, DeviceClass.PHONE, network, budget, maxValue, timeoutMs,
+    maxDbBytes = maxDbBytes, appVersion = appVersion, encryptionKey = key,
+)
 
 private fun open(
     cfg: AgentConfig = config(),
@@ -240,9 +264,11 @@ fun main() {
         agent.shutdown()
     }
 
-    check("Storage: a corrupt database file") {
+    check("Storage: a file that is not a database") {
+        // Not a whole number of pages, so not an encrypted database either (random whole pages
+        // are indistinguishable from one under another key: WrongKey, below).
         val path = dbPath()
-        File(path).writeBytes(incompressible(8192, 1))
+        File(path).writeBytes(incompressible(8000, 1))
         val e = expectThrows<KryonixException.Storage> { open(config(path = path)) }
         expect(!e.retryable) { "a corrupt file is not retryable: $e" }
     }
@@ -260,6 +286,74 @@ fun main() {
         expect(agent.get(Namespace.USER_CACHE, "k$written") == null) { "the refused write is visible" }
         expect(agent.status().tiers.sumOf { it.depth } == written.toULong()) { "${agent.status()}" }
         agent.shutdown()
+    }
+
+    check("encrypted: no plaintext on disk; WrongKey for another key or none, file untouched") {
+        val path = dbPath()
+        val agent = open(config(path = path))
+        agent.put(Namespace.USER_CACHE, "secret-key-1", "tenant secret value".encodeToByteArray(), null)
+        agent.enqueue(Namespace.USER_CACHE, "secret-key-2", Op.PUT, "tenant secret payload".encodeToByteArray(), Tier.CRITICAL)
+        agent.shutdown()
+        val bytes = fileBytes(path)
+        expect(bytes.size >= 4096 && listOf("tenant secret", "secret-key", "SQLite format 3").none { bytes.containsText(it) }) {
+            "plaintext in the file"
+        }
+        val before = sha256(path)
+        val e = expectThrows<KryonixException.WrongKey> { open(config(path = path, key = newKey())) }
+        expect(!e.reason.contains(KEY.joinToString("") { "%02x".format(it) })) { "the key is never in a message" }
+        expectThrows<KryonixException.WrongKey> { open(config(path = path, key = null)) }
+        expectThrows<KryonixException.InvalidInput> { open(config(path = path, key = ByteArray(16))) }
+        expect(sha256(path) == before) { "the refused opens changed the file" }
+        val again = open(config(path = path))
+        expect(again.get(Namespace.USER_CACHE, "secret-key-1")?.decodeToString() == "tenant secret value") { "right key" }
+        again.shutdown()
+    }
+
+    check("rekey: the old key is refused afterwards, the new key reads the data") {
+        val path = dbPath()
+        val agent = open(config(path = path))
+        agent.put(Namespace.USER_CACHE, "k", "v".encodeToByteArray(), null)
+        agent.enqueue(Namespace.USER_CACHE, "k", Op.PUT, "v".encodeToByteArray(), Tier.BACKGROUND)
+        val next = newKey()
+        expectThrows<KryonixException.InvalidInput> { agent.rekey(ByteArray(31)) }
+        agent.rekey(next)
+        expect(agent.get(Namespace.USER_CACHE, "k")?.decodeToString() == "v") { "usable after the rekey" }
+        agent.shutdown()
+        expectThrows<KryonixException.WrongKey> { open(config(path = path)) }
+        val reopened = open(config(path = path, key = next))
+        expect(reopened.get(Namespace.USER_CACHE, "k")?.decodeToString() == "v") { "new key reads the cache" }
+        pollUntil("the queued item") { reopened.status().tiers.sumOf { it.depth }.takeIf { it == 1UL } }
+        reopened.shutdown()
+        val plain = open(config(key = null))
+        expectThrows<KryonixException.NotEncrypted> { plain.rekey(next) }
+        plain.shutdown()
+    }
+
+    check("encryptDatabase: a plaintext database is refused with a key until migrated on request") {
+        val path = dbPath()
+        val plain = open(config(path = path, key = null))
+        plain.put(Namespace.USER_CACHE, "kept", "cached".encodeToByteArray(), null)
+        repeat(3) { plain.enqueue(Namespace.USER_CACHE, "item-$it", Op.PUT, "queued".encodeToByteArray(), Tier.APPLICATION) }
+        expectThrows<KryonixException.AlreadyOpen> { encryptDatabase(path, KEY) }
+        plain.shutdown()
+        expectThrows<KryonixException.NotEncrypted> { open(config(path = path)) }
+        expect(fileBytes(path).containsText("cached")) { "still plaintext: nothing converted silently" }
+        encryptDatabase(path, KEY)
+        expect(!fileBytes(path).containsText("cached")) { "encrypted" }
+        val agent = open(config(path = path))
+        expect(agent.get(Namespace.USER_CACHE, "kept")?.decodeToString() == "cached") { "cache entry kept" }
+        pollUntil("the 3 queued items") { agent.status().tiers.sumOf { it.depth }.takeIf { it == 3UL } }
+        agent.shutdown()
+    }
+
+    check("AlreadyOpen: a second agent on the same file, until the first shuts down") {
+        val path = dbPath()
+        val first = open(config(path = path))
+        val e = expectThrows<KryonixException.AlreadyOpen> { open(config(path = path)) }
+        expect(e.path == path) { e.path }
+        first.shutdown()
+        val second = open(config(path = path))
+        second.shutdown()
     }
 
     check("Closed: every call after close") {
@@ -550,7 +644,7 @@ fun main() {
     }
 
     check("quick start (README) against the real server") {
-        val report = quickStart(dbPath(), serverUrl, token)
+        val report = quickStart(dbPath(), serverUrl, token, KEY)
         expect(report.online && report.remaining == 0UL) { "$report" }
     }
 

@@ -4,7 +4,8 @@ import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.withTimeout
 
 // Quick start: open an agent, use the cache, queue an upload, sync, watch the status.
-suspend fun quickStart(dbPath: String, serverUrl: String, token: String): SyncReport {
+// dbKey: the 32-byte database key the app keeps in the Android Keystore (android/README.md).
+suspend fun quickStart(dbPath: String, serverUrl: String, token: String, dbKey: ByteArray): SyncReport {
     val observer = SyncStatusFlow()
     val agent = KryonixAgent.open(
         AgentConfig(
@@ -13,6 +14,7 @@ suspend fun quickStart(dbPath: String, serverUrl: String, token: String): SyncRe
             tenant = "acme",
             device = DeviceClass.PHONE,
             network = NetworkProfile(NetworkClass.WIFI, metered = false),
+            encryptionKey = dbKey, // SQLCipher; the file holds no plaintext
         ),
         StaticTokenProvider(token),
         observer,
