@@ -274,25 +274,21 @@ impl<T: Transport> Agent<T> {
     /// retrying on its schedule), `Unauthorized` when the credentials are refused,
     /// `UpgradeRequired` behind the upgrade gate. Nothing is lost either way.
     pub async fn sync_now(&self, tiers: TierSet) -> Result<SyncReport> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::SyncNow {
-            tiers,
-            reply,
-            sent_before: self.items_sent(),
-        })?;
-        answer
-            .await
-            .map_err(|_| Error::Closed)?
-            .map_err(Error::Transport)
+        self.sync(tiers, None).await
     }
 
     /// Uploads as much as fits in `window` (an OS background task's time), highest tiers first,
     /// and never starts a request it expects to outlast the window. What is left resumes later.
     /// Fails like [`Agent::sync_now`] when it sends nothing while items wait.
     pub async fn flush(&self, window: Duration) -> Result<SyncReport> {
+        self.sync(TierSet::ALL, Some(Instant::now() + window)).await
+    }
+
+    async fn sync(&self, tiers: TierSet, deadline: Option<Instant>) -> Result<SyncReport> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Flush {
-            deadline: Instant::now() + window,
+        self.send(Command::Sync {
+            tiers,
+            deadline,
             reply,
             sent_before: self.items_sent(),
         })?;

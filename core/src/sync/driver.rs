@@ -97,15 +97,12 @@ pub(crate) type Reply = oneshot::Sender<Result<SyncReport, TransportError>>;
 #[derive(Debug)]
 pub(crate) enum Command {
     Event(Event),
-    /// `sent_before`: the status's `items_sent` when the app called, so an upload already under
-    /// way at that moment counts for the call.
-    SyncNow {
+    /// The app asks for a sync of `tiers` (`sync_now`), or for everything within `deadline`
+    /// (`flush`). `sent_before`: the status's `items_sent` when the app called, so an upload
+    /// already under way at that moment counts for the call.
+    Sync {
         tiers: TierSet,
-        reply: Reply,
-        sent_before: u64,
-    },
-    Flush {
-        deadline: Instant,
+        deadline: Option<Instant>,
         reply: Reply,
         sent_before: u64,
     },
@@ -374,19 +371,8 @@ impl<T: Transport> Driver<T> {
                     }
                     state.queue.push_back(event);
                 }
-                Some(Command::SyncNow {
+                Some(Command::Sync {
                     tiers,
-                    reply,
-                    sent_before,
-                }) => {
-                    state.waiters.push(Waiter {
-                        reply,
-                        sent_before,
-                        deadline: None,
-                    });
-                    state.queue.push_back(Event::SyncRequested(tiers));
-                }
-                Some(Command::Flush {
                     deadline,
                     reply,
                     sent_before,
@@ -394,9 +380,9 @@ impl<T: Transport> Driver<T> {
                     state.waiters.push(Waiter {
                         reply,
                         sent_before,
-                        deadline: Some(deadline),
+                        deadline,
                     });
-                    state.queue.push_back(Event::SyncRequested(TierSet::ALL));
+                    state.queue.push_back(Event::SyncRequested(tiers));
                 }
             }
         }
