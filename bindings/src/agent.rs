@@ -14,8 +14,8 @@ use kryonix_protocol::{AppVersion, DeviceProfile, TenantId};
 use crate::callbacks::{CacheWatcher, ObserverAdapter, SyncObserver, TokenAdapter, TokenProvider};
 use crate::error::KryonixError;
 use crate::types::{
-    AgentConfig, CacheStats, DeadLetter, DeviceClass, Namespace, NetworkProfile, Op, SyncReport,
-    SyncStatus, Tier, tier_set,
+    AgentConfig, CacheStats, DeadLetter, DeviceClass, Namespace, NetworkProfile, NewItem, Op,
+    SyncReport, SyncStatus, Tier, tier_set,
 };
 use crate::watch::{self, WatchHandle};
 use crate::{encryption, runtime};
@@ -171,6 +171,23 @@ impl KryonixAgent {
     /// How many watches are live (a cancelled or closed handle no longer counts).
     pub fn watcher_count(&self) -> Result<u64> {
         Ok(u64::try_from(self.agent()?.watcher_count()).unwrap_or(u64::MAX))
+    }
+
+    /// Queues several items in one transaction (all or none) and returns their ids, in order,
+    /// once they are durable: one commit for the batch, far cheaper per item than `enqueue`.
+    pub fn enqueue_all(&self, items: Vec<NewItem>) -> Result<Vec<String>> {
+        let core: Vec<kryonix_core::NewItem<'_>> = items
+            .iter()
+            .map(|i| kryonix_core::NewItem {
+                namespace: i.namespace.into(),
+                key: &i.key,
+                op: i.op.into(),
+                payload: &i.payload,
+                tier: i.tier.into(),
+            })
+            .collect();
+        let ids = self.agent()?.enqueue_all(&core)?;
+        Ok(ids.iter().map(ToString::to_string).collect())
     }
 
     /// Queues a mutation for upload and returns its id once it is durable.

@@ -248,6 +248,16 @@ impl std::fmt::Debug for AgentConfig {
     }
 }
 
+/// One item of `KryonixAgent.enqueueAll`.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct NewItem {
+    pub namespace: Namespace,
+    pub key: String,
+    pub op: Op,
+    pub payload: Vec<u8>,
+    pub tier: Tier,
+}
+
 /// Per-tier queue and sync figures.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct TierStatus {

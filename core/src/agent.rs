@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::cache::{Cache, CacheConfig, Expiry, codec};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::outbox::{DeadLetter, ItemId, Outbox, OutboxConfig, TierSet};
+use crate::outbox::{DeadLetter, ItemId, NewItem, Outbox, OutboxConfig, TierSet};
 use crate::store::{Durability, EncryptionKey, FileLock, Store, StoreOptions};
 use crate::sync::driver::{Command, Driver, SyncObserver, SyncReport};
 use crate::sync::engine::{EngineConfig, Event, SyncEngine, SyncStatus};
@@ -236,6 +236,21 @@ impl<T: Transport> Agent<T> {
         let id = self.outbox.enqueue(namespace, key, op, payload, tier)?;
         self.send(Command::Event(Event::Enqueued(tier)))?;
         Ok(id)
+    }
+
+    /// Queues several items in one transaction: all or none (an invalid item refuses the whole
+    /// batch, naming it). Much cheaper per item than one `enqueue` each: one commit, one wake of
+    /// the sync task. Ids are returned in the order of `items`.
+    pub fn enqueue_all(&self, items: &[NewItem<'_>]) -> Result<Vec<ItemId>> {
+        let ids = self.outbox.enqueue_many(items)?;
+        let mut tiers = TierSet::NONE;
+        for item in items {
+            tiers = tiers.with(item.tier);
+        }
+        for tier in tiers.iter() {
+            self.send(Command::Event(Event::Enqueued(tier)))?;
+        }
+        Ok(ids)
     }
 
     /// Writes a value locally and queues it for upload: the app sees its own write at once, and
@@ -612,6 +627,37 @@ mod tests {
         let clock = Arc::new(SystemClock);
         let agent = Agent::with_transport(config, FakeServer::default(), clock, observer, &runtime);
         (dir, agent.unwrap())
+    }
+
+    #[tokio::test]
+    async fn enqueue_all_queues_a_batch_in_order_or_nothing() {
+        let (_dir, agent) = open_agent(NetworkProfile::OFFLINE, None);
+        let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+        let items: Vec<NewItem<'_>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| NewItem {
+                namespace: Namespace::UserCache,
+                key,
+                op: Op::Put,
+                payload: b"v",
+                tier: Tier::ALL[i % 4],
+            })
+            .collect();
+        let ids = agent.enqueue_all(&items).unwrap();
+        assert_eq!(ids.len(), 50);
+        assert_eq!(agent.status().tiers[&Tier::Critical].depth, 13);
+        for (id, key) in ids.iter().zip(&keys) {
+            assert_eq!(&agent.outbox().get(*id).unwrap().unwrap().0.key, key);
+        }
+        // One bad item refuses the batch: nothing of it is queued.
+        let mut bad = items.clone();
+        bad[7].key = "";
+        assert!(matches!(
+            agent.enqueue_all(&bad),
+            Err(Error::Outbox(crate::OutboxError::InvalidKey(_)))
+        ));
+        assert_eq!(agent.outbox().stats().unwrap().depth(), 50);
     }
 
     #[tokio::test]

@@ -296,6 +296,22 @@ final class KryonixSyncTests: XCTestCase {
         XCTAssertFalse(retryable)
     }
 
+    func testEnqueueAllIsOneTransaction() async throws {
+        let agent = try open()
+        let batch = (0..<100).map {
+            NewItem(namespace: .userCache, key: "batch-\($0)", op: .put, payload: Data([UInt8($0)]), tier: .application)
+        }
+        let ids = try agent.enqueueAll(items: batch)
+        XCTAssertEqual(Set(ids).count, 100)
+        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, 100)
+        var bad = batch
+        bad[50].key = ""
+        let refused = await kryonixError { try agent.enqueueAll(items: bad) }
+        guard case .InvalidInput = refused else { return XCTFail("\(String(describing: refused))") }
+        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, 100)
+        try await agent.shutdown()
+    }
+
     func testStorageFull() async throws {
         let agent = try open(config(maxDbBytes: 256 * 1024))
         var written = 0
