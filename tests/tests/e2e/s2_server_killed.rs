@@ -10,7 +10,7 @@ use kryonix_core::TierSet;
 use kryonix_e2e::{Fault, Proxy, Rule, wait_for};
 use kryonix_protocol::{NetworkProfile, Tier};
 
-use crate::support::{World, enqueue, total};
+use crate::support::{World, drain, enqueue, total};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_drain_and_restarted_loses_and_duplicates_nothing() {
@@ -49,14 +49,8 @@ async fn server_killed_mid_drain_and_restarted_loses_and_duplicates_nothing() {
     );
     world.server.restart().await.unwrap();
 
-    let mut report = syncing.await.unwrap().unwrap();
-    for _ in 0..3 {
-        if report.remaining == 0 {
-            break;
-        }
-        report = agent.sync_now(TierSet::ALL).await.unwrap();
-    }
-    assert_eq!(report.remaining, 0, "{report:?}");
+    let remaining = drain(&agent, syncing.await.unwrap()).await;
+    assert_eq!(remaining, 0);
     world.assert_exactly_once(&expected).await;
     // The batch stored before the kill was sent again after it.
     let pushes = proxy

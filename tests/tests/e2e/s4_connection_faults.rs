@@ -11,7 +11,7 @@ use kryonix_core::TierSet;
 use kryonix_e2e::{Fault, Proxy, Rule, wait_for};
 use kryonix_protocol::{NetworkProfile, Tier};
 
-use crate::support::{World, enqueue};
+use crate::support::{World, drain, enqueue};
 
 const PUSH: &str = "POST /v1/sync/push";
 
@@ -49,14 +49,8 @@ async fn cut_reset_dropped_and_stalled_pushes_lose_and_duplicate_nothing() {
         }
     }
 
-    let mut report = syncing.await.unwrap().unwrap();
-    for _ in 0..3 {
-        if report.remaining == 0 {
-            break;
-        }
-        report = agent.sync_now(TierSet::ALL).await.unwrap();
-    }
-    assert_eq!(report.remaining, 0, "{report:?}");
+    let remaining = drain(&agent, syncing.await.unwrap()).await;
+    assert_eq!(remaining, 0);
     world.assert_exactly_once(&expected).await;
 
     // Every fault hit a push; the three answer faults hit pushes the server had completed

@@ -10,7 +10,7 @@ use kryonix_core::TierSet;
 use kryonix_e2e::{Proxy, RedisOptions, wait_for};
 use kryonix_protocol::{NetworkProfile, Tier};
 
-use crate::support::{World, enqueue, total};
+use crate::support::{World, drain, enqueue, total};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_mid_drain_loses_and_duplicates_nothing() {
@@ -53,14 +53,8 @@ async fn redis_restarted_mid_drain_loses_and_duplicates_nothing() {
         "Redis lost acknowledged items in the restart: {before} before, {after} after"
     );
 
-    let mut report = syncing.await.unwrap().unwrap();
-    for _ in 0..3 {
-        if report.remaining == 0 {
-            break;
-        }
-        report = agent.sync_now(TierSet::ALL).await.unwrap();
-    }
-    assert_eq!(report.remaining, 0, "{report:?}");
+    let remaining = drain(&agent, syncing.await.unwrap()).await;
+    assert_eq!(remaining, 0);
     world.assert_exactly_once(&expected).await;
     // The restart hit the drain (`before` < total above). A push that met Redis down was
     // answered 503 and retried; the server's push connections reopen by themselves, so a

@@ -19,7 +19,7 @@ use kryonix_e2e::{Exchange, Proxy, RedisOptions, ServerOptions, wait_for};
 use kryonix_protocol::{NetworkProfile, Tier};
 use kryonix_server::config::TenantPolicy;
 
-use crate::support::{Expected, TENANT, World, enqueue};
+use crate::support::{Expected, TENANT, World, drain, enqueue};
 
 /// No request left the device before an earlier answer's `Retry-After` had passed.
 fn assert_hints_honoured(log: &[Exchange]) -> usize {
@@ -126,14 +126,8 @@ async fn backpressure_503_is_honoured_and_tier_1_keeps_flowing() {
         .await
         .unwrap();
 
-    let mut report = syncing.await.unwrap().unwrap();
-    for _ in 0..3 {
-        if report.remaining == 0 {
-            break;
-        }
-        report = agent.sync_now(TierSet::ALL).await.unwrap();
-    }
-    assert_eq!(report.remaining, 0, "{report:?}");
+    let remaining = drain(&agent, syncing.await.unwrap()).await;
+    assert_eq!(remaining, 0);
     let expected: Expected = expected;
     world.assert_exactly_once(&expected).await;
     let log = proxy.exchanges();

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kryonix_core::{Agent, AgentConfig};
+use kryonix_core::sync::SyncReport;
+use kryonix_core::{Agent, AgentConfig, TierSet};
 use kryonix_e2e::agent::RecordingObserver;
 use kryonix_e2e::streams::{self, UpEntry};
 use kryonix_e2e::{RedisOptions, RedisServer, ServerOptions, TestServer, agent_config, open_agent};
@@ -109,6 +110,26 @@ impl World {
             );
             assert_eq!(got, want, "tier {tier}: stored out of FIFO order");
         }
+    }
+}
+
+/// Drives a drain to its end after `first`, the answer of a `sync_now` that ran while the
+/// network or the server misbehaved: a call that sent nothing says why (a retryable error,
+/// never anything else here), so this asks again until the queue is empty or ten calls passed.
+/// Returns what is left.
+pub async fn drain(agent: &Agent, first: kryonix_core::Result<SyncReport>) -> u64 {
+    let mut last = first;
+    for _ in 0..10 {
+        match &last {
+            Ok(report) if report.remaining == 0 => return 0,
+            Ok(_) => {}
+            Err(e) => assert!(e.is_retryable(), "a drain failed for good: {e:?}"),
+        }
+        last = agent.sync_now(TierSet::ALL).await;
+    }
+    match last {
+        Ok(report) => report.remaining,
+        Err(e) => panic!("the drain still fails: {e:?}"),
     }
 }
 
