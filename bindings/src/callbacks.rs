@@ -16,6 +16,7 @@ use crate::types::{CacheChange, SyncStatus};
 
 /// What a callback may throw. Anything else it throws arrives as `Unexpected`.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi::export(Display)]
 pub enum CallbackError {
     #[error("{reason}")]
     Failed { reason: String },
@@ -43,6 +44,7 @@ pub trait SyncObserver: Send + Sync {
 /// only `SignInRequired` becomes `KryonixError.Unauthorized` ("sign the user in again");
 /// `Unavailable` — and anything else the provider throws — is retried like a network failure.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi::export(Display)]
 pub enum TokenError {
     /// The user must sign in again (the refresh token was revoked or expired).
     #[error("sign-in required: {reason}")]

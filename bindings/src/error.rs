@@ -18,6 +18,9 @@ fn display(path: &std::path::Path) -> String {
 }
 
 #[derive(Debug, thiserror::Error, uniffi::Error)]
+// Display is exported: Swift gets `description` (and, through `ios/`, `localizedDescription`), Kotlin
+// `toString()`, both the sentence above each case rather than a dump of its fields.
+#[uniffi::export(Display)]
 pub enum KryonixError {
     /// The server could not be reached, or answered "try later". Retry when the network changes.
     #[error("offline: {reason}")]

@@ -296,6 +296,15 @@ final class KryonixSyncTests: XCTestCase {
         XCTAssertFalse(retryable)
     }
 
+    func testErrorsReadAsSentencesAndEnumsIterate() {
+        let error: Error = KryonixError.Offline(reason: "connection refused")
+        XCTAssertEqual(error.localizedDescription, "offline: connection refused")
+        XCTAssertEqual(KryonixError.StorageFull.localizedDescription, "the device storage is full; nothing was written")
+        XCTAssertEqual(Tier.allCases.count, 4)
+        XCTAssertEqual(Namespace.allCases.count, 16)
+        XCTAssertEqual(Set(Namespace.allCases).count, 16, "a namespace listed twice")
+    }
+
     func testEnqueueAllIsOneTransaction() async throws {
         let agent = try open()
         let batch = (0..<100).map {

@@ -237,6 +237,10 @@ fun main() {
         }
         expectThrows<KryonixException.InvalidInput> { agent.put(Namespace.USER_CACHE, "k", byteArrayOf(1), 0UL) }
         expectThrows<KryonixException.NotFound> { agent.retryDeadLetter("not-a-uuid") }
+        // toString is the library's sentence (the exported Display), not a field dump.
+        expect(KryonixException.Offline("connection refused").toString() == "offline: connection refused") {
+            KryonixException.Offline("connection refused").toString()
+        }
         expectThrows<KryonixException.InvalidInput> { open(config(tenant = "bad:tenant")) }
         for (url in listOf("not a url", "ftp://sync.example.com", "sync.example.com")) {
             val bad = expectThrows<KryonixException.InvalidInput> { open(config(url = url)) }
