@@ -1,0 +1,44 @@
+// Uses the public API the way an app does: a token provider that throws the library's
+// TokenError, an agent with a key and an app version, an upload, a sync, typed errors caught by
+// case. Exits non-zero if anything is off.
+import Foundation
+import KryonixSync
+
+final class AppTokens: TokenProvider, @unchecked Sendable {
+    let token: String
+    init(_ token: String) { self.token = token }
+    func token(refresh: Bool) throws -> String {
+        if token.isEmpty { throw TokenError.SignInRequired(reason: "no session") }
+        return token
+    }
+}
+
+let env = ProcessInfo.processInfo.environment
+let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kryonix-consumer-\(UUID().uuidString)")
+try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+defer { try? FileManager.default.removeItem(at: dir) }
+
+let config = AgentConfig(
+    dbPath: dir.appendingPathComponent("app.db").path,
+    serverUrl: env["KRYONIX_TEST_SERVER_URL"] ?? "http://127.0.0.1:9",
+    tenant: "acme",
+    device: .phone,
+    network: NetworkProfile(kind: .wifi, metered: false),
+    appVersion: "2.0.0",
+    encryptionKey: Data((0..<32).map { UInt8($0) })
+)
+let agent = try KryonixAgent.open(config: config, tokens: AppTokens(env["KRYONIX_TEST_TOKEN"] ?? ""), observer: nil)
+_ = try agent.enqueue(namespace: .userCache, key: "consumer", op: .put, payload: Data("hi".utf8), tier: .background)
+do {
+    let report = try await agent.syncNow(tiers: Tier.allCases)
+    print("consumer: sent \(report.itemsSent), \(report.remaining) waiting")
+    guard report.remaining == 0 else { exit(1) }
+} catch KryonixError.Unauthorized(let reason) {
+    print("consumer: sign in again (\(reason))")
+    exit(1)
+} catch let error as KryonixError {
+    print("consumer: \(error.localizedDescription)")
+    exit(1)
+}
+try await agent.shutdown()
+print("consumer: ok")
