@@ -45,3 +45,43 @@ public final class StaticTokenProvider: TokenProvider, Sendable {
     public init(_ token: String) { value = token }
     public func token(refresh: Bool) -> String { value }
 }
+
+/// A `SyncObserver` for UI code: it hands every status and dead letter to closures that run on
+/// the main actor, in the order the agent announced them. (A `@MainActor` class cannot adopt
+/// `SyncObserver` itself: the library calls it on its own threads.) Pass it to
+/// `KryonixAgent.open`; keep the closures quick, they run on the UI thread.
+public final class MainActorSyncObserver: SyncObserver, @unchecked Sendable {
+    private enum Notice: Sendable {
+        case status(SyncStatus)
+        case deadLetter(DeadLetterNotice)
+    }
+
+    private let continuation: AsyncStream<Notice>.Continuation
+
+    public init(
+        onStatus: @escaping @MainActor @Sendable (SyncStatus) -> Void,
+        onDeadLetter: @escaping @MainActor @Sendable (DeadLetterNotice) -> Void = { _ in }
+    ) {
+        let (notices, continuation) = AsyncStream<Notice>.makeStream()
+        self.continuation = continuation
+        // One consumer on the main actor keeps the agent's order (a Task per callback would not).
+        Task { @MainActor in
+            for await notice in notices {
+                switch notice {
+                case .status(let status): onStatus(status)
+                case .deadLetter(let notice): onDeadLetter(notice)
+                }
+            }
+        }
+    }
+
+    deinit { continuation.finish() }
+
+    public func onStatus(status: SyncStatus) {
+        continuation.yield(.status(status))
+    }
+
+    public func onDeadLetter(id: String, code: String, reason: String) {
+        continuation.yield(.deadLetter(DeadLetterNotice(id: id, code: code, reason: reason)))
+    }
+}

@@ -65,6 +65,12 @@ private final class CountingTokens: TokenProvider, @unchecked Sendable {
     }
 }
 
+/// A UI model: main-actor state an observer updates.
+@MainActor
+private final class ViewModel {
+    var depths: [UInt64] = []
+}
+
 /// Records the library's log lines.
 private final class RecordingLogSink: LogSink, @unchecked Sendable {
     private let lock = NSLock()
@@ -294,6 +300,27 @@ final class KryonixSyncTests: XCTestCase {
         let error = await kryonixError { try self.open(self.config(path: path)) }
         guard case .Storage(_, let retryable) = error else { return XCTFail("\(String(describing: error))") }
         XCTAssertFalse(retryable)
+    }
+
+    /// What a view model does: observe the agent from the main actor.
+    func testMainActorObserverDeliversOnTheMainActorInOrder() async throws {
+        let model = ViewModel()
+        let observer = MainActorSyncObserver(onStatus: { status in
+            MainActor.assertIsolated()
+            model.depths.append(status.tiers.reduce(0) { $0 + $1.depth })
+        })
+        let agent = try open(observer: observer)
+        for i in 0..<3 {
+            _ = try agent.enqueue(namespace: .userCache, key: "ui-\(i)", op: .put, payload: Data([1]), tier: .background)
+        }
+        let deadline = Date().addingTimeInterval(15)
+        while await model.depths.last != 3 {
+            if Date() > deadline { return XCTFail("the main actor never saw 3 waiting") }
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        let depths = await model.depths
+        XCTAssertEqual(depths, depths.sorted(), "statuses out of order: \(depths)")
+        try await agent.shutdown()
     }
 
     func testErrorsReadAsSentencesAndEnumsIterate() {
