@@ -26,6 +26,41 @@ use crate::outbox::{ItemId, Outbox, OutboxError, Rejection, TierSet, Write};
 /// Meta key of the downstream cursor.
 pub const PULL_CURSOR_KEY: &str = "pull_cursor";
 
+/// How long a burst of enqueues may gather before the engine looks at the queue.
+const ENQUEUE_SETTLE: Duration = Duration::from_millis(5);
+
+/// An app writing in a loop sends one notice per item; each engine step reads the whole queue's
+/// statistics. When the commands that woke the driver are only such notices, wait a moment for
+/// the rest of the burst, so that it costs one step instead of one per item. Anything else (a
+/// sync request, a network change, shutdown) ends the wait at once.
+async fn settle_enqueues(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    batch: &mut Vec<Option<Command>>,
+) {
+    let only_enqueues = |batch: &[Option<Command>]| {
+        batch
+            .iter()
+            .all(|c| matches!(c, Some(Command::Event(Event::Enqueued(_)))))
+    };
+    if !only_enqueues(batch) {
+        return;
+    }
+    let settle = tokio::time::sleep(ENQUEUE_SETTLE);
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let other = !matches!(command, Some(Command::Event(Event::Enqueued(_))));
+                batch.push(command);
+                if other {
+                    return;
+                }
+            }
+            () = &mut settle => return,
+        }
+    }
+}
+
 /// How long the driver waits before trying again after a local storage error.
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
@@ -152,9 +187,10 @@ impl<T: Transport> Driver<T> {
             if self.engine.is_idle() {
                 self.finish_all(&mut state.waiters);
             }
-            let Some(batch) = self.wait(&mut commands, &mut state).await else {
+            let Some(mut batch) = self.wait(&mut commands, &mut state).await else {
                 continue;
             };
+            settle_enqueues(&mut commands, &mut batch).await;
             if self.take_commands(batch, &mut state) {
                 break;
             }
