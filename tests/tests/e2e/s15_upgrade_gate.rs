@@ -3,11 +3,11 @@
 //! its status and to its observer. The updated app opens the same database and delivers every
 //! item exactly once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kryonix_core::TierSet;
 use kryonix_core::sync::UpgradeRequired;
-use kryonix_e2e::RecordingObserver;
+use kryonix_e2e::{RecordingObserver, wait_for};
 use kryonix_protocol::{AppVersion, Namespace, NetworkProfile, Tier};
 
 use crate::support::{World, enqueue, total};
@@ -52,14 +52,15 @@ async fn an_app_too_old_keeps_its_items_until_the_updated_app_delivers_them() {
         min_app_version: Some("4.2.0".into()),
     });
     assert_eq!(old.status().upgrade_required, gate);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while observer.last_status().and_then(|s| s.upgrade_required) != gate {
-        assert!(
-            Instant::now() < deadline,
-            "the observer never heard of the gate"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        Duration::from_secs(10),
+        "the observer to hear of the gate",
+        || async {
+            (observer.last_status().and_then(|s| s.upgrade_required) == gate).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     // Reads from the server's cache are refused the same way, with the same minimums.
     let refused = old
         .get_or_fetch(Namespace::UserCache, "anything")

@@ -4,7 +4,7 @@
 //! once.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kryonix_core::TierSet;
 use kryonix_e2e::{Fault, Proxy, Rule, wait_for};
@@ -82,11 +82,15 @@ async fn server_down_through_the_retries_then_sync_now_delivers_at_once() {
     // retrying on its own until the wake-up's retries are spent.
     let down = agent.sync_now(TierSet::ALL).await.unwrap_err();
     assert!(down.is_retryable(), "{down:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while agent.status().tiers.values().map(|t| t.retries).max() < Some(4) {
-        assert!(Instant::now() < deadline, "the retries never ran out");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        Duration::from_secs(30),
+        "the retries to run out",
+        || async {
+            (agent.status().tiers.values().map(|t| t.retries).max() >= Some(4)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(agent.outbox().stats().unwrap().depth(), 250);
     assert!(agent.status().last_error.is_some());
 
