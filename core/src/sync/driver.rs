@@ -37,12 +37,8 @@ async fn settle_enqueues(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     batch: &mut Vec<Option<Command>>,
 ) {
-    let only_enqueues = |batch: &[Option<Command>]| {
-        batch
-            .iter()
-            .all(|c| matches!(c, Some(Command::Event(Event::Enqueued(_)))))
-    };
-    if !only_enqueues(batch) {
+    let is_enqueue = |c: &Option<Command>| matches!(c, Some(Command::Event(Event::Enqueued(_))));
+    if !batch.iter().all(is_enqueue) {
         return;
     }
     let settle = tokio::time::sleep(ENQUEUE_SETTLE);
@@ -50,9 +46,9 @@ async fn settle_enqueues(
     loop {
         tokio::select! {
             command = commands.recv() => {
-                let other = !matches!(command, Some(Command::Event(Event::Enqueued(_))));
+                let more = is_enqueue(&command);
                 batch.push(command);
-                if other {
+                if !more {
                     return;
                 }
             }
@@ -304,13 +300,10 @@ impl<T: Transport> Driver<T> {
                     .as_deref()
                     .is_some_and(|t| t != self.tenant.as_str()) =>
             {
-                let token_tenant = answer.tenant.unwrap_or_default();
+                let refused = self.tenant_mismatch(answer.tenant.unwrap_or_default());
                 Event::RequestFailed {
-                    error: format!(
-                        "the token is for tenant {token_tenant:?}, but the agent was opened for {:?}",
-                        self.tenant.as_str()
-                    ),
-                    kind: FailureKind::TenantMismatch { token_tenant },
+                    kind: refused.kind,
+                    error: refused.message,
                 }
             }
             Ok(answer) if answer.producer == producer => {
@@ -432,6 +425,16 @@ impl<T: Transport> Driver<T> {
             .items_sent
     }
 
+    fn tenant_mismatch(&self, token_tenant: String) -> TransportError {
+        TransportError {
+            message: format!(
+                "the token is for tenant {token_tenant:?}, but the agent was opened for {:?}",
+                self.tenant.as_str()
+            ),
+            kind: FailureKind::TenantMismatch { token_tenant },
+        }
+    }
+
     /// A request failed: callers whose call has sent nothing yet are answered now with the
     /// cause, instead of after the in-call retries (the engine keeps retrying on its schedule).
     fn fail_waiters(&self, event: &Event, state: &mut LoopState) {
@@ -477,13 +480,7 @@ impl<T: Transport> Driver<T> {
             });
         }
         if let Some(token_tenant) = status.tenant_mismatch {
-            return Err(TransportError {
-                message: format!(
-                    "the token is for tenant {token_tenant:?}, but the agent was opened for {:?}",
-                    self.tenant.as_str()
-                ),
-                kind: FailureKind::TenantMismatch { token_tenant },
-            });
+            return Err(self.tenant_mismatch(token_tenant));
         }
         if status.unauthorized {
             return Err(TransportError {
