@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use kryonix_protocol::wire::{MAX_PUSH_ITEMS, MAX_VALUE_BYTES, Op};
 use kryonix_protocol::{KeyError, Namespace, TenantId, TenantKey, Tier};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{OptionalExtension, Row, ToSql, params};
+use rusqlite::{OptionalExtension, Row, ToSql, Transaction, params};
 use uuid::Uuid;
 
 use crate::clock::{Clock, Millis, duration_ms};
@@ -346,6 +346,16 @@ pub struct Applied {
     pub renumbered: usize,
 }
 
+/// Brings the tier's pending items that are due later than `at` forward to `at` (an app's
+/// request, or a clock set back); order, attempts and states are unchanged. Returns how many.
+fn due_by(tx: &Transaction<'_>, tier: Tier, at: Millis) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "UPDATE outbox SET next_attempt_at = ?3
+         WHERE state = ?1 AND tier = ?2 AND next_attempt_at > ?3",
+    )?
+    .execute(params![ItemState::Pending, tier.number(), at])
+}
+
 /// Meta key of the largest value the server accepts, as its last hello said.
 const SERVER_MAX_PAYLOAD_KEY: &str = "server_max_value_bytes";
 
@@ -564,21 +574,11 @@ impl Outbox {
                     applied.renumbered = renumbered;
                 }
                 Write::Clamp { tier, at } => {
-                    applied.rescheduled = tx
-                        .prepare_cached(
-                            "UPDATE outbox SET next_attempt_at = ?3
-                             WHERE state = ?1 AND tier = ?2 AND next_attempt_at > ?3",
-                        )?
-                        .execute(params![ItemState::Pending, tier.number(), at])?;
+                    applied.rescheduled = due_by(tx, *tier, *at)?;
                 }
                 Write::MakeDue(tiers) => {
-                    let mut update = tx.prepare_cached(
-                        "UPDATE outbox SET next_attempt_at = ?3
-                         WHERE state = ?1 AND tier = ?2 AND next_attempt_at > ?3",
-                    )?;
                     for tier in tiers.iter() {
-                        applied.rescheduled +=
-                            update.execute(params![ItemState::Pending, tier.number(), now])?;
+                        applied.rescheduled += due_by(tx, tier, now)?;
                     }
                 }
             }
