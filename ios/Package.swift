@@ -18,7 +18,7 @@ let ffiLinker: [LinkerSetting] = []
 
 let package = Package(
     name: "KryonixSync",
-    platforms: [.iOS(.v15), .macOS(.v12)],
+    platforms: [.iOS(.v16), .macOS(.v13)],
     products: [.library(name: "KryonixSync", targets: ["KryonixSync"])],
     targets: [
         ffiTarget,

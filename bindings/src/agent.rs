@@ -5,7 +5,6 @@
 
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use kryonix_core::cache::Expiry;
 use kryonix_core::{Agent, ItemId};
@@ -14,11 +13,11 @@ use kryonix_protocol::{AppVersion, DeviceProfile, TenantId};
 use crate::callbacks::{CacheWatcher, ObserverAdapter, SyncObserver, TokenAdapter, TokenProvider};
 use crate::error::KryonixError;
 use crate::types::{
-    AgentConfig, CacheStats, DeadLetter, DeviceClass, Namespace, NetworkProfile, NewItem, Op,
-    SyncReport, SyncStatus, Tier, tier_set,
+    AgentConfig, CacheStats, Count, DeadLetter, DeviceClass, Millis, Namespace, NetworkProfile,
+    NewItem, Op, SyncReport, SyncStatus, Tier, tier_set,
 };
 use crate::watch::{self, WatchHandle};
-use crate::{encryption, runtime};
+use crate::{direct, encryption, runtime};
 
 type Result<T, E = KryonixError> = std::result::Result<T, E>;
 
@@ -26,6 +25,8 @@ type Result<T, E = KryonixError> = std::result::Result<T, E>;
 #[derive(Debug, uniffi::Object)]
 pub struct KryonixAgent {
     inner: RwLock<Option<Arc<Agent>>>,
+    /// This agent's number for the direct entry points (`crate::direct`).
+    direct_id: u64,
 }
 
 fn invalid(reason: impl ToString) -> KryonixError {
@@ -40,221 +41,137 @@ fn item_id(id: &str) -> Result<ItemId> {
     ItemId::from_str(id).map_err(|_| KryonixError::NotFound { id: id.to_owned() })
 }
 
-fn usize_from(n: u64) -> usize {
-    usize::try_from(n).unwrap_or(usize::MAX)
+/// The core configuration `config` describes, or `InvalidInput` naming the field that is wrong.
+fn core_config(config: AgentConfig) -> Result<kryonix_core::AgentConfig> {
+    let tenant = TenantId::new(config.tenant).map_err(invalid)?;
+    let mut core = kryonix_core::AgentConfig::new(config.db_path, config.server_url, tenant);
+    core.profile = DeviceProfile {
+        device: config.device.into(),
+        network: config.network.into(),
+    };
+    if let Some(bytes) = config.cache_budget_bytes {
+        core.cache.device_budget_bytes = bytes.to_u64("cacheBudgetBytes")?;
+    }
+    if let Some(bytes) = config.max_value_bytes {
+        core.cache.max_value_bytes =
+            usize::try_from(bytes.to_u64("maxValueBytes")?).unwrap_or(usize::MAX);
+    }
+    if let Some(timeout) = config.request_timeout {
+        core.request_timeout = timeout.to_duration("requestTimeout")?;
+    }
+    core.max_db_bytes = config
+        .max_db_bytes
+        .map(|b| b.to_u64("maxDbBytes"))
+        .transpose()?;
+    if let Some(version) = config.app_version {
+        core.app_version = Some(version.parse::<AppVersion>().map_err(invalid)?);
+    }
+    core.encryption_key = config.encryption_key.map(encryption::key).transpose()?;
+    Ok(core)
 }
 
+/// Every call that reads or writes the database is `suspend` (Kotlin) / `async` (Swift) and runs
+/// on the bindings' blocking pool, except the hot cache and outbox calls below, which stay
+/// blocking here (`…Blocking`) because a UniFFI async call costs far more than they do from
+/// Kotlin (ADR 0024): the platform packages wrap them in `suspend` / `async` functions named
+/// without the suffix (android/src/main/kotlin/…/Agent.kt, ios/Sources/KryonixSync/Agent.swift).
 #[uniffi::export]
 impl KryonixAgent {
     /// Opens (or creates) the database and starts the sync task on the bindings' runtime.
-    /// The observer, if any, is called from that runtime's threads.
+    /// The observer, if any, is called from that runtime's threads. Fails with `InvalidConfig`
+    /// for a server URL that cannot be one, `AlreadyOpen` while another agent has the file.
     #[uniffi::constructor]
-    pub fn open(
+    pub async fn open(
         config: AgentConfig,
         tokens: Arc<dyn TokenProvider>,
         observer: Option<Arc<dyn SyncObserver>>,
     ) -> Result<Arc<Self>> {
-        let tenant = TenantId::new(config.tenant).map_err(invalid)?;
-        let mut core = kryonix_core::AgentConfig::new(config.db_path, config.server_url, tenant);
-        core.profile = DeviceProfile {
-            device: config.device.into(),
-            network: config.network.into(),
-        };
-        if let Some(bytes) = config.cache_budget_bytes {
-            core.cache.device_budget_bytes = bytes;
-        }
-        if let Some(bytes) = config.max_value_bytes {
-            core.cache.max_value_bytes = usize_from(bytes);
-        }
-        if let Some(ms) = config.request_timeout_ms {
-            core.request_timeout = Duration::from_millis(ms);
-        }
-        core.max_db_bytes = config.max_db_bytes;
-        if let Some(version) = config.app_version {
-            core.app_version = Some(version.parse::<AppVersion>().map_err(invalid)?);
-        }
-        core.encryption_key = config.encryption_key.map(encryption::key).transpose()?;
+        let core = core_config(config)?;
         let observer = observer
             .map(|o| Arc::new(ObserverAdapter(o)) as Arc<dyn kryonix_core::sync::SyncObserver>);
-        let agent = Agent::open(
-            core,
-            Arc::new(TokenAdapter(tokens)),
-            observer,
-            &runtime::handle()?,
-        )?;
-        Ok(Arc::new(Self {
+        let handle = runtime::handle()?;
+        let agent = runtime::spawn_blocking(move || {
+            Ok(Agent::open(
+                core,
+                Arc::new(TokenAdapter(tokens)),
+                observer,
+                &handle,
+            )?)
+        })
+        .await?;
+        let agent = Arc::new(Self {
             inner: RwLock::new(Some(Arc::new(agent))),
-        }))
-    }
-
-    /// A cached value, or `None` (never touches the network).
-    pub fn get(&self, namespace: Namespace, key: String) -> Result<Option<Vec<u8>>> {
-        let agent = self.agent()?;
-        let key = agent.key(namespace.into(), &key)?;
-        Ok(agent.cache().get(&key)?)
-    }
-
-    /// Several cached values of one namespace, in the order of `keys`.
-    pub fn get_many(
-        &self,
-        namespace: Namespace,
-        keys: Vec<String>,
-    ) -> Result<Vec<Option<Vec<u8>>>> {
-        let agent = self.agent()?;
-        let keys = keys
-            .iter()
-            .map(|k| agent.key(namespace.into(), k))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(agent.cache().get_many(&keys)?)
-    }
-
-    /// Stores a value locally. `ttl_ms` unset: the adaptive TTL of the device profile.
-    pub fn put(
-        &self,
-        namespace: Namespace,
-        key: String,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> Result<()> {
-        let agent = self.agent()?;
-        let key = agent.key(namespace.into(), &key)?;
-        let expiry = ttl_ms.map_or(Expiry::Adaptive, |ms| {
-            Expiry::After(Duration::from_millis(ms))
+            direct_id: direct::next_id(),
         });
-        Ok(agent.cache().put(&key, &value, expiry)?)
+        direct::register(&agent);
+        Ok(agent)
     }
 
-    /// Removes a cached value; true if there was one.
-    pub fn delete(&self, namespace: Namespace, key: String) -> Result<bool> {
+    /// The latest status the sync task published, with the queue figures read now.
+    pub async fn status(&self) -> Result<SyncStatus> {
         let agent = self.agent()?;
-        let key = agent.key(namespace.into(), &key)?;
-        Ok(agent.cache().delete(&key)?)
+        runtime::spawn_blocking(move || Ok(agent.status().into())).await
     }
 
-    pub fn contains(&self, namespace: Namespace, key: String) -> Result<bool> {
+    pub async fn cache_stats(&self) -> Result<CacheStats> {
         let agent = self.agent()?;
-        let key = agent.key(namespace.into(), &key)?;
-        Ok(agent.cache().contains(&key)?)
-    }
-
-    pub fn cache_stats(&self) -> Result<CacheStats> {
-        Ok(self.agent()?.cache().stats().into())
+        runtime::spawn_blocking(move || Ok(agent.cache().stats().into())).await
     }
 
     /// Watches one key: `watcher` is told its current value first (null when it has none), then
     /// every change — put, delete, write, a pulled change, an expiry noticed, an eviction.
     /// Keep the handle: cancelling or closing it ends the watch, and so does shutdown.
-    pub fn watch(
+    pub async fn watch(
         &self,
         namespace: Namespace,
         key: String,
         watcher: Arc<dyn CacheWatcher>,
     ) -> Result<Arc<WatchHandle>> {
-        let watch = self.agent()?.watch(namespace.into(), &key)?;
+        let agent = self.agent()?;
+        let watch =
+            runtime::spawn_blocking(move || Ok(agent.watch(namespace.into(), &key)?)).await?;
         watch::forward(watch, watcher)
     }
 
     /// Watches every key of `namespace`, or those starting with `prefix`: every live entry
     /// first, then a batch per committed change (a pulled page is one batch, one change per key).
-    pub fn watch_namespace(
+    pub async fn watch_namespace(
         &self,
         namespace: Namespace,
         prefix: Option<String>,
         watcher: Arc<dyn CacheWatcher>,
     ) -> Result<Arc<WatchHandle>> {
-        let watch = self
-            .agent()?
-            .watch_namespace(namespace.into(), prefix.as_deref())?;
+        let agent = self.agent()?;
+        let watch = runtime::spawn_blocking(move || {
+            Ok(agent.watch_namespace(namespace.into(), prefix.as_deref())?)
+        })
+        .await?;
         watch::forward(watch, watcher)
     }
 
-    /// How many watches are live (a cancelled or closed handle no longer counts).
-    pub fn watcher_count(&self) -> Result<u64> {
-        Ok(u64::try_from(self.agent()?.watcher_count()).unwrap_or(u64::MAX))
-    }
-
-    /// Queues several items in one transaction (all or none) and returns their ids, in order,
-    /// once they are durable: one commit for the batch, far cheaper per item than `enqueue`.
-    pub fn enqueue_all(&self, items: Vec<NewItem>) -> Result<Vec<String>> {
-        let core: Vec<kryonix_core::NewItem<'_>> = items
-            .iter()
-            .map(|i| kryonix_core::NewItem {
-                namespace: i.namespace.into(),
-                key: &i.key,
-                op: i.op.into(),
-                payload: &i.payload,
-                tier: i.tier.into(),
-            })
-            .collect();
-        let ids = self.agent()?.enqueue_all(&core)?;
-        Ok(ids.iter().map(ToString::to_string).collect())
-    }
-
-    /// Queues a mutation for upload and returns its id once it is durable.
-    pub fn enqueue(
-        &self,
-        namespace: Namespace,
-        key: String,
-        op: Op,
-        payload: Vec<u8>,
-        tier: Tier,
-    ) -> Result<String> {
-        let id = self
-            .agent()?
-            .enqueue(namespace.into(), &key, op.into(), &payload, tier.into())?;
-        Ok(id.to_string())
-    }
-
-    /// Writes a value to the cache and queues it for upload in one call.
-    pub fn write(
-        &self,
-        namespace: Namespace,
-        key: String,
-        value: Vec<u8>,
-        tier: Tier,
-    ) -> Result<String> {
-        let id = self
-            .agent()?
-            .write(namespace.into(), &key, &value, tier.into())?;
-        Ok(id.to_string())
-    }
-
-    /// The OS reported a network change.
-    pub fn set_network(&self, network: NetworkProfile) -> Result<()> {
-        Ok(self.agent()?.set_network(network.into())?)
-    }
-
-    pub fn set_device(&self, device: DeviceClass) -> Result<()> {
-        Ok(self.agent()?.set_device(device.into())?)
-    }
-
-    /// The latest status the sync task published.
-    pub fn status(&self) -> Result<SyncStatus> {
-        Ok(self.agent()?.status().into())
-    }
-
     /// Items the server refused for good.
-    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        Ok(self
-            .agent()?
-            .dead_letters()?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let agent = self.agent()?;
+        runtime::spawn_blocking(move || {
+            Ok(agent.dead_letters()?.into_iter().map(Into::into).collect())
+        })
+        .await
     }
 
-    /// Queues a dead letter again.
-    pub fn retry_dead_letter(&self, id: String) -> Result<()> {
-        Ok(self.agent()?.retry_dead_letter(item_id(&id)?)?)
+    /// Queues a dead letter again. `NotFound` when there is no dead letter with that id.
+    pub async fn retry_dead_letter(&self, id: String) -> Result<()> {
+        let agent = self.agent()?;
+        let id = item_id(&id)?;
+        runtime::spawn_blocking(move || Ok(agent.retry_dead_letter(id)?)).await
     }
 
-    pub fn discard_dead_letter(&self, id: String) -> Result<()> {
-        Ok(self.agent()?.discard_dead_letter(item_id(&id)?)?)
+    /// Drops a dead letter for good. `NotFound` when there is none with that id.
+    pub async fn discard_dead_letter(&self, id: String) -> Result<()> {
+        let agent = self.agent()?;
+        let id = item_id(&id)?;
+        runtime::spawn_blocking(move || Ok(agent.discard_dead_letter(id)?)).await
     }
-}
 
-#[uniffi::export]
-impl KryonixAgent {
     /// Syncs `tiers` now (all tiers when the list is empty) and returns when the wake-up is
     /// over. Cancelling the caller (a Kotlin coroutine) abandons the wait, not the sync.
     pub async fn sync_now(&self, tiers: Vec<Tier>) -> Result<SyncReport> {
@@ -263,10 +180,10 @@ impl KryonixAgent {
         runtime::spawn(async move { Ok(agent.sync_now(tiers).await?.into()) }).await
     }
 
-    /// Uploads what fits in `window_ms` (an OS background task's time), highest tiers first.
-    pub async fn flush(&self, window_ms: u64) -> Result<SyncReport> {
+    /// Uploads what fits in `window` (an OS background task's time), highest tiers first.
+    pub async fn flush(&self, window: Millis) -> Result<SyncReport> {
         let agent = self.agent()?;
-        let window = Duration::from_millis(window_ms);
+        let window = window.to_duration("window")?;
         runtime::spawn(async move { Ok(agent.flush(window).await?.into()) }).await
     }
 
@@ -292,7 +209,143 @@ impl KryonixAgent {
     }
 }
 
+/// The hot calls, blocking: a few microseconds of SQLite each (a commit for the writes). Call
+/// them from a thread that may block, or use the platform packages' `suspend` / `async` forms.
+#[uniffi::export]
 impl KryonixAgent {
+    /// A cached value, or `None` (never touches the network).
+    pub fn get_blocking(&self, namespace: Namespace, key: String) -> Result<Option<Vec<u8>>> {
+        let agent = self.agent()?;
+        let key = agent.key(namespace.into(), &key)?;
+        Ok(agent.cache().get(&key)?)
+    }
+
+    /// Several cached values of one namespace, in the order of `keys`.
+    pub fn get_many_blocking(
+        &self,
+        namespace: Namespace,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let agent = self.agent()?;
+        let keys = keys
+            .iter()
+            .map(|k| agent.key(namespace.into(), k))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(agent.cache().get_many(&keys)?)
+    }
+
+    /// Stores a value locally for `ttl`, or unset: the adaptive TTL of the device profile.
+    pub fn put_blocking(
+        &self,
+        namespace: Namespace,
+        key: String,
+        value: Vec<u8>,
+        ttl: Option<Millis>,
+    ) -> Result<()> {
+        let agent = self.agent()?;
+        let key = agent.key(namespace.into(), &key)?;
+        let expiry = match ttl {
+            Some(ttl) => Expiry::After(ttl.to_duration("ttl")?),
+            None => Expiry::Adaptive,
+        };
+        Ok(agent.cache().put(&key, &value, expiry)?)
+    }
+
+    /// Removes a cached value; true if there was one.
+    pub fn delete_blocking(&self, namespace: Namespace, key: String) -> Result<bool> {
+        let agent = self.agent()?;
+        let key = agent.key(namespace.into(), &key)?;
+        Ok(agent.cache().delete(&key)?)
+    }
+
+    pub fn contains_blocking(&self, namespace: Namespace, key: String) -> Result<bool> {
+        let agent = self.agent()?;
+        let key = agent.key(namespace.into(), &key)?;
+        Ok(agent.cache().contains(&key)?)
+    }
+
+    /// Queues a mutation for upload and returns its id once it is durable.
+    pub fn enqueue_blocking(
+        &self,
+        namespace: Namespace,
+        key: String,
+        op: Op,
+        payload: Vec<u8>,
+        tier: Tier,
+    ) -> Result<String> {
+        let id = self
+            .agent()?
+            .enqueue(namespace.into(), &key, op.into(), &payload, tier.into())?;
+        Ok(id.to_string())
+    }
+
+    /// Queues several items in one transaction (all or none) and returns their ids, in order,
+    /// once they are durable: one commit for the batch, far cheaper per item than `enqueue`.
+    pub fn enqueue_all_blocking(&self, items: Vec<NewItem>) -> Result<Vec<String>> {
+        let core: Vec<kryonix_core::NewItem<'_>> = items
+            .iter()
+            .map(|i| kryonix_core::NewItem {
+                namespace: i.namespace.into(),
+                key: &i.key,
+                op: i.op.into(),
+                payload: &i.payload,
+                tier: i.tier.into(),
+            })
+            .collect();
+        let ids = self.agent()?.enqueue_all(&core)?;
+        Ok(ids.iter().map(ToString::to_string).collect())
+    }
+
+    /// Writes a value to the cache and queues it for upload in one transaction.
+    pub fn write_blocking(
+        &self,
+        namespace: Namespace,
+        key: String,
+        value: Vec<u8>,
+        tier: Tier,
+    ) -> Result<String> {
+        let id = self
+            .agent()?
+            .write(namespace.into(), &key, &value, tier.into())?;
+        Ok(id.to_string())
+    }
+}
+
+/// Calls that never wait on the database: safe on any thread, the main one included.
+#[uniffi::export]
+impl KryonixAgent {
+    /// The OS reported a network change.
+    pub fn set_network(&self, network: NetworkProfile) -> Result<()> {
+        Ok(self.agent()?.set_network(network.into())?)
+    }
+
+    pub fn set_device(&self, device: DeviceClass) -> Result<()> {
+        Ok(self.agent()?.set_device(device.into())?)
+    }
+
+    /// How many watches are live (a cancelled or closed handle no longer counts).
+    pub fn watcher_count(&self) -> Result<Count> {
+        Ok(Count::of(self.agent()?.watcher_count()))
+    }
+
+    /// This agent's number for the platform packages' direct calls (`kryonix_direct_*`, which
+    /// skip the generated marshalling on the hottest paths). Not for apps.
+    pub fn direct_id(&self) -> i64 {
+        i64::try_from(self.direct_id).unwrap_or(-1)
+    }
+}
+
+impl Drop for KryonixAgent {
+    fn drop(&mut self) {
+        direct::unregister(self.direct_id);
+    }
+}
+
+impl KryonixAgent {
+    pub(crate) fn registry_id(&self) -> u64 {
+        self.direct_id
+    }
+
     pub(crate) fn agent(&self) -> Result<Arc<Agent>> {
         self.inner
             .read()

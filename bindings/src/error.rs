@@ -9,6 +9,7 @@
 //! Named `KryonixError`, never `Error`, so it cannot clash with Swift's `Error` protocol;
 //! Kotlin sees it as `KryonixException`.
 
+use crate::types::Count;
 use kryonix_core::sync::FailureKind;
 use kryonix_core::{CacheError, Error, OutboxError, StoreError};
 
@@ -40,12 +41,12 @@ pub enum KryonixError {
     #[error("invalid input: {reason}")]
     InvalidInput { reason: String },
     /// A `noeviction` namespace has no room left; nothing was written.
-    #[error("namespace {namespace} is full ({used} of {budget} bytes used, {needed} needed)")]
+    #[error("namespace {namespace} is full ({} of {} bytes used, {} needed)", used.0, budget.0, needed.0)]
     NamespaceFull {
         namespace: String,
-        used: u64,
-        needed: u64,
-        budget: u64,
+        used: Count,
+        needed: Count,
+        budget: Count,
     },
     /// No dead letter (or queued item) with this id.
     #[error("not found: {id}")]
@@ -65,7 +66,7 @@ pub enum KryonixError {
         "upgrade required (minimum protocol {min_protocol:?}, minimum app version {min_app_version:?})"
     )]
     UpgradeRequired {
-        min_protocol: Option<u32>,
+        min_protocol: Option<i32>,
         min_app_version: Option<String>,
     },
     /// The agent was closed; open a new one.
@@ -102,7 +103,7 @@ impl From<Error> for KryonixError {
                 FailureKind::TooLarge => Self::InvalidInput { reason: e.message },
                 FailureKind::Retryable { .. } => Self::Offline { reason: e.message },
                 FailureKind::UpgradeRequired(u) => Self::UpgradeRequired {
-                    min_protocol: u.min_protocol,
+                    min_protocol: u.min_protocol.and_then(|p| i32::try_from(p).ok()),
                     min_app_version: u.min_app_version,
                 },
             },
@@ -114,9 +115,9 @@ impl From<Error> for KryonixError {
                 ..
             }) => Self::NamespaceFull {
                 namespace: namespace.name().to_owned(),
-                used,
-                needed,
-                budget,
+                used: Count::of(used),
+                needed: Count::of(needed),
+                budget: Count::of(budget),
             },
             Error::Outbox(OutboxError::NotFound(id)) => Self::NotFound { id: id.to_string() },
             Error::Store(StoreError::AlreadyOpen { path }) => Self::AlreadyOpen {
@@ -244,9 +245,9 @@ mod tests {
         assert!(matches!(
             KryonixError::from(full),
             KryonixError::NamespaceFull {
-                used: 10,
-                needed: 5,
-                budget: 12,
+                used: Count(10),
+                needed: Count(5),
+                budget: Count(12),
                 ..
             }
         ));
@@ -336,7 +337,7 @@ mod tests {
             },
             cache_budget_bytes: None,
             max_value_bytes: None,
-            request_timeout_ms: None,
+            request_timeout: None,
             max_db_bytes: None,
             app_version: None,
             encryption_key: Some(vec![0xAB; 32]),

@@ -8,6 +8,8 @@
 //! # Layout
 //!
 //! - [`agent`]: `KryonixAgent`, the exported agent (cache, watches, outbox, sync, status, close).
+//! - [`direct`]: C entry points for Kotlin's hottest calls (`get`, `enqueue`), past the
+//!   generated marshalling, and the registry of agents they find by number.
 //! - [`encryption`]: the database key — `KryonixAgent.rekey` and `encrypt_database`.
 //! - [`types`]: FFI records and enums (config, profile, tiers, status, reports, dead letters).
 //! - [`callbacks`]: the foreign traits `SyncObserver`, `CacheWatcher` and `TokenProvider`, and the
@@ -19,6 +21,7 @@
 
 pub mod agent;
 pub mod callbacks;
+pub mod direct;
 pub mod encryption;
 pub mod error;
 pub mod logs;

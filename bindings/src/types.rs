@@ -1,8 +1,49 @@
 //! FFI mirrors of core and protocol types: records and enums UniFFI can generate, each with a
 //! `From` impl in the direction it crosses. Core types are never annotated for the FFI.
 
+use std::time::Duration;
+
 use kryonix_core::outbox::TierSet;
 use kryonix_protocol as proto;
+
+use crate::error::KryonixError;
+
+/// A count or a size in bytes. Signed, so that apps compare it with plain literals: Kotlin
+/// `Long`, Swift `Int` (bindings/uniffi.toml). Never negative coming out; a negative one going in
+/// is `InvalidInput`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Count(pub i64);
+uniffi::custom_newtype!(Count, i64);
+
+impl Count {
+    /// Saturates: no count of this library reaches `i64::MAX`.
+    pub(crate) fn of(n: impl TryInto<i64>) -> Self {
+        Self(n.try_into().unwrap_or(i64::MAX))
+    }
+
+    /// What the app passed, or `InvalidInput` naming `what` when it is negative.
+    pub(crate) fn to_u64(self, what: &str) -> Result<u64, KryonixError> {
+        u64::try_from(self.0).map_err(|_| KryonixError::InvalidInput {
+            reason: format!("{what} must not be negative (got {})", self.0),
+        })
+    }
+}
+
+/// A span of time, whole milliseconds on the wire: Kotlin `kotlin.time.Duration`, Swift
+/// `Duration` (bindings/uniffi.toml). A negative one going in is `InvalidInput`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub i64);
+uniffi::custom_newtype!(Millis, i64);
+
+impl Millis {
+    pub(crate) fn to_duration(self, what: &str) -> Result<Duration, KryonixError> {
+        u64::try_from(self.0)
+            .map(Duration::from_millis)
+            .map_err(|_| KryonixError::InvalidInput {
+                reason: format!("{what} must not be negative (got {} ms)", self.0),
+            })
+    }
+}
 
 /// The sixteen namespaces (the protocol's table; ids equal the server's Redis databases).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
@@ -23,6 +64,29 @@ pub enum Namespace {
     AnalyticsTemp,
     BackupStatus,
     DistributedLocks,
+}
+
+impl Namespace {
+    /// In declaration order, which is the order of the generated Kotlin `Namespace.entries`
+    /// (`ordinal`) and of Swift's `allCases`: the direct entry points take that index.
+    pub(crate) const ALL: [Self; 16] = [
+        Self::Sessions,
+        Self::AuthTokens,
+        Self::UserCache,
+        Self::ApiCache,
+        Self::RateLimiting,
+        Self::RealtimeData,
+        Self::FileMetadata,
+        Self::SearchCache,
+        Self::TenantConfig,
+        Self::DeviceTrust,
+        Self::AiModels,
+        Self::MobileSync,
+        Self::Geolocation,
+        Self::AnalyticsTemp,
+        Self::BackupStatus,
+        Self::DistributedLocks,
+    ];
 }
 
 impl From<Namespace> for proto::Namespace {
@@ -82,6 +146,16 @@ pub enum Tier {
     Background,
 }
 
+impl Tier {
+    /// Declaration order (Kotlin `ordinal`), for the direct entry points.
+    pub(crate) const ALL: [Self; 4] = [
+        Self::Critical,
+        Self::Preferences,
+        Self::Application,
+        Self::Background,
+    ];
+}
+
 impl From<Tier> for proto::Tier {
     fn from(t: Tier) -> Self {
         match t {
@@ -119,6 +193,11 @@ pub enum Op {
     Put,
     Delete,
     Event,
+}
+
+impl Op {
+    /// Declaration order (Kotlin `ordinal`), for the direct entry points.
+    pub(crate) const ALL: [Self; 3] = [Self::Put, Self::Delete, Self::Event];
 }
 
 impl From<Op> for proto::wire::Op {
@@ -203,17 +282,17 @@ pub struct AgentConfig {
     pub network: NetworkProfile,
     /// Bytes the local cache may use on this device, split between namespaces.
     #[uniffi(default = None)]
-    pub cache_budget_bytes: Option<u64>,
+    pub cache_budget_bytes: Option<Count>,
     /// Largest value the cache accepts, before compression.
     #[uniffi(default = None)]
-    pub max_value_bytes: Option<u64>,
+    pub max_value_bytes: Option<Count>,
     /// Per-request timeout.
     #[uniffi(default = None)]
-    pub request_timeout_ms: Option<u64>,
+    pub request_timeout: Option<Millis>,
     /// The most the database file may grow to, in bytes. At the limit (or on a full disk) writes
     /// fail with `StorageFull` and change nothing.
     #[uniffi(default = None)]
-    pub max_db_bytes: Option<u64>,
+    pub max_db_bytes: Option<Count>,
     /// The app's version (`4.2.0`, `4.2.0-beta.1`), sent with every request so the server can
     /// stop versions it no longer serves (`SyncStatus.upgradeRequired`). Pass the app's own
     /// version name (`BuildConfig.VERSION_NAME`, `CFBundleShortVersionString`).
@@ -237,7 +316,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("network", &self.network)
             .field("cache_budget_bytes", &self.cache_budget_bytes)
             .field("max_value_bytes", &self.max_value_bytes)
-            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("request_timeout", &self.request_timeout)
             .field("max_db_bytes", &self.max_db_bytes)
             .field("app_version", &self.app_version)
             .field(
@@ -263,19 +342,20 @@ pub struct NewItem {
 pub struct TierStatus {
     pub tier: Tier,
     /// Items waiting (pending or in flight).
-    pub depth: u64,
-    pub oldest_age_ms: i64,
-    pub in_flight: u64,
-    pub dead_letters: u64,
+    pub depth: Count,
+    /// Age of the oldest waiting item (zero when none waits).
+    pub oldest_age: Millis,
+    pub in_flight: Count,
+    pub dead_letters: Count,
     /// Unix milliseconds of the last successful upload.
     pub last_success_at_ms: Option<i64>,
     /// Failed attempts since the last success.
-    pub retries: u64,
+    pub retries: Count,
     /// No progress for several slots while online with items waiting.
     pub stalled: bool,
     /// Waiting items older than the tier's freshness TTL (critical 5 min, preferences 30 min,
     /// application 1 h, background 2 h).
-    pub overdue: u64,
+    pub overdue: Count,
 }
 
 /// A snapshot of the sync engine (what the observer receives, and `status()` returns).
@@ -283,12 +363,12 @@ pub struct TierStatus {
 pub struct SyncStatus {
     pub online: bool,
     pub tiers: Vec<TierStatus>,
-    pub wakeups: u64,
-    pub items_sent: u64,
+    pub wakeups: Count,
+    pub items_sent: Count,
     /// Push body bytes on the wire (after compression).
-    pub bytes_sent: u64,
+    pub bytes_sent: Count,
     /// The same bodies before compression.
-    pub bytes_raw: u64,
+    pub bytes_raw: Count,
     pub cache_hit_ratio: f64,
     pub last_error: Option<String>,
     /// The server refused the token: sign the user in again.
@@ -305,7 +385,7 @@ pub struct SyncStatus {
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct UpgradeRequired {
     /// The oldest protocol version the server serves.
-    pub min_protocol: Option<u32>,
+    pub min_protocol: Option<i32>,
     /// The oldest app version the server serves, when it sets one.
     pub min_app_version: Option<String>,
 }
@@ -319,26 +399,26 @@ impl From<kryonix_core::sync::SyncStatus> for SyncStatus {
                 .into_iter()
                 .map(|(tier, t)| TierStatus {
                     tier: tier.into(),
-                    depth: t.depth,
-                    oldest_age_ms: t.oldest_age_ms,
-                    in_flight: t.in_flight,
-                    dead_letters: t.dead_letters,
+                    depth: Count::of(t.depth),
+                    oldest_age: Millis(t.oldest_age_ms.max(0)),
+                    in_flight: Count::of(t.in_flight),
+                    dead_letters: Count::of(t.dead_letters),
                     last_success_at_ms: t.last_success_at,
-                    retries: t.retries,
+                    retries: Count::of(t.retries),
                     stalled: t.stalled,
-                    overdue: t.overdue,
+                    overdue: Count::of(t.overdue),
                 })
                 .collect(),
-            wakeups: s.wakeups,
-            items_sent: s.items_sent,
-            bytes_sent: s.bytes_sent,
-            bytes_raw: s.bytes_raw,
+            wakeups: Count::of(s.wakeups),
+            items_sent: Count::of(s.items_sent),
+            bytes_sent: Count::of(s.bytes_sent),
+            bytes_raw: Count::of(s.bytes_raw),
             cache_hit_ratio: s.cache_hit_ratio,
             last_error: s.last_error,
             unauthorized: s.unauthorized,
             tenant_mismatch: s.tenant_mismatch,
             upgrade_required: s.upgrade_required.map(|u| UpgradeRequired {
-                min_protocol: u.min_protocol,
+                min_protocol: u.min_protocol.and_then(|p| i32::try_from(p).ok()),
                 min_app_version: u.min_app_version,
             }),
         }
@@ -349,9 +429,9 @@ impl From<kryonix_core::sync::SyncStatus> for SyncStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
 pub struct SyncReport {
     /// Items the server stored during the call.
-    pub items_sent: u64,
+    pub items_sent: Count,
     /// Items still waiting after it.
-    pub remaining: u64,
+    pub remaining: Count,
     pub online: bool,
     /// The flush stopped at its deadline with items left.
     pub deadline_reached: bool,
@@ -360,8 +440,8 @@ pub struct SyncReport {
 impl From<kryonix_core::sync::SyncReport> for SyncReport {
     fn from(r: kryonix_core::sync::SyncReport) -> Self {
         Self {
-            items_sent: r.items_sent,
-            remaining: r.remaining,
+            items_sent: Count::of(r.items_sent),
+            remaining: Count::of(r.remaining),
             online: r.online,
             deadline_reached: r.deadline_reached,
         }
@@ -377,7 +457,7 @@ pub struct DeadLetter {
     pub key: String,
     pub op: Op,
     pub payload: Vec<u8>,
-    pub attempts: u32,
+    pub attempts: i32,
     /// The server's error code (`invalid_key`, `too_large`, ...).
     pub code: String,
     pub reason: String,
@@ -393,7 +473,7 @@ impl From<kryonix_core::DeadLetter> for DeadLetter {
             key: d.item.key,
             op: d.item.op.into(),
             payload: d.item.payload,
-            attempts: d.item.attempts,
+            attempts: i32::try_from(d.item.attempts).unwrap_or(i32::MAX),
             code: d.code,
             reason: d.reason,
             dead_at_ms: d.dead_at,
@@ -404,29 +484,29 @@ impl From<kryonix_core::DeadLetter> for DeadLetter {
 /// Local cache counters.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
+    pub hits: Count,
+    pub misses: Count,
     pub hit_ratio: f64,
-    pub evictions: u64,
-    pub expirations: u64,
-    pub entries: u64,
+    pub evictions: Count,
+    pub expirations: Count,
+    pub entries: Count,
     /// Values before compression.
-    pub raw_bytes: u64,
+    pub raw_bytes: Count,
     /// Values as stored.
-    pub stored_bytes: u64,
+    pub stored_bytes: Count,
 }
 
 impl From<kryonix_core::CacheStats> for CacheStats {
     fn from(s: kryonix_core::CacheStats) -> Self {
         Self {
-            hits: s.hits,
-            misses: s.misses,
+            hits: Count::of(s.hits),
+            misses: Count::of(s.misses),
             hit_ratio: s.hit_ratio,
-            evictions: s.evictions,
-            expirations: s.expirations,
-            entries: s.entries,
-            raw_bytes: s.raw_bytes,
-            stored_bytes: s.stored_bytes,
+            evictions: Count::of(s.evictions),
+            expirations: Count::of(s.expirations),
+            entries: Count::of(s.entries),
+            raw_bytes: Count::of(s.raw_bytes),
+            stored_bytes: Count::of(s.stored_bytes),
         }
     }
 }

@@ -75,7 +75,7 @@ mod tests {
     use crate::KryonixAgent;
     use crate::callbacks::{CallbackError, TokenProvider};
     use crate::types::{
-        AgentConfig, ChangeCause, DeviceClass, Namespace, NetworkClass, NetworkProfile,
+        AgentConfig, ChangeCause, Count, DeviceClass, Namespace, NetworkClass, NetworkProfile,
     };
 
     #[derive(Default)]
@@ -106,6 +106,13 @@ mod tests {
 
     #[test]
     fn a_watch_calls_back_until_its_handle_is_cancelled_or_dropped() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(watch_until_cancelled());
+    }
+
+    async fn watch_until_cancelled() {
         let dir = tempfile::tempdir().unwrap();
         let agent = KryonixAgent::open(
             AgentConfig {
@@ -119,7 +126,7 @@ mod tests {
                 },
                 cache_budget_bytes: None,
                 max_value_bytes: None,
-                request_timeout_ms: None,
+                request_timeout: None,
                 max_db_bytes: None,
                 app_version: None,
                 encryption_key: None,
@@ -127,19 +134,22 @@ mod tests {
             Arc::new(NoToken),
             None,
         )
+        .await
         .unwrap();
         let seen = Arc::new(Recorder::default());
         let handle = agent
             .watch(Namespace::TenantConfig, "flags".into(), seen.clone())
+            .await
             .unwrap();
         let all = agent
             .watch_namespace(Namespace::TenantConfig, None, Arc::new(Recorder::default()))
+            .await
             .unwrap();
-        assert_eq!(agent.watcher_count().unwrap(), 2);
+        assert_eq!(agent.watcher_count().unwrap(), Count(2));
         // Read before the put: unread, the put would replace it (newest value per key).
         wait_for("the initial state", || seen.0.lock().unwrap().len() == 1);
         agent
-            .put(
+            .put_blocking(
                 Namespace::TenantConfig,
                 "flags".into(),
                 b"on".to_vec(),
@@ -163,15 +173,17 @@ mod tests {
 
         handle.cancel();
         handle.cancel();
-        assert_eq!(agent.watcher_count().unwrap(), 1);
+        assert_eq!(agent.watcher_count().unwrap(), Count(1));
         drop(all);
-        assert_eq!(agent.watcher_count().unwrap(), 0);
+        assert_eq!(agent.watcher_count().unwrap(), Count(0));
         agent
-            .delete(Namespace::TenantConfig, "flags".into())
+            .delete_blocking(Namespace::TenantConfig, "flags".into())
             .unwrap();
         assert_eq!(*seen.0.lock().unwrap(), want, "nothing after the cancel");
         assert!(matches!(
-            agent.watch_namespace(Namespace::TenantConfig, Some("bad\u{1}".into()), seen),
+            agent
+                .watch_namespace(Namespace::TenantConfig, Some("bad\u{1}".into()), seen)
+                .await,
             Err(KryonixError::InvalidInput { .. })
         ));
     }

@@ -10,9 +10,9 @@ extension KryonixAgent {
     /// The watch ends when the task iterating the stream is cancelled (SwiftUI's `.task` does so
     /// when its view goes away) or the agent shuts down. Leaving a `for await` loop with `break`
     /// does not cancel anything: iterate in a task you cancel.
-    public func watchStream(namespace: Namespace, key: String) throws -> AsyncStream<Data?> {
+    public func watchStream(namespace: Namespace, key: String) async throws -> AsyncStream<Data?> {
         let (stream, continuation) = AsyncStream<Data?>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let handle = try watch(namespace: namespace, key: key, watcher: ForwardingWatcher { changes in
+        let handle = try await watch(namespace: namespace, key: key, watcher: ForwardingWatcher { changes in
             if let last = changes.last {
                 continuation.yield(last.value)
             }
@@ -25,10 +25,10 @@ extension KryonixAgent {
     /// `AsyncStream` of dictionaries, key to value: the current entries first, then the whole
     /// dictionary again after every committed change (a pulled page is one update). A consumer
     /// that falls behind gets the newest dictionary. Ends like `watchStream`.
-    public func watchNamespaceStream(namespace: Namespace, prefix: String? = nil) throws -> AsyncStream<[String: Data]> {
+    public func watchNamespaceStream(namespace: Namespace, prefix: String? = nil) async throws -> AsyncStream<[String: Data]> {
         let (stream, continuation) = AsyncStream<[String: Data]>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let entries = LiveEntries()
-        let handle = try watchNamespace(namespace: namespace, prefix: prefix, watcher: ForwardingWatcher { changes in
+        let handle = try await watchNamespace(namespace: namespace, prefix: prefix, watcher: ForwardingWatcher { changes in
             continuation.yield(entries.apply(changes))
         })
         continuation.onTermination = { _ in handle.cancel() }

@@ -68,7 +68,13 @@ private final class CountingTokens: TokenProvider, @unchecked Sendable {
 /// A UI model: main-actor state an observer updates.
 @MainActor
 private final class ViewModel {
-    var depths: [UInt64] = []
+    var depths: [Int] = []
+}
+
+/// Counts turns of a task that shares the main actor with the calls under test.
+@MainActor
+private final class Ticks {
+    var count = 0
 }
 
 /// Records the library's log lines.
@@ -199,96 +205,153 @@ final class KryonixSyncTests: XCTestCase {
 
     private func config(
         url: String = serverUrl, network: NetworkProfile = offline, tenant: String = "acme",
-        budget: UInt64? = nil, maxValue: UInt64? = nil, path: String? = nil, appVersion: String? = nil,
-        maxDbBytes: UInt64? = nil, key: Data? = suiteKey
+        budget: Int? = nil, maxValue: Int? = nil, path: String? = nil, appVersion: String? = nil,
+        maxDbBytes: Int? = nil, key: Data? = suiteKey
     ) -> AgentConfig {
         AgentConfig(
             dbPath: path ?? dir.appendingPathComponent("\(UUID().uuidString).db").path,
             serverUrl: url, tenant: tenant, device: .phone, network: network,
-            cacheBudgetBytes: budget, maxValueBytes: maxValue, requestTimeoutMs: nil, maxDbBytes: maxDbBytes,
+            cacheBudgetBytes: budget, maxValueBytes: maxValue, requestTimeout: nil, maxDbBytes: maxDbBytes,
             appVersion: appVersion, encryptionKey: key
         )
     }
 
     private func open(_ config: AgentConfig? = nil, tokens: TokenProvider = StaticTokenProvider(token),
-                      observer: SyncObserver? = nil) throws -> KryonixAgent {
-        try KryonixAgent.open(config: config ?? self.config(), tokens: tokens, observer: observer)
+                      observer: SyncObserver? = nil) async throws -> KryonixAgent {
+        try await KryonixAgent.open(config: config ?? self.config(), tokens: tokens, observer: observer)
     }
 
     func testOpenStatusNetworkDeviceClose() async throws {
-        let agent = try open()
-        XCTAssertFalse(try agent.status().online)
+        let agent = try await open()
+        let got1 = try await agent.status().online
+        XCTAssertFalse(got1)
         try agent.setDevice(device: .tablet)
         try agent.setNetwork(network: NetworkProfile(kind: .cellularSlow, metered: true))
-        _ = try await poll("online") { try agent.status().online ? true : nil }
+        _ = try await poll("online") { try await agent.status().online ? true : nil }
         try agent.setNetwork(network: offline)
-        _ = try await poll("offline") { try agent.status().online ? nil : true }
+        _ = try await poll("offline") { try await agent.status().online ? nil : true }
         try await agent.shutdown()
         try await agent.shutdown()
     }
 
     func testCache() async throws {
-        let agent = try open()
-        try agent.put(namespace: .userCache, key: "a", value: Data("1".utf8), ttlMs: nil)
-        try agent.put(namespace: .userCache, key: "b", value: Data(repeating: 7, count: 4096), ttlMs: 60_000)
-        XCTAssertEqual(try agent.get(namespace: .userCache, key: "a"), Data("1".utf8))
-        XCTAssertNil(try agent.get(namespace: .userCache, key: "missing"))
-        XCTAssertTrue(try agent.contains(namespace: .userCache, key: "b"))
-        let many = try agent.getMany(namespace: .userCache, keys: ["b", "missing", "a"])
+        let agent = try await open()
+        try await agent.put(namespace: .userCache, key: "a", value: Data("1".utf8), ttl: nil)
+        try await agent.put(namespace: .userCache, key: "b", value: Data(repeating: 7, count: 4096), ttl: .seconds(60))
+        let got2 = try await agent.get(namespace: .userCache, key: "a")
+        XCTAssertEqual(got2, Data("1".utf8))
+        let got3 = try await agent.get(namespace: .userCache, key: "missing")
+        XCTAssertNil(got3)
+        let got4 = try await agent.contains(namespace: .userCache, key: "b")
+        XCTAssertTrue(got4)
+        let many = try await agent.getMany(namespace: .userCache, keys: ["b", "missing", "a"])
         XCTAssertEqual(many.map { $0?.count }, [4096, nil, 1])
-        XCTAssertTrue(try agent.delete(namespace: .userCache, key: "a"))
-        XCTAssertFalse(try agent.delete(namespace: .userCache, key: "a"))
-        let stats = try agent.cacheStats()
+        let got5 = try await agent.delete(namespace: .userCache, key: "a")
+        XCTAssertTrue(got5)
+        let got6 = try await agent.delete(namespace: .userCache, key: "a")
+        XCTAssertFalse(got6)
+        let stats = try await agent.cacheStats()
         XCTAssertEqual(stats.entries, 1)
         XCTAssertLessThan(stats.storedBytes, stats.rawBytes)
         try await agent.shutdown()
     }
 
+    /// The database calls are async and leave the main actor free while they run: a task on
+    /// the main actor keeps turning while 2 000 items are committed from the main actor.
+    func testDatabaseCallsLeaveTheMainActorFree() async throws {
+        let config = config()
+        // The body runs on the main actor, as an app's view code does.
+        try await Task { @MainActor in
+            let agent = try await KryonixAgent.open(config: config, tokens: StaticTokenProvider(token), observer: nil)
+            let ticks = Ticks()
+            let ticker = Task { @MainActor in
+                while !Task.isCancelled {
+                    ticks.count += 1
+                    await Task.yield()
+                }
+            }
+            let items = (0..<2_000).map {
+                NewItem(namespace: .userCache, key: "main-\($0)", op: .put, payload: Data([1]), tier: .background)
+            }
+            let before = ticks.count
+            try await agent.enqueueAll(items: items)
+            try await agent.put(namespace: .userCache, key: "main", value: Data([1]))
+            _ = try await agent.get(namespace: .userCache, key: "main")
+            try await agent.enqueue(namespace: .userCache, key: "main", op: .put, payload: Data([1]), tier: .background)
+            _ = try await agent.status()
+            _ = try await agent.deadLetters()
+            let during = ticks.count - before
+            ticker.cancel()
+            XCTAssertGreaterThan(during, 0, "the main actor was blocked during the calls")
+            try await agent.shutdown()
+        }.value
+    }
+
+    /// Spans are `Duration`s; a negative one is refused with the field's name, and changes nothing.
+    func testDurationsAreCheckedAndNegativeOnesRefused() async throws {
+        let agent = try await open()
+        try await agent.put(namespace: .userCache, key: "short", value: Data([1]), ttl: .milliseconds(1500))
+        let got = try await agent.get(namespace: .userCache, key: "short")
+        XCTAssertEqual(got, Data([1]))
+        let ttl = await kryonixError { try await agent.put(namespace: .userCache, key: "k", value: Data([1]), ttl: .seconds(-1)) }
+        guard case .invalidInput(let reason) = ttl, reason.contains("ttl") else {
+            return XCTFail("\(String(describing: ttl))")
+        }
+        let none = try await agent.contains(namespace: .userCache, key: "k")
+        XCTAssertFalse(none)
+        let window = await kryonixError { try await agent.flush(window: .seconds(-5)) }
+        guard case .invalidInput = window else { return XCTFail("\(String(describing: window))") }
+        XCTAssertEqual(kryonixWholeMilliseconds(.seconds(Int64.max)), Int64.max)
+        XCTAssertEqual(kryonixWholeMilliseconds(.milliseconds(-250)), -250)
+        try await agent.shutdown()
+    }
+
     func testInvalidInput() async throws {
-        let agent = try open()
+        let agent = try await open()
         for call in [
-            { try agent.put(namespace: .userCache, key: "", value: Data([1]), ttlMs: nil) },
-            { _ = try agent.get(namespace: .userCache, key: "bad\u{1}key") },
-            { _ = try agent.enqueue(namespace: .userCache, key: "", op: .put, payload: Data(), tier: .critical) },
-            { try agent.put(namespace: .userCache, key: "k", value: Data([1]), ttlMs: 0) },
-            { _ = try self.open(self.config(tenant: "bad:tenant")) },
-        ] as [() throws -> Void] {
-            let error = await kryonixError { try call() }
-            guard case .InvalidInput = error else { return XCTFail("\(String(describing: error))") }
+            { try await agent.put(namespace: .userCache, key: "", value: Data([1]), ttl: nil) },
+            { _ = try await agent.get(namespace: .userCache, key: "bad\u{1}key") },
+            { _ = try await agent.enqueue(namespace: .userCache, key: "", op: .put, payload: Data(), tier: .critical) },
+            { try await agent.put(namespace: .userCache, key: "k", value: Data([1]), ttl: .zero) },
+            { _ = try await self.open(self.config(tenant: "bad:tenant")) },
+        ] as [() async throws -> Void] {
+            let error = await kryonixError { try await call() }
+            guard case .invalidInput = error else { return XCTFail("\(String(describing: error))") }
         }
         for url in ["not a url", "ftp://sync.example.com", "sync.example.com"] {
-            let error = await kryonixError { try self.open(self.config(url: url)) }
-            guard case .InvalidInput(let reason) = error, reason.contains("server_url") else {
+            let error = await kryonixError { try await self.open(self.config(url: url)) }
+            guard case .invalidInput(let reason) = error, reason.contains("server_url") else {
                 return XCTFail("\(url): \(String(describing: error))")
             }
         }
-        let unknown = await kryonixError { try agent.retryDeadLetter(id: "not-a-uuid") }
-        guard case .NotFound = unknown else { return XCTFail("\(String(describing: unknown))") }
+        let unknown = await kryonixError { try await agent.retryDeadLetter(id: "not-a-uuid") }
+        guard case .notFound = unknown else { return XCTFail("\(String(describing: unknown))") }
         try await agent.shutdown()
     }
 
     func testOversizedValue() async throws {
-        let agent = try open(config(maxValue: 1024))
-        try agent.put(namespace: .apiCache, key: "fits", value: Data(count: 1024), ttlMs: nil)
-        let error = await kryonixError { try agent.put(namespace: .apiCache, key: "big", value: Data(count: 1025), ttlMs: nil) }
-        guard case .InvalidInput(let reason) = error else { return XCTFail("\(String(describing: error))") }
+        let agent = try await open(config(maxValue: 1024))
+        try await agent.put(namespace: .apiCache, key: "fits", value: Data(count: 1024), ttl: nil)
+        let error = await kryonixError { try await agent.put(namespace: .apiCache, key: "big", value: Data(count: 1025), ttl: nil) }
+        guard case .invalidInput(let reason) = error else { return XCTFail("\(String(describing: error))") }
         XCTAssertTrue(reason.contains("1025"), reason)
         try await agent.shutdown()
     }
 
     func testNamespaceFull() async throws {
-        let agent = try open(config(budget: 65_536))
+        let agent = try await open(config(budget: 65_536))
         let error = await kryonixError {
             for i in 0..<64 {
-                try agent.put(namespace: .mobileSync, key: "k\(i)", value: noise(2048, seed: UInt64(i)), ttlMs: nil)
+                try await agent.put(namespace: .mobileSync, key: "k\(i)", value: noise(2048, seed: UInt64(i)), ttl: nil)
             }
         }
-        guard case .NamespaceFull(let namespace, let used, let needed, let budget) = error else {
+        guard case .namespaceFull(let namespace, let used, let needed, let budget) = error else {
             return XCTFail("\(String(describing: error))")
         }
         XCTAssertEqual(namespace, "mobile_sync")
         XCTAssertGreaterThan(used + needed, budget)
-        XCTAssertNotNil(try agent.get(namespace: .mobileSync, key: "k0"))
+        let got7 = try await agent.get(namespace: .mobileSync, key: "k0")
+        XCTAssertNotNil(got7)
         try await agent.shutdown()
     }
 
@@ -297,8 +360,8 @@ final class KryonixSyncTests: XCTestCase {
         // are indistinguishable from one under another key: WrongKey).
         let path = dir.appendingPathComponent("corrupt.db").path
         try noise(8000, seed: 1).write(to: URL(fileURLWithPath: path))
-        let error = await kryonixError { try self.open(self.config(path: path)) }
-        guard case .Storage(_, let retryable) = error else { return XCTFail("\(String(describing: error))") }
+        let error = await kryonixError { try await self.open(self.config(path: path)) }
+        guard case .storage(_, let retryable) = error else { return XCTFail("\(String(describing: error))") }
         XCTAssertFalse(retryable)
     }
 
@@ -309,9 +372,9 @@ final class KryonixSyncTests: XCTestCase {
             MainActor.assertIsolated()
             model.depths.append(status.tiers.reduce(0) { $0 + $1.depth })
         })
-        let agent = try open(observer: observer)
+        let agent = try await open(observer: observer)
         for i in 0..<3 {
-            _ = try agent.enqueue(namespace: .userCache, key: "ui-\(i)", op: .put, payload: Data([1]), tier: .background)
+            _ = try await agent.enqueue(namespace: .userCache, key: "ui-\(i)", op: .put, payload: Data([1]), tier: .background)
         }
         let deadline = Date().addingTimeInterval(15)
         while await model.depths.last != 3 {
@@ -324,51 +387,55 @@ final class KryonixSyncTests: XCTestCase {
     }
 
     func testErrorsReadAsSentencesAndEnumsIterate() {
-        let error: Error = KryonixError.Offline(reason: "connection refused")
+        let error: Error = KryonixError.offline(reason: "connection refused")
         XCTAssertEqual(error.localizedDescription, "offline: connection refused")
-        XCTAssertEqual(KryonixError.StorageFull.localizedDescription, "the device storage is full; nothing was written")
+        XCTAssertEqual(KryonixError.storageFull.localizedDescription, "the device storage is full; nothing was written")
         XCTAssertEqual(Tier.allCases.count, 4)
         XCTAssertEqual(Namespace.allCases.count, 16)
         XCTAssertEqual(Set(Namespace.allCases).count, 16, "a namespace listed twice")
     }
 
     func testEnqueueAllIsOneTransaction() async throws {
-        let agent = try open()
+        let agent = try await open()
         let batch = (0..<100).map {
             NewItem(namespace: .userCache, key: "batch-\($0)", op: .put, payload: Data([UInt8($0)]), tier: .application)
         }
-        let ids = try agent.enqueueAll(items: batch)
+        let ids = try await agent.enqueueAll(items: batch)
         XCTAssertEqual(Set(ids).count, 100)
-        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, 100)
+        let got8 = try await agent.status().tiers.reduce(0) { $0 + $1.depth }
+        XCTAssertEqual(got8, 100)
         var bad = batch
         bad[50].key = ""
-        let refused = await kryonixError { try agent.enqueueAll(items: bad) }
-        guard case .InvalidInput = refused else { return XCTFail("\(String(describing: refused))") }
-        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, 100)
+        let refused = await kryonixError { try await agent.enqueueAll(items: bad) }
+        guard case .invalidInput = refused else { return XCTFail("\(String(describing: refused))") }
+        let got9 = try await agent.status().tiers.reduce(0) { $0 + $1.depth }
+        XCTAssertEqual(got9, 100)
         try await agent.shutdown()
     }
 
     func testStorageFull() async throws {
-        let agent = try open(config(maxDbBytes: 256 * 1024))
+        let agent = try await open(config(maxDbBytes: 256 * 1024))
         var written = 0
-        let full = await kryonixError { () throws -> Void in
+        let full = await kryonixError { () async throws -> Void in
             while written < 5_000 {
-                _ = try agent.write(namespace: .userCache, key: "k\(written)", value: noise(1024, seed: UInt64(written)), tier: .critical)
+                _ = try await agent.write(namespace: .userCache, key: "k\(written)", value: noise(1024, seed: UInt64(written)), tier: .critical)
                 written += 1
             }
         }
-        guard case .StorageFull = full else { return XCTFail("\(String(describing: full))") }
+        guard case .storageFull = full else { return XCTFail("\(String(describing: full))") }
         XCTAssertGreaterThan(written, 50)
-        XCTAssertNil(try agent.get(namespace: .userCache, key: "k\(written)"))
-        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, UInt64(written))
+        let got10 = try await agent.get(namespace: .userCache, key: "k\(written)")
+        XCTAssertNil(got10)
+        let got11 = try await agent.status().tiers.reduce(0) { $0 + $1.depth }
+        XCTAssertEqual(got11, written)
         try await agent.shutdown()
     }
 
     func testEncryptedWrongKeyLeavesTheFileUntouched() async throws {
         let path = dir.appendingPathComponent("encrypted.db").path
-        let agent = try open(config(path: path))
-        try agent.put(namespace: .userCache, key: "secret-key-1", value: Data("tenant secret value".utf8), ttlMs: nil)
-        _ = try agent.enqueue(namespace: .userCache, key: "secret-key-2", op: .put,
+        let agent = try await open(config(path: path))
+        try await agent.put(namespace: .userCache, key: "secret-key-1", value: Data("tenant secret value".utf8), ttl: nil)
+        _ = try await agent.enqueue(namespace: .userCache, key: "secret-key-2", op: .put,
                               payload: Data("tenant secret payload".utf8), tier: .critical)
         try await agent.shutdown()
         let bytes = fileBytes(path)
@@ -378,120 +445,127 @@ final class KryonixSyncTests: XCTestCase {
         }
         let before = try Data(contentsOf: URL(fileURLWithPath: path))
         for key in [newKey(), nil] as [Data?] {
-            let error = await kryonixError { try self.open(self.config(path: path, key: key)) }
-            guard case .WrongKey = error else { return XCTFail("\(String(describing: error))") }
+            let error = await kryonixError { try await self.open(self.config(path: path, key: key)) }
+            guard case .wrongKey = error else { return XCTFail("\(String(describing: error))") }
         }
-        let short = await kryonixError { try self.open(self.config(path: path, key: Data(count: 16))) }
-        guard case .InvalidInput = short else { return XCTFail("\(String(describing: short))") }
+        let short = await kryonixError { try await self.open(self.config(path: path, key: Data(count: 16))) }
+        guard case .invalidInput = short else { return XCTFail("\(String(describing: short))") }
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path)), before, "the refused opens changed the file")
-        let again = try open(config(path: path))
-        XCTAssertEqual(try again.get(namespace: .userCache, key: "secret-key-1"), Data("tenant secret value".utf8))
+        let again = try await open(config(path: path))
+        let got12 = try await again.get(namespace: .userCache, key: "secret-key-1")
+        XCTAssertEqual(got12, Data("tenant secret value".utf8))
         try await again.shutdown()
     }
 
     func testRekey() async throws {
         let path = dir.appendingPathComponent("rekey.db").path
-        let agent = try open(config(path: path))
-        try agent.put(namespace: .userCache, key: "k", value: Data("v".utf8), ttlMs: nil)
-        _ = try agent.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data("v".utf8), tier: .background)
+        let agent = try await open(config(path: path))
+        try await agent.put(namespace: .userCache, key: "k", value: Data("v".utf8), ttl: nil)
+        _ = try await agent.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data("v".utf8), tier: .background)
         let next = newKey()
         let short = await kryonixError { try await agent.rekey(newKey: Data(count: 31)) }
-        guard case .InvalidInput = short else { return XCTFail("\(String(describing: short))") }
+        guard case .invalidInput = short else { return XCTFail("\(String(describing: short))") }
         try await agent.rekey(newKey: next)
-        XCTAssertEqual(try agent.get(namespace: .userCache, key: "k"), Data("v".utf8))
+        let got13 = try await agent.get(namespace: .userCache, key: "k")
+        XCTAssertEqual(got13, Data("v".utf8))
         try await agent.shutdown()
-        let old = await kryonixError { try self.open(self.config(path: path)) }
-        guard case .WrongKey = old else { return XCTFail("\(String(describing: old))") }
-        let reopened = try open(config(path: path, key: next))
-        XCTAssertEqual(try reopened.get(namespace: .userCache, key: "k"), Data("v".utf8))
-        _ = try await poll("the queued item") { try reopened.status().tiers.reduce(0) { $0 + $1.depth } == 1 ? true : nil }
+        let old = await kryonixError { try await self.open(self.config(path: path)) }
+        guard case .wrongKey = old else { return XCTFail("\(String(describing: old))") }
+        let reopened = try await open(config(path: path, key: next))
+        let got14 = try await reopened.get(namespace: .userCache, key: "k")
+        XCTAssertEqual(got14, Data("v".utf8))
+        _ = try await poll("the queued item") { try await reopened.status().tiers.reduce(0) { $0 + $1.depth } == 1 ? true : nil }
         try await reopened.shutdown()
     }
 
     func testEncryptDatabaseOnRequestOnly() async throws {
         let path = dir.appendingPathComponent("plain.db").path
-        let plain = try open(config(path: path, key: nil))
-        try plain.put(namespace: .userCache, key: "kept", value: Data("cached".utf8), ttlMs: nil)
+        let plain = try await open(config(path: path, key: nil))
+        try await plain.put(namespace: .userCache, key: "kept", value: Data("cached".utf8), ttl: nil)
         for i in 0..<3 {
-            _ = try plain.enqueue(namespace: .userCache, key: "item-\(i)", op: .put, payload: Data("queued".utf8), tier: .application)
+            _ = try await plain.enqueue(namespace: .userCache, key: "item-\(i)", op: .put, payload: Data("queued".utf8), tier: .application)
         }
         let held = await kryonixError { try await encryptDatabase(dbPath: path, key: suiteKey) }
-        guard case .AlreadyOpen = held else { return XCTFail("\(String(describing: held))") }
+        guard case .alreadyOpen = held else { return XCTFail("\(String(describing: held))") }
         try await plain.shutdown()
-        let refused = await kryonixError { try self.open(self.config(path: path)) }
-        guard case .NotEncrypted = refused else { return XCTFail("\(String(describing: refused))") }
+        let refused = await kryonixError { try await self.open(self.config(path: path)) }
+        guard case .notEncrypted = refused else { return XCTFail("\(String(describing: refused))") }
         XCTAssertNotNil(fileBytes(path).range(of: Data("cached".utf8)), "nothing converted silently")
         try await encryptDatabase(dbPath: path, key: suiteKey)
         XCTAssertNil(fileBytes(path).range(of: Data("cached".utf8)))
-        let agent = try open(config(path: path))
-        XCTAssertEqual(try agent.get(namespace: .userCache, key: "kept"), Data("cached".utf8))
-        _ = try await poll("the 3 queued items") { try agent.status().tiers.reduce(0) { $0 + $1.depth } == 3 ? true : nil }
+        let agent = try await open(config(path: path))
+        let got15 = try await agent.get(namespace: .userCache, key: "kept")
+        XCTAssertEqual(got15, Data("cached".utf8))
+        _ = try await poll("the 3 queued items") { try await agent.status().tiers.reduce(0) { $0 + $1.depth } == 3 ? true : nil }
         try await agent.shutdown()
     }
 
     func testAlreadyOpen() async throws {
         let path = dir.appendingPathComponent("shared.db").path
-        let first = try open(config(path: path))
-        let error = await kryonixError { try self.open(self.config(path: path)) }
-        XCTAssertEqual(error, .AlreadyOpen(path: path))
+        let first = try await open(config(path: path))
+        let error = await kryonixError { try await self.open(self.config(path: path)) }
+        XCTAssertEqual(error, .alreadyOpen(path: path))
         try await first.shutdown()
-        let second = try open(config(path: path))
+        let second = try await open(config(path: path))
         try await second.shutdown()
     }
 
     func testClosed() async throws {
-        let agent = try open()
+        let agent = try await open()
         try await agent.shutdown()
         for call in [
-            { _ = try agent.get(namespace: .userCache, key: "a") },
-            { _ = try agent.enqueue(namespace: .userCache, key: "a", op: .put, payload: Data(), tier: .critical) },
-            { _ = try agent.status() },
+            { _ = try await agent.get(namespace: .userCache, key: "a") },
+            { _ = try await agent.enqueue(namespace: .userCache, key: "a", op: .put, payload: Data(), tier: .critical) },
+            { _ = try await agent.status() },
             { try agent.setNetwork(network: wifi) },
-        ] as [() throws -> Void] {
-            let error = await kryonixError { try call() }
-            guard case .Closed = error else { return XCTFail("\(String(describing: error))") }
+        ] as [() async throws -> Void] {
+            let error = await kryonixError { try await call() }
+            guard case .closed = error else { return XCTFail("\(String(describing: error))") }
         }
         let sync = await kryonixError { try await agent.syncNow(tiers: []) }
-        guard case .Closed(let reason) = sync, !reason.isEmpty else { return XCTFail("\(String(describing: sync))") }
-        let flush = await kryonixError { try await agent.flush(windowMs: 1000) }
-        guard case .Closed = flush else { return XCTFail("\(String(describing: flush))") }
+        guard case .closed(let reason) = sync, !reason.isEmpty else { return XCTFail("\(String(describing: sync))") }
+        let flush = await kryonixError { try await agent.flush(window: .seconds(1)) }
+        guard case .closed = flush else { return XCTFail("\(String(describing: flush))") }
     }
 
     func testOffline() async throws {
         // Port 9 (discard) has no listener here: connection refused.
-        let agent = try open(config(url: "http://127.0.0.1:9", network: wifi))
+        let agent = try await open(config(url: "http://127.0.0.1:9", network: wifi))
         let error = await kryonixError { try await agent.getOrFetch(namespace: .apiCache, key: "k") }
-        guard case .Offline = error else { return XCTFail("\(String(describing: error))") }
+        guard case .offline = error else { return XCTFail("\(String(describing: error))") }
         try await agent.shutdown()
     }
 
     func testEnqueueOfflineAndCancelledTask() async throws {
-        let agent = try open()
+        let agent = try await open()
         for i in 0..<6 {
-            _ = try agent.enqueue(namespace: .userCache, key: "k\(i)", op: .put, payload: Data([UInt8(i)]),
+            _ = try await agent.enqueue(namespace: .userCache, key: "k\(i)", op: .put, payload: Data([UInt8(i)]),
                                   tier: [Tier.critical, .preferences, .application, .background][i % 4])
         }
-        _ = try agent.write(namespace: .userCache, key: "w", value: Data("x".utf8), tier: .background)
-        XCTAssertEqual(try agent.get(namespace: .userCache, key: "w"), Data("x".utf8))
+        _ = try await agent.write(namespace: .userCache, key: "w", value: Data("x".utf8), tier: .background)
+        let got16 = try await agent.get(namespace: .userCache, key: "w")
+        XCTAssertEqual(got16, Data("x".utf8))
         // Offline, asking says why nothing went; the status counts every item at once.
-        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, 7)
+        let got17 = try await agent.status().tiers.reduce(0) { $0 + $1.depth }
+        XCTAssertEqual(got17, 7)
         let offline = await kryonixError { try await agent.syncNow(tiers: []) }
-        guard case .Offline(let reason) = offline, reason.contains("offline") else {
+        guard case .offline(let reason) = offline, reason.contains("offline") else {
             return XCTFail("\(String(describing: offline))")
         }
         // uniffi does not pass Swift Task cancellation to Rust: the call runs to completion.
-        let task = Task { try await agent.flush(windowMs: 500) }
+        let task = Task { try await agent.flush(window: .milliseconds(500)) }
         task.cancel()
         let flushed = await task.result
-        guard case .failure(KryonixError.Offline) = flushed else { return XCTFail("\(flushed)") }
-        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, 7)
+        guard case .failure(KryonixError.offline) = flushed else { return XCTFail("\(flushed)") }
+        let got18 = try await agent.status().tiers.reduce(0) { $0 + $1.depth }
+        XCTAssertEqual(got18, 7)
         try await agent.shutdown()
     }
 
     func testObserverOnRustThreadsAndAsyncStream() async throws {
         let recorder = RecordingObserver()
-        let agent = try open(observer: recorder)
-        _ = try agent.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
+        let agent = try await open(observer: recorder)
+        _ = try await agent.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
         _ = try await poll("a status callback") { recorder.statuses.last?.tiers.contains { $0.depth == 1 } == true ? true : nil }
         let mine = threadName()
         XCTAssertFalse(recorder.threads.contains(mine), "\(recorder.threads)")
@@ -499,7 +573,7 @@ final class KryonixSyncTests: XCTestCase {
         try await agent.shutdown()
 
         let stream = SyncStatusStream()
-        let agent2 = try open(observer: stream)
+        let agent2 = try await open(observer: stream)
         try agent2.setNetwork(network: wifi)
         var sawOnline = false
         for await status in stream.statuses where status.online {
@@ -512,9 +586,9 @@ final class KryonixSyncTests: XCTestCase {
 
     func testRealSync() async throws {
         let stream = SyncStatusStream()
-        let agent = try open(config(network: wifi), observer: stream)
+        let agent = try await open(config(network: wifi), observer: stream)
         for i in 0..<4 {
-            _ = try agent.enqueue(namespace: .userCache, key: "swift-\(i)", op: .put, payload: Data("v\(i)".utf8), tier: .preferences)
+            _ = try await agent.enqueue(namespace: .userCache, key: "swift-\(i)", op: .put, payload: Data("v\(i)".utf8), tier: .preferences)
         }
         // The driver may send before syncNow is called, so the report's count is not asserted;
         // scripts/test-bindings checks the up stream in Redis after this suite.
@@ -533,67 +607,71 @@ final class KryonixSyncTests: XCTestCase {
 
     func testDeadLetters() async throws {
         let recorder = RecordingObserver()
-        let agent = try open(config(network: wifi), observer: recorder)
-        let id = try agent.enqueue(namespace: .userCache, key: "huge", op: .put, payload: noise(100 * 1024, seed: 3), tier: .critical)
+        let agent = try await open(config(network: wifi), observer: recorder)
+        let id = try await agent.enqueue(namespace: .userCache, key: "huge", op: .put, payload: noise(100 * 1024, seed: 3), tier: .critical)
         _ = try await agent.syncNow(tiers: [])
-        let dead = try await poll("a dead letter") { try agent.deadLetters().first }
+        let dead = try await poll("a dead letter") { try await agent.deadLetters().first }
         XCTAssertEqual(dead.id, id)
         XCTAssertEqual(dead.key, "huge")
         XCTAssertEqual(dead.payload.count, 100 * 1024)
         _ = try await poll("on_dead_letter") { recorder.dead.first }
-        try agent.retryDeadLetter(id: id)
+        try await agent.retryDeadLetter(id: id)
         _ = try await agent.syncNow(tiers: [])
-        _ = try await poll("dead again") { try agent.deadLetters().first }
-        try agent.discardDeadLetter(id: id)
-        XCTAssertEqual(try agent.deadLetters().count, 0)
-        let error = await kryonixError { try agent.discardDeadLetter(id: id) }
-        guard case .NotFound = error else { return XCTFail("\(String(describing: error))") }
+        _ = try await poll("dead again") { try await agent.deadLetters().first }
+        try await agent.discardDeadLetter(id: id)
+        let got19 = try await agent.deadLetters().count
+        XCTAssertEqual(got19, 0)
+        let error = await kryonixError { try await agent.discardDeadLetter(id: id) }
+        guard case .notFound = error else { return XCTFail("\(String(describing: error))") }
         try await agent.shutdown()
     }
 
     func testUnauthorized() async throws {
         let tokens = CountingTokens()
-        let agent = try open(config(network: wifi), tokens: tokens)
-        _ = try agent.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
+        let agent = try await open(config(network: wifi), tokens: tokens)
+        _ = try await agent.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
         let refused = await kryonixError { try await agent.syncNow(tiers: []) }
-        guard case .Unauthorized(let reason) = refused, reason.contains("401") else {
+        guard case .unauthorized(let reason) = refused, reason.contains("401") else {
             return XCTFail("\(String(describing: refused))")
         }
-        XCTAssertEqual(try agent.status().tiers.reduce(0) { $0 + $1.depth }, 1)
-        _ = try await poll("status.unauthorized") { try agent.status().unauthorized ? true : nil }
+        let got20 = try await agent.status().tiers.reduce(0) { $0 + $1.depth }
+        XCTAssertEqual(got20, 1)
+        _ = try await poll("status.unauthorized") { try await agent.status().unauthorized ? true : nil }
         XCTAssertGreaterThanOrEqual(tokens.refreshes, 1)
         let error = await kryonixError { try await agent.getOrFetch(namespace: .apiCache, key: "k") }
-        guard case .Unauthorized = error else { return XCTFail("\(String(describing: error))") }
+        guard case .unauthorized = error else { return XCTFail("\(String(describing: error))") }
         try await agent.shutdown()
     }
 
     /// A provider that cannot reach its identity provider is "offline", not "sign in again"; one
     /// that says the user must sign in is; an agent opened for another tenant uploads nothing.
     func testTokenFailuresKeepTheirKindAndATenantMismatchIsCaught() async throws {
-        let unreachable = try open(config(network: wifi), tokens: ThrowingTokens(.Unavailable(reason: "identity provider unreachable")))
-        _ = try unreachable.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
+        let unreachable = try await open(config(network: wifi), tokens: ThrowingTokens(.unavailable(reason: "identity provider unreachable")))
+        _ = try await unreachable.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
         let offline = await kryonixError { try await unreachable.syncNow(tiers: []) }
-        guard case .Offline(let reason) = offline, reason.contains("identity provider unreachable") else {
+        guard case .offline(let reason) = offline, reason.contains("identity provider unreachable") else {
             return XCTFail("\(String(describing: offline))")
         }
-        XCTAssertFalse(try unreachable.status().unauthorized)
+        let got21 = try await unreachable.status().unauthorized
+        XCTAssertFalse(got21)
         try await unreachable.shutdown()
 
-        let signedOut = try open(config(network: wifi), tokens: ThrowingTokens(.SignInRequired(reason: "refresh token revoked")))
-        _ = try signedOut.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
+        let signedOut = try await open(config(network: wifi), tokens: ThrowingTokens(.signInRequired(reason: "refresh token revoked")))
+        _ = try await signedOut.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
         let signIn = await kryonixError { try await signedOut.syncNow(tiers: []) }
-        guard case .Unauthorized(let why) = signIn, why.contains("refresh token revoked") else {
+        guard case .unauthorized(let why) = signIn, why.contains("refresh token revoked") else {
             return XCTFail("\(String(describing: signIn))")
         }
         try await signedOut.shutdown()
 
-        let wrong = try open(config(network: wifi, tenant: "globex"))
-        _ = try wrong.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
+        let wrong = try await open(config(network: wifi, tenant: "globex"))
+        _ = try await wrong.enqueue(namespace: .userCache, key: "k", op: .put, payload: Data([1]), tier: .critical)
         let mismatch = await kryonixError { try await wrong.syncNow(tiers: []) }
-        guard case .TenantMismatch(let tokenTenant, _) = mismatch, tokenTenant == "acme" else {
+        guard case .tenantMismatch(let tokenTenant, _) = mismatch, tokenTenant == "acme" else {
             return XCTFail("\(String(describing: mismatch))")
         }
-        XCTAssertEqual(try wrong.status().tenantMismatch, "acme")
+        let got22 = try await wrong.status().tenantMismatch
+        XCTAssertEqual(got22, "acme")
         try await wrong.shutdown()
     }
 
@@ -602,14 +680,14 @@ final class KryonixSyncTests: XCTestCase {
         let gates = [GatedTokens(token), GatedTokens(token)]
         var slow: [KryonixAgent] = []
         for gate in gates {
-            let agent = try open(config(network: wifi), tokens: gate)
-            _ = try agent.enqueue(namespace: .userCache, key: "gated", op: .put, payload: Data([1]), tier: .critical)
+            let agent = try await open(config(network: wifi), tokens: gate)
+            _ = try await agent.enqueue(namespace: .userCache, key: "gated", op: .put, payload: Data([1]), tier: .critical)
             slow.append(agent)
         }
         do {
             _ = try await poll("both providers asked") { gates.allSatisfy { $0.asked >= 1 } ? true : nil }
-            let quick = try open(config(network: wifi))
-            _ = try quick.enqueue(namespace: .userCache, key: "quick", op: .put, payload: Data([2]), tier: .critical)
+            let quick = try await open(config(network: wifi))
+            _ = try await quick.enqueue(namespace: .userCache, key: "quick", op: .put, payload: Data([2]), tier: .critical)
             _ = try await poll("the quick agent synced") { () async throws -> SyncReport? in
                 let r = try await quick.syncNow(tiers: [])
                 return r.remaining == 0 ? r : nil
@@ -632,36 +710,39 @@ final class KryonixSyncTests: XCTestCase {
 
     /// scripts/test-bindings starts the server with KRYONIX_MIN_APP_VERSION=2.0.0.
     func testUpgradeRequiredKeepsItemsUntilTheAppIsUpdated() async throws {
-        let bad = await kryonixError { try self.open(self.config(appVersion: "not a version")) }
-        guard case .InvalidInput = bad else { return XCTFail("\(String(describing: bad))") }
+        let bad = await kryonixError { try await self.open(self.config(appVersion: "not a version")) }
+        guard case .invalidInput = bad else { return XCTFail("\(String(describing: bad))") }
         let path = dir.appendingPathComponent("gate.db").path
         let recorder = RecordingObserver()
-        let old = try open(config(path: path, appVersion: "1.9.3"), observer: recorder)
+        let old = try await open(config(path: path, appVersion: "1.9.3"), observer: recorder)
         for i in 0..<3 {
-            _ = try old.enqueue(namespace: .userCache, key: "gate-\(i)", op: .put, payload: Data([UInt8(i)]), tier: .background)
+            _ = try await old.enqueue(namespace: .userCache, key: "gate-\(i)", op: .put, payload: Data([UInt8(i)]), tier: .background)
         }
         try old.setNetwork(network: wifi)
         let gated = await kryonixError { try await old.syncNow(tiers: []) }
-        guard case .UpgradeRequired(_, let minimum) = gated, minimum == "2.0.0" else {
+        guard case .upgradeRequired(_, let minimum) = gated, minimum == "2.0.0" else {
             return XCTFail("\(String(describing: gated))")
         }
-        XCTAssertEqual(try old.status().tiers.reduce(0) { $0 + $1.depth }, 3)
+        let got23 = try await old.status().tiers.reduce(0) { $0 + $1.depth }
+        XCTAssertEqual(got23, 3)
         let gate = UpgradeRequired(minProtocol: 2, minAppVersion: "2.0.0")
-        XCTAssertEqual(try old.status().upgradeRequired, gate)
+        let got24 = try await old.status().upgradeRequired
+        XCTAssertEqual(got24, gate)
         _ = try await poll("the observer told") { recorder.statuses.last?.upgradeRequired == gate ? true : nil }
         let refused = await kryonixError { try await old.getOrFetch(namespace: .userCache, key: "any") }
-        guard case .UpgradeRequired(_, let minAppVersion) = refused, minAppVersion == "2.0.0" else {
+        guard case .upgradeRequired(_, let minAppVersion) = refused, minAppVersion == "2.0.0" else {
             return XCTFail("\(String(describing: refused))")
         }
         try await old.shutdown()
 
-        let updated = try open(config(path: path, appVersion: "2.0.0"))
+        let updated = try await open(config(path: path, appVersion: "2.0.0"))
         try updated.setNetwork(network: wifi)
         _ = try await poll("the updated app delivered") { () async throws -> SyncReport? in
             let r = try await updated.syncNow(tiers: [])
             return r.remaining == 0 ? r : nil
         }
-        XCTAssertNil(try updated.status().upgradeRequired)
+        let got25 = try await updated.status().upgradeRequired
+        XCTAssertNil(got25)
         try await updated.shutdown()
     }
 
@@ -669,8 +750,8 @@ final class KryonixSyncTests: XCTestCase {
         let sink = RecordingLogSink()
         try setLogSink(sink: sink, level: .debug)
         defer { try? setLogSink(sink: nil, level: .error) }
-        let agent = try open(config(network: wifi))
-        _ = try agent.enqueue(namespace: .userCache, key: "logged", op: .put, payload: Data([1]), tier: .critical)
+        let agent = try await open(config(network: wifi))
+        _ = try await agent.enqueue(namespace: .userCache, key: "logged", op: .put, payload: Data([1]), tier: .critical)
         _ = try await poll("everything sent") { () async throws -> SyncReport? in
             let r = try await agent.syncNow(tiers: [])
             return r.remaining == 0 ? r : nil
@@ -680,7 +761,7 @@ final class KryonixSyncTests: XCTestCase {
         XCTAssertFalse(sink.lines.contains { $0.2.contains("logged") }, "a key reached the log")
         try setLogSink(sink: sink, level: .warn)
         sink.clear()
-        _ = try agent.enqueue(namespace: .userCache, key: "quiet", op: .put, payload: Data([1]), tier: .critical)
+        _ = try await agent.enqueue(namespace: .userCache, key: "quiet", op: .put, payload: Data([1]), tier: .critical)
         _ = try await poll("everything sent") { () async throws -> SyncReport? in
             let r = try await agent.syncNow(tiers: [])
             return r.remaining == 0 ? r : nil
@@ -690,31 +771,32 @@ final class KryonixSyncTests: XCTestCase {
     }
 
     func testWatchWithACacheWatcher() async throws {
-        let agent = try open()
+        let agent = try await open()
         let watcher = RecordingWatcher()
-        let handle = try agent.watch(namespace: .userCache, key: "watched", watcher: watcher)
+        let handle = try await agent.watch(namespace: .userCache, key: "watched", watcher: watcher)
         XCTAssertEqual(try agent.watcherCount(), 1)
         _ = try await poll("the initial state") { watcher.changes.items.first }
-        try agent.put(namespace: .userCache, key: "watched", value: Data("1".utf8), ttlMs: nil)
+        try await agent.put(namespace: .userCache, key: "watched", value: Data("1".utf8), ttl: nil)
         _ = try await poll("the put") { watcher.changes.items.count >= 2 ? true : nil }
-        XCTAssertTrue(try agent.delete(namespace: .userCache, key: "watched"))
+        let got26 = try await agent.delete(namespace: .userCache, key: "watched")
+        XCTAssertTrue(got26)
         _ = try await poll("the delete") { watcher.changes.items.count >= 3 ? true : nil }
         XCTAssertEqual(watcher.changes.items.map(\.cause), [.initial, .put, .deleted])
         XCTAssertEqual(watcher.changes.items.map(\.value), [nil, Data("1".utf8), nil])
         handle.cancel()
         XCTAssertEqual(try agent.watcherCount(), 0)
-        let bad = await kryonixError { try agent.watchNamespace(namespace: .userCache, prefix: "bad\u{1}", watcher: watcher) }
-        guard case .InvalidInput = bad else { return XCTFail("\(String(describing: bad))") }
+        let bad = await kryonixError { try await agent.watchNamespace(namespace: .userCache, prefix: "bad\u{1}", watcher: watcher) }
+        guard case .invalidInput = bad else { return XCTFail("\(String(describing: bad))") }
         try await agent.shutdown()
-        let closed = await kryonixError { try agent.watch(namespace: .userCache, key: "watched", watcher: watcher) }
-        guard case .Closed = closed else { return XCTFail("\(String(describing: closed))") }
+        let closed = await kryonixError { try await agent.watch(namespace: .userCache, key: "watched", watcher: watcher) }
+        guard case .closed = closed else { return XCTFail("\(String(describing: closed))") }
     }
 
     func testWatchStreamsSeeAChangePublishedOnTheServer() async throws {
-        let agent = try open(config(network: wifi))
+        let agent = try await open(config(network: wifi))
         let key = "flags-swift-\(UUID().uuidString)"
-        let values = try agent.watchStream(namespace: .tenantConfig, key: key)
-        let entries = try agent.watchNamespaceStream(namespace: .tenantConfig, prefix: key)
+        let values = try await agent.watchStream(namespace: .tenantConfig, key: key)
+        let entries = try await agent.watchNamespaceStream(namespace: .tenantConfig, prefix: key)
         XCTAssertEqual(try agent.watcherCount(), 2)
         let seenValues = Recorder<Data?>()
         let seenEntries = Recorder<[String: Data]>()

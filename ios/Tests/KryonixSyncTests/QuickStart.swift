@@ -1,11 +1,13 @@
 import Foundation
 import KryonixSync
 
-// Quick start: open an agent, use the cache, queue an upload, sync, watch the status.
+// Quick start: open an agent, use the cache, queue an upload, sync, watch the status. Every
+// call that touches the database or the network is async (none blocks the main actor);
+// setNetwork / setDevice never block.
 // dbKey: the 32-byte database key the app keeps in the iOS Keychain (ios/README.md).
 func quickStart(dbPath: String, serverUrl: String, token: String, dbKey: Data) async throws -> SyncReport {
     let observer = SyncStatusStream()
-    let agent = try KryonixAgent.open(
+    let agent = try await KryonixAgent.open(
         config: AgentConfig(
             dbPath: dbPath,
             serverUrl: serverUrl,
@@ -18,11 +20,11 @@ func quickStart(dbPath: String, serverUrl: String, token: String, dbKey: Data) a
         observer: observer
     )
     do {
-        try agent.put(namespace: .userCache, key: "profile-42", value: Data("Ada".utf8), ttlMs: nil)
-        let cached = try agent.get(namespace: .userCache, key: "profile-42")
+        try await agent.put(namespace: .userCache, key: "profile-42", value: Data("Ada".utf8), ttl: .seconds(3600))
+        let cached = try await agent.get(namespace: .userCache, key: "profile-42")
         precondition(cached == Data("Ada".utf8))
 
-        _ = try agent.enqueue(namespace: .userCache, key: "profile-42", op: .put, payload: Data("Ada".utf8), tier: .critical)
+        try await agent.enqueue(namespace: .userCache, key: "profile-42", op: .put, payload: Data("Ada".utf8), tier: .critical)
         let report = try await agent.syncNow(tiers: [.critical]) // runs on the bindings' runtime
 
         // The status stream reports the emptied queue.
@@ -31,7 +33,7 @@ func quickStart(dbPath: String, serverUrl: String, token: String, dbKey: Data) a
         }
         try await agent.shutdown()
         return report
-    } catch KryonixError.Unauthorized {
+    } catch KryonixError.unauthorized {
         try await agent.shutdown()
         fatalError("sign in again")
     } catch {

@@ -8,7 +8,7 @@ final class AppTokens: TokenProvider, @unchecked Sendable {
     let token: String
     init(_ token: String) { self.token = token }
     func token(refresh: Bool) throws -> String {
-        if token.isEmpty { throw TokenError.SignInRequired(reason: "no session") }
+        if token.isEmpty { throw TokenError.signInRequired(reason: "no session") }
         return token
     }
 }
@@ -27,13 +27,13 @@ let config = AgentConfig(
     appVersion: "2.0.0",
     encryptionKey: Data((0..<32).map { UInt8($0) })
 )
-let agent = try KryonixAgent.open(config: config, tokens: AppTokens(env["KRYONIX_TEST_TOKEN"] ?? ""), observer: nil)
-_ = try agent.enqueue(namespace: .userCache, key: "consumer", op: .put, payload: Data("hi".utf8), tier: .background)
+let agent = try await KryonixAgent.open(config: config, tokens: AppTokens(env["KRYONIX_TEST_TOKEN"] ?? ""), observer: nil)
+try await agent.enqueue(namespace: .userCache, key: "consumer", op: .put, payload: Data("hi".utf8), tier: .background)
 do {
     let report = try await agent.syncNow(tiers: Tier.allCases)
     print("consumer: sent \(report.itemsSent), \(report.remaining) waiting")
     guard report.remaining == 0 else { exit(1) }
-} catch KryonixError.Unauthorized(let reason) {
+} catch KryonixError.unauthorized(let reason) {
     print("consumer: sign in again (\(reason))")
     exit(1)
 } catch let error as KryonixError {

@@ -17,9 +17,13 @@ import java.util.Base64
 import java.util.Collections
 import java.util.Random
 import java.util.concurrent.CountDownLatch
+import java.util.concurrent.Executors
 import java.util.concurrent.TimeUnit
 import java.util.concurrent.atomic.AtomicInteger
 import kotlin.system.exitProcess
+import kotlin.time.Duration
+import kotlin.time.Duration.Companion.milliseconds
+import kotlin.time.Duration.Companion.seconds
 import kotlinx.coroutines.CoroutineStart
 import kotlinx.coroutines.async
 import kotlinx.coroutines.cancelAndJoin
@@ -27,7 +31,10 @@ import kotlinx.coroutines.coroutineScope
 import kotlinx.coroutines.delay
 import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.launch
+import kotlinx.coroutines.asCoroutineDispatcher
 import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withContext
+import kotlinx.coroutines.yield
 import kotlinx.coroutines.withTimeout
 
 private var passed = 0
@@ -46,7 +53,7 @@ private fun check(name: String, body: suspend () -> Unit) {
     }
 }
 
-private fun expect(cond: Boolean, what: () -> String) {
+private inline fun expect(cond: Boolean, what: () -> String) {
     if (!cond) throw AssertionError(what())
 }
 
@@ -105,19 +112,19 @@ private fun config(
     url: String = serverUrl,
     network: NetworkProfile = OFFLINE,
     tenant: String = "acme",
-    budget: ULong? = null,
-    maxValue: ULong? = null,
+    budget: Long? = null,
+    maxValue: Long? = null,
     path: String = dbPath(),
-    timeoutMs: ULong? = null,
+    timeout: Duration? = null,
     appVersion: String? = null,
-    maxDbBytes: ULong? = null,
+    maxDbBytes: Long? = null,
     key: ByteArray? = KEY,
 ) = AgentConfig(
-    path, url, tenant, DeviceClass.PHONE, network, budget, maxValue, timeoutMs,
+    path, url, tenant, DeviceClass.PHONE, network, budget, maxValue, timeout,
     maxDbBytes = maxDbBytes, appVersion = appVersion, encryptionKey = key,
 )
 
-private fun open(
+private suspend fun open(
     cfg: AgentConfig = config(),
     tokens: TokenProvider = StaticTokenProvider(token),
     observer: SyncObserver? = null,
@@ -209,8 +216,8 @@ fun main() {
 
     check("cache: put, get, contains, get_many, delete, cache_stats") {
         val agent = open()
-        agent.put(Namespace.USER_CACHE, "a", "1".encodeToByteArray(), ttlMs = null)
-        agent.put(Namespace.USER_CACHE, "b", ByteArray(4096) { 7 }, ttlMs = 60_000UL)
+        agent.put(Namespace.USER_CACHE, "a", "1".encodeToByteArray(), ttl = null)
+        agent.put(Namespace.USER_CACHE, "b", ByteArray(4096) { 7 }, ttl = 60.seconds)
         expect(agent.get(Namespace.USER_CACHE, "a")?.decodeToString() == "1") { "get a" }
         expect(agent.get(Namespace.USER_CACHE, "missing") == null) { "miss" }
         expect(agent.contains(Namespace.USER_CACHE, "b")) { "contains b" }
@@ -222,7 +229,7 @@ fun main() {
         expect(!agent.delete(Namespace.USER_CACHE, "a")) { "delete a again" }
         expect(agent.get(Namespace.USER_CACHE, "a") == null) { "a gone" }
         val stats = agent.cacheStats()
-        expect(stats.entries == 1UL && stats.hits >= 2UL && stats.misses >= 1UL) { "stats: $stats" }
+        expect(stats.entries == 1L && stats.hits >= 2L && stats.misses >= 1L) { "stats: $stats" }
         expect(stats.storedBytes < stats.rawBytes) { "4 KiB of sevens is stored compressed: $stats" }
         agent.shutdown()
     }
@@ -235,7 +242,7 @@ fun main() {
         expectThrows<KryonixException.InvalidInput> {
             agent.enqueue(Namespace.USER_CACHE, "", Op.PUT, byteArrayOf(), Tier.CRITICAL)
         }
-        expectThrows<KryonixException.InvalidInput> { agent.put(Namespace.USER_CACHE, "k", byteArrayOf(1), 0UL) }
+        expectThrows<KryonixException.InvalidInput> { agent.put(Namespace.USER_CACHE, "k", byteArrayOf(1), Duration.ZERO) }
         expectThrows<KryonixException.NotFound> { agent.retryDeadLetter("not-a-uuid") }
         // toString is the library's sentence (the exported Display), not a field dump.
         expect(KryonixException.Offline("connection refused").toString() == "offline: connection refused") {
@@ -250,7 +257,7 @@ fun main() {
     }
 
     check("InvalidInput: oversized value") {
-        val agent = open(config(maxValue = 1024UL))
+        val agent = open(config(maxValue = 1024L))
         agent.put(Namespace.API_CACHE, "fits", ByteArray(1024), null)
         val e = expectThrows<KryonixException.InvalidInput> { agent.put(Namespace.API_CACHE, "big", ByteArray(1025), null) }
         expect(e.reason.contains("1025")) { e.reason }
@@ -259,11 +266,11 @@ fun main() {
 
     check("NamespaceFull: a full noeviction namespace refuses the write") {
         // 64 KiB for the device: mobile_sync (noeviction) gets about 12 KiB of it.
-        val agent = open(config(budget = 65_536UL))
+        val agent = open(config(budget = 65_536L))
         val e = expectThrows<KryonixException.NamespaceFull> {
             for (i in 0 until 64) agent.put(Namespace.MOBILE_SYNC, "k$i", incompressible(2048, i.toLong()), null)
         }
-        expect(e.namespace == "mobile_sync" && e.needed > 0UL && e.used + e.needed > e.budget) { "$e" }
+        expect(e.namespace == "mobile_sync" && e.needed > 0L && e.used + e.needed > e.budget) { "$e" }
         expect(agent.get(Namespace.MOBILE_SYNC, "k0") != null) { "nothing was evicted" }
         agent.shutdown()
     }
@@ -282,10 +289,10 @@ fun main() {
         val batch = (0 until 100).map { NewItem(Namespace.USER_CACHE, "batch-$it", Op.PUT, byteArrayOf(it.toByte()), Tier.APPLICATION) }
         val ids = agent.enqueueAll(batch)
         expect(ids.size == 100 && ids.toSet().size == 100) { "$ids" }
-        expect(agent.status().tiers.sumOf { it.depth } == 100UL) { "${agent.status()}" }
+        expect(agent.status().tiers.sumOf { it.depth } == 100L) { "${agent.status()}" }
         val bad = batch.toMutableList().also { it[50] = it[50].copy(key = "") }
         expectThrows<KryonixException.InvalidInput> { agent.enqueueAll(bad) }
-        expect(agent.status().tiers.sumOf { it.depth } == 100UL) { "nothing of a refused batch" }
+        expect(agent.status().tiers.sumOf { it.depth } == 100L) { "nothing of a refused batch" }
         // Per-call cost from Kotlin (a figure for the log, not a check), after a warm-up so the
         // JIT has compiled the call path.
         val n = 500
@@ -303,8 +310,73 @@ fun main() {
         agent.shutdown()
     }
 
+    check("suspend calls leave the caller's thread free (a single-thread 'main' dispatcher keeps ticking)") {
+        val agent = open()
+        val main = Executors.newSingleThreadExecutor { r -> Thread(r, "fake-main") }.asCoroutineDispatcher()
+        try {
+            withContext(main) {
+                val ticks = AtomicInteger()
+                val ticker = launch { while (true) { ticks.incrementAndGet(); yield() } }
+                // ~2 000 commits' worth of work, issued from the 'main' thread: were any of these
+                // calls blocking, the ticker (same thread) could not run until they returned.
+                val items = (0 until 2_000).map { NewItem(Namespace.USER_CACHE, "m-$it", Op.PUT, byteArrayOf(1), Tier.BACKGROUND) }
+                val before = ticks.get()
+                agent.enqueueAll(items)
+                agent.put(Namespace.USER_CACHE, "m", byteArrayOf(1))
+                agent.get(Namespace.USER_CACHE, "m")
+                agent.enqueue(Namespace.USER_CACHE, "m", Op.PUT, byteArrayOf(1), Tier.BACKGROUND)
+                agent.status()
+                agent.deadLetters()
+                agent.cacheStats()
+                val during = ticks.get() - before
+                ticker.cancel()
+                expect(during > 0) { "the caller's thread was blocked ($during ticks during the calls)" }
+                expect(Thread.currentThread().name == "fake-main") { Thread.currentThread().name }
+            }
+        } finally {
+            main.close()
+        }
+        agent.shutdown()
+    }
+
+    check("get / enqueue (direct entry points) agree with the generated calls, errors typed") {
+        val agent = open()
+        for (ns in Namespace.entries.filter { it != Namespace.DISTRIBUTED_LOCKS }) {
+            val value = "v-${ns.name}".encodeToByteArray()
+            agent.putBlocking(ns, "same", value, null)
+            expect(agent.get(ns, "same")?.contentEquals(value) == true) { "direct get in $ns" }
+            expect(agent.get(ns, "absent") == null) { "direct miss in $ns" }
+        }
+        // Larger than the direct path's buffer: the generated call returns it.
+        val big = incompressible(40_000, 9)
+        agent.put(Namespace.FILE_METADATA, "big", big)
+        expect(agent.get(Namespace.FILE_METADATA, "big")?.contentEquals(big) == true) { "big value" }
+        expect(agent.get(Namespace.USER_CACHE, "ünï-cødé")  == null) { "UTF-8 key" }
+        agent.put(Namespace.USER_CACHE, "ünï-cødé", byteArrayOf(5))
+        expect(agent.get(Namespace.USER_CACHE, "ünï-cødé")?.single() == 5.toByte()) { "UTF-8 key read back" }
+        val ids = Tier.entries.map { tier -> agent.enqueue(Namespace.USER_CACHE, "d-$tier", Op.DELETE, byteArrayOf(), tier) }
+        expect(ids.all { it.length == 36 } && ids.toSet().size == 4) { "$ids" }
+        expect(agent.status().tiers.associate { it.tier to it.depth } == Tier.entries.associateWith { 1L }) {
+            "one item per tier: ${agent.status().tiers}"
+        }
+        // A refused enqueue through the direct path is typed, and queues nothing.
+        val bad = expectThrows<KryonixException.InvalidInput> {
+            agent.enqueue(Namespace.USER_CACHE, "bad\u0001key", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
+        }
+        expect(bad.reason.isNotEmpty()) { "a message" }
+        expect(agent.status().tiers.sumOf { it.depth } == 4L) { "nothing queued: ${agent.status()}" }
+        // Negative spans are refused with the field's name.
+        val ttl = expectThrows<KryonixException.InvalidInput> { agent.put(Namespace.USER_CACHE, "k", byteArrayOf(1), (-1).seconds) }
+        expect(ttl.reason.contains("ttl")) { ttl.reason }
+        expectThrows<KryonixException.InvalidInput> { agent.flush((-5).seconds) }
+        expectThrows<KryonixException.InvalidInput> { open(config(budget = -1L)) }
+        agent.shutdown()
+        expectThrows<KryonixException.Closed> { agent.get(Namespace.USER_CACHE, "same") }
+        expectThrows<KryonixException.Closed> { agent.enqueue(Namespace.USER_CACHE, "k", Op.PUT, byteArrayOf(), Tier.CRITICAL) }
+    }
+
     check("StorageFull: a full database refuses the write and keeps what it holds") {
-        val agent = open(config(maxDbBytes = 256UL * 1024UL))
+        val agent = open(config(maxDbBytes = 256L * 1024L))
         var written = 0
         val full = expectThrows<KryonixException.StorageFull> {
             while (written < 5_000) {
@@ -314,7 +386,7 @@ fun main() {
         }
         expect(written > 50) { "only $written writes fitted: $full" }
         expect(agent.get(Namespace.USER_CACHE, "k$written") == null) { "the refused write is visible" }
-        expect(agent.status().tiers.sumOf { it.depth } == written.toULong()) { "${agent.status()}" }
+        expect(agent.status().tiers.sumOf { it.depth } == written.toLong()) { "${agent.status()}" }
         agent.shutdown()
     }
 
@@ -352,7 +424,7 @@ fun main() {
         expectThrows<KryonixException.WrongKey> { open(config(path = path)) }
         val reopened = open(config(path = path, key = next))
         expect(reopened.get(Namespace.USER_CACHE, "k")?.decodeToString() == "v") { "new key reads the cache" }
-        pollUntil("the queued item") { reopened.status().tiers.sumOf { it.depth }.takeIf { it == 1UL } }
+        pollUntil("the queued item") { reopened.status().tiers.sumOf { it.depth }.takeIf { it == 1L } }
         reopened.shutdown()
         val plain = open(config(key = null))
         expectThrows<KryonixException.NotEncrypted> { plain.rekey(next) }
@@ -372,7 +444,7 @@ fun main() {
         expect(!fileBytes(path).containsText("cached")) { "encrypted" }
         val agent = open(config(path = path))
         expect(agent.get(Namespace.USER_CACHE, "kept")?.decodeToString() == "cached") { "cache entry kept" }
-        pollUntil("the 3 queued items") { agent.status().tiers.sumOf { it.depth }.takeIf { it == 3UL } }
+        pollUntil("the 3 queued items") { agent.status().tiers.sumOf { it.depth }.takeIf { it == 3L } }
         agent.shutdown()
     }
 
@@ -395,7 +467,7 @@ fun main() {
         expectThrows<KryonixException.Closed> { agent.status() }
         expectThrows<KryonixException.Closed> { agent.setNetwork(WIFI) }
         expectThrows<KryonixException.Closed> { agent.syncNow(emptyList()) }
-        expectThrows<KryonixException.Closed> { agent.flush(1000UL) }
+        expectThrows<KryonixException.Closed> { agent.flush(1.seconds) }
     }
 
     check("Offline: read-through with no server listening") {
@@ -414,8 +486,8 @@ fun main() {
         // Offline, asking says why nothing went; the status counts every item at once.
         val offline = expectThrows<KryonixException.Offline> { agent.syncNow(emptyList()) }
         expect(offline.reason.contains("offline")) { offline.reason }
-        expectThrows<KryonixException.Offline> { agent.flush(500UL) }
-        expect(agent.status().tiers.sumOf { it.depth } == 7UL) { "${agent.status()}" }
+        expectThrows<KryonixException.Offline> { agent.flush(500.milliseconds) }
+        expect(agent.status().tiers.sumOf { it.depth } == 7L) { "${agent.status()}" }
         agent.shutdown()
     }
 
@@ -423,7 +495,7 @@ fun main() {
         val rec = RecordingObserver()
         val agent = open(observer = rec)
         agent.enqueue(Namespace.USER_CACHE, "k", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
-        pollUntil("a status callback") { rec.statuses.lastOrNull()?.takeIf { s -> s.tiers.any { it.depth == 1UL } } }
+        pollUntil("a status callback") { rec.statuses.lastOrNull()?.takeIf { s -> s.tiers.any { it.depth == 1L } } }
         val mine = osThreadName()
         expect(rec.threads.isNotEmpty() && rec.threads.none { it == mine }) { "threads: ${rec.threads}" }
         expect(rec.threads.all { it.startsWith("kryonix-sync") }) { "threads: ${rec.threads}" }
@@ -444,12 +516,12 @@ fun main() {
             val acceptor = Thread { try { while (true) held += silent.accept() } catch (_: Exception) {} }
             acceptor.isDaemon = true
             acceptor.start()
-            val agent = open(config(url = "http://127.0.0.1:${silent.localPort}", timeoutMs = 500UL))
+            val agent = open(config(url = "http://127.0.0.1:${silent.localPort}", timeout = 500.milliseconds))
             agent.enqueue(Namespace.USER_CACHE, "k", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
             agent.setNetwork(WIFI)
             coroutineScope {
                 val sync = async(start = CoroutineStart.UNDISPATCHED) { agent.syncNow(emptyList()) }
-                val flush = launch(start = CoroutineStart.UNDISPATCHED) { agent.flush(30_000UL) }
+                val flush = launch(start = CoroutineStart.UNDISPATCHED) { agent.flush(30.seconds) }
                 pollUntil("the request reached the silent server") { held.firstOrNull() }
                 sync.cancelAndJoin()
                 flush.cancelAndJoin()
@@ -461,7 +533,7 @@ fun main() {
             agent.enqueue(Namespace.USER_CACHE, "k2", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
             agent.setNetwork(OFFLINE)
             expectThrows<KryonixException.Offline> { agent.syncNow(emptyList()) }
-            expect(agent.status().tiers.sumOf { it.depth } == 2UL) { "nothing lost: ${agent.status()}" }
+            expect(agent.status().tiers.sumOf { it.depth } == 2L) { "nothing lost: ${agent.status()}" }
             agent.shutdown()
             held.forEach { it.close() }
         }
@@ -478,12 +550,12 @@ fun main() {
         repeat(3) { agent.enqueue(Namespace.USER_CACHE, "app-$it", Op.PUT, "a$it".encodeToByteArray(), Tier.APPLICATION) }
         // The driver may send before sync_now is called (a tier whose slot has passed goes at once),
         // so the report's own count is not asserted: the streams and the status are.
-        val report = pollUntil("everything sent") { agent.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
+        val report = pollUntil("everything sent") { agent.syncNow(emptyList()).takeIf { it.remaining == 0L } }
         expect(report.online) { "$report" }
         pollUntil("5 items in up:t1 and 3 in up:t3") {
             true.takeIf { xlen(stream1) - before1 == 5L && xlen(stream3) - before3 == 3L }
         }
-        flow.statuses.first { s -> s.itemsSent >= 8UL && s.tiers.all { it.depth == 0UL } }
+        flow.statuses.first { s -> s.itemsSent >= 8L && s.tiers.all { it.depth == 0L } }
         // Read-through: a key the server has never seen is a miss, not an error.
         expect(agent.getOrFetch(Namespace.API_CACHE, "never-written") == null) { "miss" }
         agent.shutdown()
@@ -499,7 +571,7 @@ fun main() {
         pollUntil("on_dead_letter") { rec.dead.firstOrNull() }
         agent.retryDeadLetter(id)
         agent.syncNow(emptyList())
-        pollUntil("dead again after the retry") { agent.deadLetters().singleOrNull()?.takeIf { it.attempts >= 0u } }
+        pollUntil("dead again after the retry") { agent.deadLetters().singleOrNull()?.takeIf { it.attempts >= 0 } }
         agent.discardDeadLetter(id)
         expect(agent.deadLetters().isEmpty()) { "discarded" }
         expectThrows<KryonixException.NotFound> { agent.discardDeadLetter(id) }
@@ -512,7 +584,7 @@ fun main() {
         agent.enqueue(Namespace.USER_CACHE, "k", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
         val refused = expectThrows<KryonixException.Unauthorized> { agent.syncNow(emptyList()) }
         expect(refused.reason.contains("401")) { refused.reason }
-        expect(agent.status().tiers.sumOf { it.depth } == 1UL) { "kept: ${agent.status()}" }
+        expect(agent.status().tiers.sumOf { it.depth } == 1L) { "kept: ${agent.status()}" }
         pollUntil("status.unauthorized") { agent.status().takeIf { it.unauthorized } }
         expect(tokens.refreshes.get() >= 1) { "asked for a fresh token" }
         expectThrows<KryonixException.Unauthorized> { agent.getOrFetch(Namespace.API_CACHE, "k") }
@@ -559,14 +631,14 @@ fun main() {
             pollUntil("both providers asked") { true.takeIf { gates.all { it.asked.get() >= 1 } } }
             val quick = open(config(network = WIFI))
             quick.enqueue(Namespace.USER_CACHE, "quick", Op.PUT, byteArrayOf(2), Tier.CRITICAL)
-            pollUntil("the quick agent synced") { quick.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
+            pollUntil("the quick agent synced") { quick.syncNow(emptyList()).takeIf { it.remaining == 0L } }
             expect(gates.all { it.gate.count == 1L }) { "the slow providers were still blocked" }
             quick.shutdown()
         } finally {
             gates.forEach { it.gate.countDown() }
         }
         for (agent in slow) {
-            pollUntil("released, the slow agent syncs") { agent.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
+            pollUntil("released, the slow agent syncs") { agent.syncNow(emptyList()).takeIf { it.remaining == 0L } }
             agent.shutdown()
         }
     }
@@ -581,8 +653,8 @@ fun main() {
         old.setNetwork(WIFI)
         val gated = expectThrows<KryonixException.UpgradeRequired> { old.syncNow(emptyList()) }
         expect(gated.minAppVersion == "2.0.0") { "$gated" }
-        expect(old.status().tiers.sumOf { it.depth } == 3UL) { "${old.status()}" }
-        val gate = UpgradeRequired(minProtocol = 2u, minAppVersion = "2.0.0")
+        expect(old.status().tiers.sumOf { it.depth } == 3L) { "${old.status()}" }
+        val gate = UpgradeRequired(minProtocol = 2, minAppVersion = "2.0.0")
         expect(old.status().upgradeRequired == gate) { "${old.status()}" }
         pollUntil("the observer told") { rec.statuses.lastOrNull()?.takeIf { it.upgradeRequired == gate } }
         val refused = expectThrows<KryonixException.UpgradeRequired> { old.getOrFetch(Namespace.USER_CACHE, "any") }
@@ -591,7 +663,7 @@ fun main() {
 
         val updated = open(config(path = path, appVersion = "2.0.0"))
         updated.setNetwork(WIFI)
-        pollUntil("the updated app delivered") { updated.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
+        pollUntil("the updated app delivered") { updated.syncNow(emptyList()).takeIf { it.remaining == 0L } }
         expect(updated.status().upgradeRequired == null) { "${updated.status()}" }
         updated.shutdown()
     }
@@ -605,14 +677,14 @@ fun main() {
         try {
             val agent = open(config(network = WIFI))
             agent.enqueue(Namespace.USER_CACHE, "logged", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
-            pollUntil("everything sent") { agent.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
+            pollUntil("everything sent") { agent.syncNow(emptyList()).takeIf { it.remaining == 0L } }
             val sync = lines.filter { it.second.startsWith("kryonix_core::sync") }
             expect(sync.any { it.first == LogLevel.DEBUG && it.third.startsWith("sync: wake-up") }) { "$sync" }
             expect(lines.none { it.third.contains("logged") }) { "a key reached the log: $lines" }
             setLogSink(sink, LogLevel.WARN)
             lines.clear()
             agent.enqueue(Namespace.USER_CACHE, "quiet", Op.PUT, byteArrayOf(1), Tier.CRITICAL)
-            pollUntil("everything sent") { agent.syncNow(emptyList()).takeIf { it.remaining == 0UL } }
+            pollUntil("everything sent") { agent.syncNow(emptyList()).takeIf { it.remaining == 0L } }
             expect(lines.none { it.first == LogLevel.DEBUG || it.first == LogLevel.INFO }) { "$lines" }
             agent.shutdown()
         } finally {
@@ -624,9 +696,9 @@ fun main() {
         val agent = open()
         val watcher = RecordingWatcher()
         val handle = agent.watch(Namespace.USER_CACHE, "watched", watcher)
-        expect(agent.watcherCount() == 1UL) { "one watch" }
+        expect(agent.watcherCount() == 1L) { "one watch" }
         pollUntil("the initial state") { watcher.changes.firstOrNull() }
-        agent.put(Namespace.USER_CACHE, "watched", "1".encodeToByteArray(), ttlMs = null)
+        agent.put(Namespace.USER_CACHE, "watched", "1".encodeToByteArray(), ttl = null)
         pollUntil("the put") { watcher.changes.getOrNull(1) }
         agent.delete(Namespace.USER_CACHE, "watched")
         pollUntil("the delete") { watcher.changes.getOrNull(2) }
@@ -639,7 +711,7 @@ fun main() {
             ),
         ) { "$seen" }
         handle.cancel()
-        expect(agent.watcherCount() == 0UL) { "cancelled" }
+        expect(agent.watcherCount() == 0L) { "cancelled" }
         handle.close()
         val prefixed = agent.watchNamespace(Namespace.USER_CACHE, "user:", RecordingWatcher())
         expectThrows<KryonixException.InvalidInput> { agent.watchNamespace(Namespace.USER_CACHE, "bad\u0001", watcher) }
@@ -659,23 +731,23 @@ fun main() {
             val collector = launch(start = CoroutineStart.UNDISPATCHED) {
                 agent.watchNamespaceFlow(Namespace.TENANT_CONFIG, prefix = key).collect { maps += it }
             }
-            pollUntil("both watches live") { true.takeIf { agent.watcherCount() == 2UL } }
+            pollUntil("both watches live") { true.takeIf { agent.watcherCount() == 2L } }
             pollUntil("the namespace flow's initial (empty) map") { maps.firstOrNull() }
             publish("tenant_config", key, "on".encodeToByteArray())
             agent.syncNow(emptyList()) // pulls the published change
             expect(value.await()?.decodeToString() == "on") { "the key flow" }
             pollUntil("the namespace flow") { maps.lastOrNull()?.get(key)?.takeIf { it.decodeToString() == "on" } }
             // `first` completed its collection: that watch is gone. Cancel the other collector.
-            pollUntil("the key flow's watch ended") { true.takeIf { agent.watcherCount() == 1UL } }
+            pollUntil("the key flow's watch ended") { true.takeIf { agent.watcherCount() == 1L } }
             collector.cancelAndJoin()
-            pollUntil("every watch ended") { true.takeIf { agent.watcherCount() == 0UL } }
+            pollUntil("every watch ended") { true.takeIf { agent.watcherCount() == 0L } }
         }
         agent.shutdown()
     }
 
     check("quick start (README) against the real server") {
         val report = quickStart(dbPath(), serverUrl, token, KEY)
-        expect(report.online && report.remaining == 0UL) { "$report" }
+        expect(report.online && report.remaining == 0L) { "$report" }
     }
 
     tmp.deleteRecursively()
