@@ -1,5 +1,5 @@
-//! Direct C entry points for the two calls apps make in loops — cache `get` and `enqueue` — used
-//! by the Kotlin package instead of the generated ones.
+//! Direct C entry points for the calls apps make in loops — cache `get`, `enqueue` and
+//! `enqueueAll` — used by the Kotlin package instead of the generated ones.
 //!
 //! Through UniFFI, every Kotlin call marshals JNA `Structure`s: the call status, a `RustBuffer`
 //! for each string or enum argument (each allocated by a call of its own), and one for the
@@ -7,9 +7,9 @@
 //! around a 2.3 µs cache read (ADR 0024). These functions take only integers, byte arrays and a
 //! direct buffer, which JNA's direct mapping passes without a `Structure`, and they report a
 //! failure as a code: the Kotlin side then makes the generated call, which fails again with the
-//! typed `KryonixException` and its message. Neither function has an effect when it fails
-//! (`enqueue` checks everything it could fail on after the commit before committing), so that
-//! second call never repeats a write.
+//! typed `KryonixException` and its message. No function has an effect when it fails (the
+//! enqueues check everything they could fail on after the commit before committing), so that
+//! second call never repeats a write. A batch crosses as one byte array of packed items.
 //!
 //! Agents are found by number (`KryonixAgent::direct_id`) in a registry of weak references, so a
 //! stale number finds nothing instead of a freed agent. Swift calls the C ABI natively and has no
@@ -168,6 +168,94 @@ pub unsafe extern "C" fn kryonix_direct_enqueue(
     }
 }
 
+/// A cursor over the packed items of `kryonix_direct_enqueue_all`.
+struct Packed<'a>(&'a [u8]);
+
+impl<'a> Packed<'a> {
+    fn int(&mut self) -> Option<i32> {
+        let (head, rest) = self.0.split_first_chunk::<4>()?;
+        self.0 = rest;
+        Some(i32::from_le_bytes(*head))
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.int()?).ok()?;
+        if len > self.0.len() {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(head)
+    }
+
+    /// One item: namespace, op and tier (ordinals), then the key and the payload, each as a
+    /// length and its bytes; integers little-endian `i32`.
+    fn item(&mut self) -> Option<kryonix_core::NewItem<'a>> {
+        let namespace = pick(&Namespace::ALL, self.int()?)?;
+        let op = pick(&Op::ALL, self.int()?)?;
+        let tier = pick(&Tier::ALL, self.int()?)?;
+        let key = std::str::from_utf8(self.bytes()?).ok()?;
+        let payload = self.bytes()?;
+        Some(kryonix_core::NewItem {
+            namespace: namespace.into(),
+            key,
+            op: op.into(),
+            payload,
+            tier: tier.into(),
+        })
+    }
+}
+
+/// Queues `count` items packed in `items` (see `Packed::item`) in one transaction, like
+/// `enqueueAllBlocking`, and writes their ids, [`ID_LEN`] bytes each in order, to `ids_out`.
+/// Returns the bytes written (`count` × [`ID_LEN`]) once the items are durable, or [`FAILED`]
+/// with nothing queued. The keys and payloads are read in place, never copied.
+///
+/// # Safety
+/// `items` and `ids_out` point to `items_len` readable and `ids_cap` writable bytes (null only
+/// when the length is 0) for the duration of the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kryonix_direct_enqueue_all(
+    agent_id: u64,
+    items: *const u8,
+    items_len: i32,
+    count: i32,
+    ids_out: *mut u8,
+    ids_cap: i32,
+) -> i64 {
+    let enqueue = || -> Option<usize> {
+        let count = usize::try_from(count).ok()?;
+        let ids_len = count.checked_mul(ID_LEN)?;
+        if usize::try_from(ids_cap).ok()? < ids_len || (ids_len > 0 && ids_out.is_null()) {
+            return None;
+        }
+        // SAFETY: the caller's contract.
+        let mut packed = Packed(unsafe { slice(items, items_len) }?);
+        let batch = (0..count)
+            .map(|_| packed.item())
+            .collect::<Option<Vec<_>>>()?;
+        if !packed.0.is_empty() {
+            return None;
+        }
+        let agent = agent(agent_id)?;
+        let ids = agent.enqueue_all(&batch).ok()?;
+        let mut text = [0u8; ID_LEN];
+        for (i, id) in ids.iter().enumerate() {
+            let written = id.0.hyphenated().encode_lower(&mut text).len();
+            // SAFETY: `ids_out` has `ids_len` = count × ID_LEN writable bytes (checked above),
+            // and `i` < count; `text` is ours.
+            unsafe {
+                std::ptr::copy_nonoverlapping(text.as_ptr(), ids_out.add(i * ID_LEN), written)
+            };
+        }
+        Some(ids_len)
+    };
+    match catch_unwind(AssertUnwindSafe(enqueue)) {
+        Ok(Some(written)) => i64::try_from(written).unwrap_or(FAILED),
+        Ok(None) | Err(_) => FAILED,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +270,41 @@ mod tests {
         assert_eq!(pick(&Namespace::ALL, 16), None);
         assert_eq!(pick(&Namespace::ALL, -1), None);
         assert_eq!(pick(&Tier::ALL, 3), Some(Tier::Background));
+    }
+
+    fn pack(items: &[(i32, i32, i32, &str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (ns, op, tier, key, payload) in items {
+            for n in [*ns, *op, *tier] {
+                out.extend(n.to_le_bytes());
+            }
+            out.extend((key.len() as i32).to_le_bytes());
+            out.extend(key.as_bytes());
+            out.extend((payload.len() as i32).to_le_bytes());
+            out.extend(*payload);
+        }
+        out
+    }
+
+    #[test]
+    fn packed_items_parse_exactly_or_not_at_all() {
+        let bytes = pack(&[(2, 0, 3, "k1", b"v"), (0, 2, 0, "ключ", b"")]);
+        let mut packed = Packed(&bytes);
+        let first = packed.item().unwrap();
+        assert_eq!((first.key, first.payload), ("k1", &b"v"[..]));
+        assert_eq!(first.namespace, kryonix_protocol::Namespace::UserCache);
+        assert_eq!(first.tier, kryonix_protocol::Tier::Background);
+        let second = packed.item().unwrap();
+        assert_eq!(second.key, "ключ");
+        assert_eq!(second.op, kryonix_protocol::wire::Op::Event);
+        assert!(packed.0.is_empty() && packed.item().is_none());
+        // A length past the end, a bad ordinal, bytes that are not UTF-8: no item.
+        assert!(Packed(&bytes[..bytes.len() - 1]).item().is_some());
+        assert!(Packed(&bytes[..9]).item().is_none());
+        assert!(Packed(&pack(&[(16, 0, 0, "k", b"")])).item().is_none());
+        let mut bad = pack(&[(0, 0, 0, "k", b"")]);
+        bad[16] = 0xFF;
+        assert!(Packed(&bad).item().is_none());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use kryonix_protocol::wire::Op;
 use kryonix_protocol::{Namespace, TenantId, Tier};
 
 const ROUNDS: usize = 3;
+const WARMUP_ROUNDS: usize = 3;
 const CALLS: usize = 2_000;
 const BATCHES: usize = 20;
 const BATCH: usize = 100;
@@ -53,8 +54,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     agent.cache().put(&hot, b"value", Expiry::Adaptive)?;
 
     let (mut enqueue, mut batched, mut get) = (Vec::new(), Vec::new(), Vec::new());
-    // Round 0 warms up (page cache, statements) and is not counted, as on the JVM side.
-    for round in 0..=ROUNDS {
+    // The first rounds warm up (page cache, statements) and are not counted, as on the JVM side.
+    for round in 0..WARMUP_ROUNDS + ROUNDS {
         let started = Instant::now();
         for i in 0..CALLS {
             let key = format!("one-{round}-{i}");
@@ -83,7 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::hint::black_box(agent.cache().get(&key)?);
         }
         let read = micros_per(started, GETS);
-        if round > 0 {
+        if round >= WARMUP_ROUNDS {
             enqueue.push(one);
             batched.push(per_item);
             get.push(read);

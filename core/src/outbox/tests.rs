@@ -620,6 +620,8 @@ proptest! {
                     in_flight.clear();
                 }
             }
+            // The figures kept by triggers and read from the age index are a scan's.
+            prop_assert_eq!(figures(&outbox.stats().unwrap()), scanned_figures(&f));
         }
         // Drain: far in the future every backoff has expired.
         for tier in Tier::ALL {
@@ -640,6 +642,65 @@ proptest! {
         let dead_now: HashSet<ItemId> = outbox.dead_letters().unwrap().iter().map(|d| d.item.id).collect();
         prop_assert_eq!(dead_now, dead);
     }
+}
+
+/// Per tier: depth, in flight, dead, oldest age, overdue.
+type Figures = Vec<(Tier, [i64; 5])>;
+
+fn figures(stats: &OutboxStats) -> Figures {
+    Tier::ALL
+        .iter()
+        .map(|&tier| {
+            let t = stats.tier(tier);
+            let n = |v: u64| i64::try_from(v).unwrap();
+            (
+                tier,
+                [
+                    n(t.depth),
+                    n(t.in_flight),
+                    n(t.dead),
+                    t.oldest_age_ms,
+                    n(t.overdue),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The same figures counted from every row, on a connection of their own.
+fn scanned_figures(f: &Fixture) -> Figures {
+    let now = f.clock.now_ms();
+    let store = Store::open(&f.path, &StoreOptions::default()).unwrap();
+    Tier::ALL
+        .iter()
+        .map(|&tier| {
+            let cutoff = now.saturating_sub(duration_ms(tier.freshness_ttl()));
+            let row = store
+                .read(|c| {
+                    c.query_row(
+                        "SELECT count(*) FILTER (WHERE state != 'dead'),
+                                count(*) FILTER (WHERE state = 'in_flight'),
+                                count(*) FILTER (WHERE state = 'dead'),
+                                coalesce(max(?2 - created_at) FILTER (WHERE state != 'dead'), 0),
+                                count(*) FILTER (WHERE state != 'dead' AND created_at < ?3)
+                         FROM outbox WHERE tier = ?1",
+                        params![tier.number(), now, cutoff],
+                        |r| {
+                            Ok([
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get::<_, i64>(3)?.max(0),
+                                r.get(4)?,
+                            ])
+                        },
+                    )
+                    .map_err(StoreError::from)
+                })
+                .unwrap();
+            (tier, row)
+        })
+        .collect()
 }
 
 /// The server's side of sequenced exactly-once, as a model: the last number stored per producer

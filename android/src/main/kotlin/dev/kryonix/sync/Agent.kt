@@ -4,11 +4,12 @@
 // The generated class keeps these calls blocking under `…Blocking` names because a UniFFI
 // `suspend` call costs far more from Kotlin than the call itself (ADR 0024); here each runs on
 // Dispatchers.IO, and `get` and `enqueue` go through the library's direct entry points
-// (`kryonix_direct_*`), which skip the generated JNA marshalling.
+// (`kryonix_direct_*`), which skip the generated JNA marshalling; so does `enqueueAll`.
 package dev.kryonix.sync
 
 import com.sun.jna.Native
 import java.nio.ByteBuffer
+import java.nio.ByteOrder
 import java.util.Collections
 import java.util.WeakHashMap
 import kotlin.time.Duration
@@ -40,14 +41,14 @@ suspend fun KryonixAgent.enqueue(namespace: Namespace, key: String, op: Op, payl
 
 /** Queues [items] in one transaction (all or none); their ids, in order, once durable. */
 suspend fun KryonixAgent.enqueueAll(items: List<NewItem>): List<String> =
-    withContext(Dispatchers.IO) { enqueueAllBlocking(items) }
+    withContext(Dispatchers.IO) { DirectCalls.enqueueAll(this@enqueueAll, items) }
 
 /** Writes [value] to the cache and queues it for upload, in one transaction. */
 suspend fun KryonixAgent.write(namespace: Namespace, key: String, value: ByteArray, tier: Tier): String =
     withContext(Dispatchers.IO) { writeBlocking(namespace, key, value, tier) }
 
 /**
- * `get` and `enqueue` through `kryonix_direct_get` / `kryonix_direct_enqueue`: integers, byte
+ * `get`, `enqueue` and `enqueueAll` through `kryonix_direct_*`: integers, byte
  * arrays and a direct buffer, which JNA's direct mapping passes without the `Structure`s every
  * generated call allocates. A failure comes back as a code and changes nothing; the generated call
  * is then made to throw the typed [KryonixException] with its message.
@@ -68,6 +69,11 @@ internal object DirectCalls {
     @JvmStatic
     private external fun kryonix_direct_get(
         agent: Long, namespace: Int, key: ByteArray, keyLen: Int, out: ByteBuffer, outCap: Int,
+    ): Long
+
+    @JvmStatic
+    private external fun kryonix_direct_enqueue_all(
+        agent: Long, items: ByteArray, itemsLen: Int, count: Int, idsOut: ByteArray, idsCap: Int,
     ): Long
 
     @JvmStatic
@@ -105,5 +111,25 @@ internal object DirectCalls {
         )
         // Failed means nothing was queued, so this makes the one attempt that throws (or succeeds).
         return if (n == ID_LEN.toLong()) id.decodeToString() else agent.enqueueBlocking(namespace, key, op, payload, tier)
+    }
+
+    fun enqueueAll(agent: KryonixAgent, items: List<NewItem>): List<String> {
+        // Packed as kryonix_direct_enqueue_all reads them: per item namespace, op, tier, then the
+        // key and the payload each as a length and its bytes; little-endian Int32s.
+        val keys = items.map { it.key.encodeToByteArray() }
+        val size = items.indices.sumOf { 20L + keys[it].size + items[it].payload.size }
+        if (items.isEmpty() || size > Int.MAX_VALUE || items.size > Int.MAX_VALUE / ID_LEN) {
+            return agent.enqueueAllBlocking(items)
+        }
+        val packed = ByteBuffer.allocate(size.toInt()).order(ByteOrder.LITTLE_ENDIAN)
+        for ((i, item) in items.withIndex()) {
+            packed.putInt(item.namespace.ordinal).putInt(item.op.ordinal).putInt(item.tier.ordinal)
+            packed.putInt(keys[i].size).put(keys[i]).putInt(item.payload.size).put(item.payload)
+        }
+        val ids = ByteArray(items.size * ID_LEN)
+        val n = kryonix_direct_enqueue_all(id(agent), packed.array(), size.toInt(), items.size, ids, ids.size)
+        // Failed means nothing was queued: the generated call throws the typed error (or succeeds).
+        if (n != ids.size.toLong()) return agent.enqueueAllBlocking(items)
+        return List(items.size) { String(ids, it * ID_LEN, ID_LEN, Charsets.US_ASCII) }
     }
 }
