@@ -4,6 +4,7 @@
 // kryonix-server and a redis-server and passes them in KRYONIX_TEST_* variables.
 package dev.kryonix.sync
 
+import com.example.app.quickStart
 import java.io.File
 import java.net.ServerSocket
 import java.net.URI

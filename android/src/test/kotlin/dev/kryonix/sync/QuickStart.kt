@@ -1,5 +1,6 @@
-package dev.kryonix.sync
+package com.example.app
 
+import dev.kryonix.sync.*
 import kotlin.time.Duration.Companion.hours
 import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.withTimeout
