@@ -249,6 +249,11 @@ fun main() {
         expect(KryonixException.Offline("connection refused").toString() == "offline: connection refused") {
             KryonixException.Offline("connection refused").toString()
         }
+        // So is `message`, what apps show and log (not UniFFI's `reason=…` field dump).
+        expect(e.message == "invalid input: ${e.reason}") { "${e.message}" }
+        expect(TokenException.Unavailable("identity provider unreachable").message == "no token for now: identity provider unreachable") {
+            "${TokenException.Unavailable("identity provider unreachable").message}"
+        }
         expectThrows<KryonixException.InvalidInput> { open(config(tenant = "bad:tenant")) }
         for (url in listOf("not a url", "ftp://sync.example.com", "sync.example.com")) {
             val bad = expectThrows<KryonixException.InvalidInput> { open(config(url = url)) }
