@@ -28,6 +28,11 @@ let config = AgentConfig(
     encryptionKey: Data((0..<32).map { UInt8($0) })
 )
 let agent = try await KryonixAgent.open(config: config, tokens: AppTokens(env["KRYONIX_TEST_TOKEN"] ?? ""), observer: nil)
+// The package's async calls and platform types, from outside the module.
+try await agent.put(namespace: .userCache, key: "draft", value: Data("kept".utf8), ttl: .seconds(60))
+guard try await agent.get(namespace: .userCache, key: "draft") == Data("kept".utf8) else { exit(1) }
+let depth: Int = try await agent.status().tiers.reduce(0) { $0 + $1.depth }
+print("consumer: \(depth) waiting before the enqueue")
 try await agent.enqueue(namespace: .userCache, key: "consumer", op: .put, payload: Data("hi".utf8), tier: .background)
 do {
     let report = try await agent.syncNow(tiers: Tier.allCases)
