@@ -310,6 +310,7 @@ async fn store_phase(args: &Args, target: &Target) -> Result<f64, String> {
     let options = RedisOptions {
         partitions: target.partitions(args),
         allow_evicting: false,
+        ..RedisOptions::default()
     };
     let store = RedisStore::open(&target.topology(), options)
         .await

@@ -2,13 +2,14 @@
 //! from a `KRYONIX_*` environment variable and, below both, from the `--config` TOML file.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::Scope;
 use crate::config::{ConfigError, FileConfig, ServerConfig};
+use crate::store::redis::{RedisAccess, Secret, TlsMaterial};
 
 /// The Kryonix sync server.
 #[derive(Debug, Parser)]
@@ -79,6 +80,26 @@ pub struct ServeArgs {
     /// How long WAIT may block, in milliseconds.
     #[arg(long, env = "KRYONIX_WAIT_TIMEOUT_MS")]
     pub wait_timeout_ms: Option<u64>,
+    /// ACL user for the Redis data nodes, with the password from KRYONIX_REDIS_PASSWORD or
+    /// --redis-password-file (a URL's own user and password win over these).
+    #[arg(long, env = "KRYONIX_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// File whose first line is the Redis password. The password itself can only come from
+    /// this file or the KRYONIX_REDIS_PASSWORD environment variable: there is no flag, so it
+    /// never shows in a process list. It is never printed.
+    #[arg(long, env = "KRYONIX_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+    /// CA certificates (PEM) that rediss:// servers (and Sentinels) must chain to, instead of
+    /// the system's roots: a private CA.
+    #[arg(long, env = "KRYONIX_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// Certificate chain (PEM) the server presents to Redis for mutual TLS, with
+    /// --redis-client-key.
+    #[arg(long, env = "KRYONIX_REDIS_CLIENT_CERT")]
+    pub redis_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --redis-client-cert.
+    #[arg(long, env = "KRYONIX_REDIS_CLIENT_KEY")]
+    pub redis_client_key: Option<PathBuf>,
     /// HS256 signing secret, at least 32 bytes.
     #[arg(long, env = "KRYONIX_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -150,17 +171,110 @@ pub struct TokenArgs {
 
 impl ServeArgs {
     /// Flags and environment over the file over the defaults.
+    /// Credentials and TLS material for Redis, read from the files the settings name (and the
+    /// password from `KRYONIX_REDIS_PASSWORD`). Errors name the file, never its contents.
+    fn redis_access(&self, file: &FileConfig) -> Result<RedisAccess, ConfigError> {
+        let invalid = ConfigError::Invalid;
+        let read = |what: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| invalid(format!("cannot read the {what} {}: {e}", path.display())))
+        };
+        let pem = |what: &str, path: &Path, marker: &str| {
+            let bytes = read(what, path)?;
+            if String::from_utf8_lossy(&bytes).contains(marker) {
+                Ok(bytes)
+            } else {
+                Err(invalid(format!(
+                    "the {what} {} holds no PEM {marker}",
+                    path.display()
+                )))
+            }
+        };
+        let env_password = std::env::var("KRYONIX_REDIS_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty());
+        let password_file = self
+            .redis_password_file
+            .clone()
+            .or_else(|| file.redis_password_file.clone());
+        let password = match (env_password, password_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "give the Redis password once: KRYONIX_REDIS_PASSWORD or --redis-password-file"
+                        .into(),
+                ));
+            }
+            (Some(password), None) => Some(Secret::new(password)),
+            (None, Some(path)) => {
+                let bytes = read("Redis password file", &path)?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    invalid(format!(
+                        "the Redis password file {} is not UTF-8",
+                        path.display()
+                    ))
+                })?;
+                let first = text.lines().next().unwrap_or_default();
+                if first.is_empty() {
+                    return Err(invalid(format!(
+                        "the Redis password file {} is empty",
+                        path.display()
+                    )));
+                }
+                Some(Secret::new(first))
+            }
+            (None, None) => None,
+        };
+        let ca = match self
+            .redis_ca_file
+            .clone()
+            .or_else(|| file.redis_ca_file.clone())
+        {
+            Some(path) => Some(pem("Redis CA file", &path, "CERTIFICATE")?),
+            None => None,
+        };
+        let cert = self
+            .redis_client_cert
+            .clone()
+            .or_else(|| file.redis_client_cert.clone());
+        let key = self
+            .redis_client_key
+            .clone()
+            .or_else(|| file.redis_client_key.clone());
+        let client = match (cert, key) {
+            (Some(cert), Some(key)) => Some((
+                pem("Redis client certificate", &cert, "CERTIFICATE")?,
+                pem("Redis client key", &key, "PRIVATE KEY")?,
+            )),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "--redis-client-cert and --redis-client-key go together".into(),
+                ));
+            }
+        };
+        Ok(RedisAccess {
+            username: self
+                .redis_username
+                .clone()
+                .or_else(|| file.redis_username.clone()),
+            password,
+            tls: TlsMaterial { ca, client },
+        })
+    }
+
     pub fn settle(&self) -> Result<ServerConfig, ConfigError> {
         let file = match &self.config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        let access = self.redis_access(&file)?;
         let secret = self
             .jwt_secret
             .clone()
             .or(file.jwt_secret)
             .unwrap_or_default();
         let mut c = ServerConfig::new(secret);
+        c.redis_access = access;
         c.listen = self.listen.or(file.listen).unwrap_or(c.listen);
         c.redis_url = self.redis_url.clone().or(file.redis_url);
         c.sync_redis_url = self.sync_redis_url.clone().or(file.sync_redis_url);

@@ -111,6 +111,9 @@ pub struct ServerConfig {
     /// primary is `sentinel_master`, and `redis_url` (if given) supplies its credentials.
     pub sentinels: Vec<String>,
     pub sentinel_master: Option<String>,
+    /// Credentials and TLS material for every Redis connection (`RedisAccess`: the password
+    /// never prints).
+    pub redis_access: crate::store::redis::RedisAccess,
     /// Up-stream partitions per tenant; `None`: 16 on a Cluster (a tenant spreads over the
     /// shards), 1 elsewhere.
     pub up_partitions: Option<u16>,
@@ -163,6 +166,7 @@ impl ServerConfig {
             redis_cluster: Vec::new(),
             sentinels: Vec::new(),
             sentinel_master: None,
+            redis_access: crate::store::redis::RedisAccess::default(),
             up_partitions: None,
             embedded_path: PathBuf::from("kryonix-dev.sqlite3"),
             allow_evicting_sync_store: false,
@@ -292,6 +296,11 @@ pub struct FileConfig {
     pub redis_cluster: Option<Vec<String>>,
     pub sentinels: Option<Vec<String>>,
     pub sentinel_master: Option<String>,
+    pub redis_username: Option<String>,
+    pub redis_password_file: Option<PathBuf>,
+    pub redis_ca_file: Option<PathBuf>,
+    pub redis_client_cert: Option<PathBuf>,
+    pub redis_client_key: Option<PathBuf>,
     pub up_partitions: Option<u16>,
     pub embedded_path: Option<PathBuf>,
     pub allow_evicting_sync_store: Option<bool>,

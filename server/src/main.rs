@@ -128,7 +128,10 @@ async fn check(args: ServeArgs) -> ExitCode {
     let options = RedisOptions {
         partitions: config.partitions(),
         allow_evicting: config.allow_evicting_sync_store,
+        access: config.redis_access.clone(),
     };
+    let partitions = options.partitions;
+    let connections = startup::connection_findings(&topology, &config.redis_access);
     let store = match RedisStore::open(&topology, options).await {
         Ok(store) => Store::Redis(store),
         Err(err) => {
@@ -139,7 +142,7 @@ async fn check(args: ServeArgs) -> ExitCode {
     println!(
         "ok    {} Redis, {} up-stream partition(s) per tenant",
         topology.kind(),
-        options.partitions
+        partitions
     );
     let facts = match store.sync_facts().await {
         Ok(facts) => facts,
@@ -154,7 +157,7 @@ async fn check(args: ServeArgs) -> ExitCode {
         _ => {}
     }
     let mut refused = false;
-    for finding in startup::assess_all(&facts) {
+    for finding in connections.into_iter().chain(startup::assess_all(&facts)) {
         match finding {
             Finding::Ok(text) => println!("ok    {text}"),
             Finding::Warning(text) => println!("WARN  {text}"),

@@ -12,6 +12,7 @@
 //! `store::redis::topology`).
 
 use crate::config::ServerConfig;
+use crate::store::redis::access::{self, RedisAccess};
 use crate::store::redis::{RedisOptions, Topology};
 use crate::store::{EmbeddedStore, RedisStore, Store, StoreError, SyncStoreFacts};
 
@@ -86,6 +87,45 @@ pub fn assess(facts: &SyncStoreFacts) -> Vec<Finding> {
 
 /// Judges every node of the sync store: the headline facts, or each primary of a Cluster with
 /// its address in front of each finding.
+/// Whether each kind of connection to Redis is encrypted and authenticated, as findings:
+/// plaintext beyond the loopback interface is a warning. Names no secret.
+pub fn connection_findings(topology: &Topology, access: &RedisAccess) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (what, urls) in topology.connections() {
+        let tls = !urls.is_empty() && urls.iter().all(|u| access::is_tls(u));
+        if tls {
+            let anchor = if access.tls.ca.is_some() {
+                "--redis-ca-file"
+            } else {
+                "the system roots"
+            };
+            let client = if access.tls.client.is_some() {
+                ", with a client certificate"
+            } else {
+                ""
+            };
+            out.push(Finding::Ok(format!(
+                "{what}: TLS (rediss://), verified against {anchor}{client}"
+            )));
+        } else if urls.iter().all(|u| access::is_loopback(u)) {
+            out.push(Finding::Ok(format!(
+                "{what}: plaintext on the loopback interface"
+            )));
+        } else {
+            out.push(Finding::Warning(format!(
+                "{what}: plaintext (redis://): data and credentials cross the network unencrypted; use rediss://"
+            )));
+        }
+    }
+    if access.password.is_some() {
+        let user = access.username.as_deref().unwrap_or("default");
+        out.push(Finding::Ok(format!(
+            "Redis credentials: user {user}, password given"
+        )));
+    }
+    out
+}
+
 pub fn assess_all(facts: &SyncStoreFacts) -> Vec<Finding> {
     if facts.nodes.is_empty() {
         return assess(facts);
@@ -124,7 +164,15 @@ pub async fn open_store(config: &ServerConfig) -> Result<(Store, Vec<String>), S
     let options = RedisOptions {
         partitions: config.partitions(),
         allow_evicting: config.allow_evicting_sync_store,
+        access: config.redis_access.clone(),
     };
+    let partitions = options.partitions;
+    for finding in connection_findings(&topology, &config.redis_access) {
+        match finding {
+            Finding::Warning(text) => tracing::warn!("redis: {text}"),
+            Finding::Ok(text) | Finding::Refusal(text) => tracing::info!("redis: {text}"),
+        }
+    }
     let store = Store::Redis(RedisStore::open(&topology, options).await?);
     let facts = store.sync_facts().await?;
     if facts.cluster_enabled == Some(true) && !matches!(topology, Topology::Cluster { .. }) {
@@ -137,7 +185,7 @@ pub async fn open_store(config: &ServerConfig) -> Result<(Store, Vec<String>), S
     }
     tracing::info!(
         topology = topology.kind(),
-        partitions = options.partitions,
+        partitions,
         "sync store connected"
     );
     let mut warnings = Vec::new();

@@ -17,3 +17,4 @@ mod malformed;
 mod properties;
 mod push;
 mod startup;
+mod tls;

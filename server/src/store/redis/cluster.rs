@@ -16,8 +16,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError, Value};
+use redis::{Client, ConnectionInfo, RedisError, Value};
 
+use super::access::{self, RedisAccess};
 use super::pool::{PUSH_CONNECTIONS, TxPool};
 
 /// A contiguous range of slots and the address of the primary serving it.
@@ -74,15 +75,21 @@ pub(super) struct ClusterPush {
     con: ClusterConnection,
     /// The settings of the seed URL (credentials, TLS), applied to every node's connections.
     template: ConnectionInfo,
+    access: RedisAccess,
     slots: RwLock<Vec<SlotRange>>,
     pools: Mutex<HashMap<String, Arc<TxPool>>>,
 }
 
 impl ClusterPush {
-    pub(super) async fn new(con: ClusterConnection, seed: &str) -> Result<Self, RedisError> {
+    pub(super) async fn new(
+        con: ClusterConnection,
+        seed: ConnectionInfo,
+        access: RedisAccess,
+    ) -> Result<Self, RedisError> {
         let push = Self {
             con,
-            template: seed.into_connection_info()?,
+            template: seed,
+            access,
             slots: RwLock::new(Vec::new()),
             pools: Mutex::new(HashMap::new()),
         };
@@ -142,24 +149,9 @@ impl ClusterPush {
 
     /// A client for one node, with the seed's credentials and TLS settings.
     pub(super) fn client_for(&self, primary: &str) -> Result<Client, RedisError> {
-        let (host, port) = primary
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-            .ok_or_else(|| RedisError::from(std::io::Error::other("bad node address")))?;
-        let addr = match self.template.addr() {
-            ConnectionAddr::TcpTls {
-                insecure,
-                tls_params,
-                ..
-            } => ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => ConnectionAddr::Tcp(host, port),
-        };
-        Client::open(self.template.clone().set_addr(addr))
+        let info = access::at(&self.template, primary)
+            .map_err(|e| RedisError::from(std::io::Error::other(e)))?;
+        self.access.client(info)
     }
 }
 

@@ -29,6 +29,29 @@ pub fn classify(err: &RedisError) -> StoreError {
     StoreError::Internal(err.to_string())
 }
 
+/// A connection that could not be set up, in the terms an operator acts on: the certificate,
+/// the credentials, or else the network (retryable). The text is Redis's or rustls's, which
+/// never holds the password.
+pub(super) fn connect_error(err: RedisError) -> StoreError {
+    let text = err.to_string();
+    let lower = text.to_lowercase();
+    if lower.contains("certificate") || lower.contains("tls") && lower.contains("handshake") {
+        return StoreError::Unavailable(format!(
+            "TLS to Redis failed: {text} (the server's certificate must chain to the system roots or to --redis-ca-file, be valid now and name the host)"
+        ));
+    }
+    if err.kind() == redis::ErrorKind::AuthenticationFailed
+        || ["WRONGPASS", "NOAUTH", "invalid username-password"]
+            .iter()
+            .any(|m| text.contains(m))
+    {
+        return StoreError::Unavailable(format!(
+            "Redis refused the credentials: {text} (check --redis-username and KRYONIX_REDIS_PASSWORD or --redis-password-file)"
+        ));
+    }
+    classify(&err)
+}
+
 pub(super) fn map(err: RedisError) -> StoreError {
     classify(&err)
 }

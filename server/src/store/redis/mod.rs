@@ -18,6 +18,7 @@
 //! (the Lua scripts), `entries` (what is stored and how it is read back), `info` (`INFO`
 //! parsing) and `errors` (Redis errors as [`StoreError`]s).
 
+pub mod access;
 mod cluster;
 mod conn;
 mod entries;
@@ -46,6 +47,7 @@ use super::{
 };
 use crate::keys;
 
+pub use self::access::{RedisAccess, Secret, TlsMaterial};
 pub use self::entries::ItemMetadata;
 pub use self::errors::classify;
 pub use self::info::{facts_from_info, parse_info};
@@ -53,13 +55,15 @@ pub use self::pool::PUSH_CONNECTIONS;
 pub use self::topology::{Topology, client_for_db};
 
 /// Settings of a [`RedisStore`] beyond where Redis is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RedisOptions {
     /// Up-stream partitions per tenant (see `keys::partition_of`).
     pub partitions: u16,
     /// Accept pushes on a primary that could evict (`--allow-evicting-sync-store`); under
     /// Sentinel this is re-checked at every failover.
     pub allow_evicting: bool,
+    /// Credentials and TLS material for every connection.
+    pub access: RedisAccess,
 }
 
 impl Default for RedisOptions {
@@ -67,6 +71,7 @@ impl Default for RedisOptions {
         Self {
             partitions: 1,
             allow_evicting: false,
+            access: RedisAccess::default(),
         }
     }
 }
@@ -122,16 +127,23 @@ impl RedisStore {
             Topology::Standalone {
                 cache_url,
                 sync_url,
-            } => Source::Fixed(Arc::new(
-                topology::standalone(cache_url, sync_url.as_deref()).await?,
-            )),
-            Topology::Cluster { seeds } => Source::Fixed(Arc::new(topology::cluster(seeds).await?)),
+            } => {
+                let cache = topology::parse(cache_url)?;
+                let sync = sync_url.as_deref().map(topology::parse).transpose()?;
+                Source::Fixed(Arc::new(
+                    topology::standalone(&options.access, &cache, sync.as_ref()).await?,
+                ))
+            }
+            Topology::Cluster { seeds } => {
+                Source::Fixed(Arc::new(topology::cluster(&options.access, seeds).await?))
+            }
             Topology::Sentinel {
                 sentinels,
                 master,
                 node_url,
             } => Source::Sentinel(
                 Follower::start(
+                    options.access.clone(),
                     sentinels.clone(),
                     master.clone(),
                     node_url.clone(),
@@ -520,16 +532,18 @@ impl RedisStore {
         seeds: &[String],
         cluster: &cluster::ClusterPush,
     ) -> Result<SyncStoreFacts, StoreError> {
-        let template = seeds
-            .first()
-            .ok_or_else(|| StoreError::Internal("no cluster seed".into()))?;
+        let template = topology::parse(
+            seeds
+                .first()
+                .ok_or_else(|| StoreError::Internal("no cluster seed".into()))?,
+        )?;
         // The map may be stale after a failover; read it again before asking every primary.
         if let Err(error) = cluster.refresh().await {
             tracing::debug!(%error, "CLUSTER SLOTS failed; using the last map");
         }
         let mut nodes = Vec::new();
         for addr in cluster.primaries() {
-            nodes.push(topology::node_facts(template, &addr).await?);
+            nodes.push(topology::node_facts(&self.options.access, &template, &addr).await?);
         }
         let mut con = self.links().sync.clone();
         let info: String = redis::cmd("CLUSTER")

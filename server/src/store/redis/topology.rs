@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use kryonix_protocol::Namespace;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
-use redis::{Client, IntoConnectionInfo, RedisError};
+use redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisError};
 use tokio::sync::Notify;
 
+use super::access::{self, RedisAccess};
 use super::cluster::ClusterPush;
 use super::conn::Conn;
-use super::errors::map;
+use super::errors::{connect_error, map};
 use super::info::{facts_from_info, parse_info};
 use super::pool::{PUSH_CONNECTIONS, TxPool};
 use super::push::PushRoute;
@@ -55,6 +55,38 @@ pub enum Topology {
 }
 
 impl Topology {
+    /// Each kind of connection and its first URL, for what `check` reports about encryption.
+    pub fn connections(&self) -> Vec<(&'static str, Vec<String>)> {
+        match self {
+            Self::Standalone {
+                cache_url,
+                sync_url,
+            } => vec![
+                ("cache", vec![cache_url.clone()]),
+                (
+                    "sync store",
+                    vec![sync_url.clone().unwrap_or_else(|| cache_url.clone())],
+                ),
+            ],
+            Self::Sentinel {
+                sentinels,
+                node_url,
+                ..
+            } => vec![
+                ("Sentinels", sentinels.clone()),
+                (
+                    "primary",
+                    vec![
+                        node_url
+                            .clone()
+                            .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+                    ],
+                ),
+            ],
+            Self::Cluster { seeds } => vec![("cluster nodes", seeds.clone())],
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Standalone { .. } => "standalone",
@@ -84,17 +116,26 @@ impl Links {
     }
 }
 
-/// Opens a client on one logical database of `url` (whatever database the URL names).
+/// Opens a client on one logical database of `url` (whatever database the URL names), with the
+/// URL's own credentials and the system's roots: for tools and tests.
 pub fn client_for_db(url: &str, db: i64) -> Result<Client, RedisError> {
-    let info = url.into_connection_info()?;
-    let settings = info.redis_settings().clone().set_db(db);
-    Client::open(info.set_redis_settings(settings))
+    client_on_db(&RedisAccess::default(), &url.into_connection_info()?, db)
 }
 
-fn address_of(url: &str) -> String {
+/// A client on one logical database of `info`, reached as `access` says.
+fn client_on_db(
+    access: &RedisAccess,
+    info: &ConnectionInfo,
+    db: i64,
+) -> Result<Client, RedisError> {
+    let settings = info.redis_settings().clone().set_db(db);
+    access.client(info.clone().set_redis_settings(settings))
+}
+
+/// The connection settings a URL names (its password stays in them, never in an error).
+pub(super) fn parse(url: &str) -> Result<ConnectionInfo, StoreError> {
     url.into_connection_info()
-        .map(|info| info.addr().to_string())
-        .unwrap_or_else(|_| "?".into())
+        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", access::redacted(url))))
 }
 
 async fn manager(client: Client) -> Result<ConnectionManager, StoreError> {
@@ -105,27 +146,28 @@ async fn manager(client: Client) -> Result<ConnectionManager, StoreError> {
         .set_number_of_retries(2);
     ConnectionManager::new_with_config(client, config)
         .await
-        .map_err(map)
+        .map_err(connect_error)
 }
 
 /// Links to a standalone Redis (a Sentinel's current primary is one too).
 pub(super) async fn standalone(
-    cache_url: &str,
-    sync_url: Option<&str>,
+    access: &RedisAccess,
+    cache_url: &ConnectionInfo,
+    sync_url: Option<&ConnectionInfo>,
 ) -> Result<Links, StoreError> {
     let unavailable = |e: RedisError| StoreError::Unavailable(e.to_string());
     let mut cache = Vec::with_capacity(16);
     for ns in Namespace::all() {
-        let client = client_for_db(cache_url, keys::database(ns)).map_err(unavailable)?;
+        let client = client_on_db(access, cache_url, keys::database(ns)).map_err(unavailable)?;
         cache.push(Conn::Standalone(manager(client).await?));
     }
     let sync_db = keys::database(Namespace::MobileSync);
     let sync_base = sync_url.unwrap_or(cache_url);
-    let push_client = client_for_db(sync_base, sync_db).map_err(unavailable)?;
+    let push_client = client_on_db(access, sync_base, sync_db).map_err(unavailable)?;
     let sync = match sync_url {
-        Some(url) => {
-            Conn::Standalone(manager(client_for_db(url, sync_db).map_err(unavailable)?).await?)
-        }
+        Some(info) => Conn::Standalone(
+            manager(client_on_db(access, info, sync_db).map_err(unavailable)?).await?,
+        ),
         None => cache
             .get(usize::from(Namespace::MobileSync.id()))
             .cloned()
@@ -135,24 +177,32 @@ pub(super) async fn standalone(
         sync,
         cache,
         push: PushRoute::Standalone(TxPool::new(push_client, PUSH_CONNECTIONS)),
-        nodes: vec![address_of(sync_base)],
+        nodes: vec![sync_base.addr().to_string()],
         cluster: None,
     })
 }
 
 /// Links to a Redis Cluster.
-pub(super) async fn cluster(seeds: &[String]) -> Result<Links, StoreError> {
-    let first = seeds
-        .first()
-        .ok_or_else(|| StoreError::Unavailable("no cluster node given".into()))?;
-    let client = ClusterClientBuilder::new(seeds.to_vec())
+pub(super) async fn cluster(access: &RedisAccess, seeds: &[String]) -> Result<Links, StoreError> {
+    let first = parse(
+        seeds
+            .first()
+            .ok_or_else(|| StoreError::Unavailable("no cluster node given".into()))?,
+    )?;
+    let client = access
+        .cluster_builder(seeds)
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
         .connection_timeout(Duration::from_secs(2))
         .response_timeout(Duration::from_secs(10))
         .retries(6)
         .build()
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let con = client.get_async_connection().await.map_err(map)?;
-    let push = Arc::new(ClusterPush::new(con.clone(), first).await.map_err(map)?);
+    let con = client.get_async_connection().await.map_err(connect_error)?;
+    let push = Arc::new(
+        ClusterPush::new(con.clone(), first, access.clone())
+            .await
+            .map_err(map)?,
+    );
     let conn = Conn::Cluster(con);
     Ok(Links {
         sync: conn.clone(),
@@ -163,16 +213,15 @@ pub(super) async fn cluster(seeds: &[String]) -> Result<Links, StoreError> {
     })
 }
 
-/// `INFO` of one node, by address, with the credentials of `template` (a URL).
-pub(super) async fn node_facts(template: &str, addr: &str) -> Result<SyncStoreFacts, StoreError> {
-    let info = template
-        .into_connection_info()
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let (host, port) = addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| StoreError::Internal(format!("bad node address {addr}")))?;
-    let client = Client::open(info.set_addr(redis::ConnectionAddr::Tcp(host, port)))
+/// `INFO` of one node, by address, with the settings of `template` (credentials, TLS).
+pub(super) async fn node_facts(
+    access: &RedisAccess,
+    template: &ConnectionInfo,
+    addr: &str,
+) -> Result<SyncStoreFacts, StoreError> {
+    let info = access::at(template, addr).map_err(StoreError::Internal)?;
+    let client = access
+        .client(info)
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -180,7 +229,7 @@ pub(super) async fn node_facts(template: &str, addr: &str) -> Result<SyncStoreFa
     let mut con = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(map)?;
+        .map_err(connect_error)?;
     let text: String = redis::cmd("INFO")
         .query_async(&mut con)
         .await
@@ -194,8 +243,9 @@ pub(super) async fn node_facts(template: &str, addr: &str) -> Result<SyncStoreFa
 pub(super) struct Follower {
     sentinels: Vec<String>,
     master: String,
-    /// Settings for data-node connections (credentials); its address is replaced.
-    node_url: String,
+    /// Settings for data-node connections (credentials, TLS); its address is replaced.
+    node: ConnectionInfo,
+    access: RedisAccess,
     allow_evicting: bool,
     current: RwLock<Arc<Links>>,
     primary: RwLock<String>,
@@ -210,18 +260,20 @@ const POLL: Duration = Duration::from_millis(500);
 impl Follower {
     /// Asks the Sentinels for the primary and opens links to it.
     pub(super) async fn start(
+        access: RedisAccess,
         sentinels: Vec<String>,
         master: String,
         node_url: Option<String>,
         allow_evicting: bool,
     ) -> Result<Arc<Self>, StoreError> {
-        let node_url = node_url.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-        let primary = ask_primary(&sentinels, &master).await?;
-        let links = standalone(&url_for(&node_url, &primary)?, None).await?;
+        let node = parse(node_url.as_deref().unwrap_or("redis://127.0.0.1:6379"))?;
+        let primary = ask_primary(&access, &sentinels, &master).await?;
+        let links = standalone(&access, &node_at(&node, &primary)?, None).await?;
         let follower = Arc::new(Self {
             sentinels,
             master,
-            node_url,
+            node,
+            access,
             allow_evicting,
             current: RwLock::new(Arc::new(links)),
             primary: RwLock::new(primary.clone()),
@@ -271,7 +323,7 @@ impl Follower {
 
     /// One look at the Sentinels; switches to a new primary when they name one.
     async fn follow(&self) {
-        let primary = match ask_primary(&self.sentinels, &self.master).await {
+        let primary = match ask_primary(&self.access, &self.sentinels, &self.master).await {
             Ok(primary) => primary,
             Err(error) => {
                 tracing::warn!(%error, "no Sentinel answered; keeping the current primary");
@@ -286,8 +338,8 @@ impl Follower {
             return;
         }
         let started = Instant::now();
-        let links = match url_for(&self.node_url, &primary) {
-            Ok(url) => standalone(&url, None).await,
+        let links = match node_at(&self.node, &primary) {
+            Ok(node) => standalone(&self.access, &node, None).await,
             Err(error) => Err(error),
         };
         match links {
@@ -309,7 +361,7 @@ impl Follower {
 
     /// Start-up's safety rule on the current primary: pushes are refused while it could evict.
     async fn judge(&self, primary: &str) {
-        let verdict = match node_facts(&self.node_url, primary).await {
+        let verdict = match node_facts(&self.access, &self.node, primary).await {
             Ok(facts) => assess(&facts).into_iter().find_map(|f| match f {
                 Finding::Refusal(text) if !self.allow_evicting => Some(text),
                 _ => None,
@@ -332,29 +384,24 @@ impl Follower {
     }
 }
 
-/// `node_url` with its address replaced by `addr` (`host:port`).
-fn url_for(node_url: &str, addr: &str) -> Result<String, StoreError> {
-    let info = node_url
-        .into_connection_info()
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let settings = info.redis_settings();
-    let auth = match (settings.username(), settings.password()) {
-        (Some(user), Some(password)) => format!("{user}:{password}@"),
-        (None, Some(password)) => format!(":{password}@"),
-        _ => String::new(),
-    };
-    Ok(format!("redis://{auth}{addr}"))
+/// The data-node settings at the primary's address, `host:port`.
+fn node_at(node: &ConnectionInfo, addr: &str) -> Result<ConnectionInfo, StoreError> {
+    access::at(node, addr).map_err(StoreError::Unavailable)
 }
 
 /// Asks each Sentinel in turn for the primary's address, until one answers.
-pub(super) async fn ask_primary(sentinels: &[String], master: &str) -> Result<String, StoreError> {
+pub(super) async fn ask_primary(
+    access: &RedisAccess,
+    sentinels: &[String],
+    master: &str,
+) -> Result<String, StoreError> {
     let mut last = String::from("no Sentinel given");
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(Duration::from_millis(500)));
     for sentinel in sentinels {
         let answer = async {
-            let client = Client::open(sentinel.as_str())?;
+            let client = access.sentinel_client(sentinel)?;
             let mut con = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
@@ -367,8 +414,13 @@ pub(super) async fn ask_primary(sentinels: &[String], master: &str) -> Result<St
         .await;
         match answer {
             Ok(Some((host, port))) => return Ok(format!("{host}:{port}")),
-            Ok(None) => last = format!("{sentinel} does not know master {master:?}"),
-            Err(e) => last = format!("{sentinel}: {e}"),
+            Ok(None) => {
+                last = format!(
+                    "{} does not know master {master:?}",
+                    access::redacted(sentinel)
+                )
+            }
+            Err(e) => last = format!("{}: {e}", access::redacted(sentinel)),
         }
     }
     Err(StoreError::Unavailable(format!(

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod redis_server;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -88,6 +89,20 @@ impl TestServer {
         Self {
             state: AppState::new(config, store, warnings),
             redis: Some(redis),
+            cluster: None,
+            _dir: None,
+        }
+    }
+
+    /// Over whatever store `configure` names (a Redis the test runs itself).
+    pub async fn configured(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        let mut config = test_config();
+        configure(&mut config);
+        config.validate().unwrap();
+        let (store, warnings) = startup::open_store(&config).await.unwrap();
+        Self {
+            state: AppState::new(config, store, warnings),
+            redis: None,
             cluster: None,
             _dir: None,
         }
