@@ -3,9 +3,13 @@
 # 127.0.0.1, every node daemonized in its own directory under --dir.
 #
 #   deploy/cluster/local-cluster.sh start --dir /tmp/kc --ports "7000 7001 7002 7003 7004 7005" \
-#       [--replicas 1] [--node-timeout 5000] [--maxmemory 256mb]
+#       [--replicas 1] [--node-timeout 5000] [--maxmemory 256mb] [--tls-dir DIR] [--requirepass PW]
 #   deploy/cluster/local-cluster.sh stop --dir /tmp/kc
 #
+# With --tls-dir (holding ca.pem, server.pem and server.key) every node speaks TLS only, on the
+# client port and the cluster bus alike (tls-cluster, tls-replication); with --requirepass every
+# node requires that password (replicas use it as masterauth). Clients then connect with
+# rediss:// and the CA.
 # The number of ports must be a multiple of (1 + replicas); the first ones become primaries.
 # Each node also uses its port + 10000 for the cluster bus. `start` on a directory that already
 # holds the nodes' state restarts them as they were, without creating the cluster again.
@@ -33,14 +37,22 @@ wait_until() {
   done
 }
 
-pings() { [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]; }
+# redis-cli as this cluster's clients must speak: TLS and the password when the nodes need them.
+cli() {
+  local args=()
+  if [ -n "$tls_dir" ]; then args+=(--tls --cacert "$tls_dir/ca.pem"); fi
+  if [ -n "$requirepass" ]; then args+=(--no-auth-warning -a "$requirepass"); fi
+  redis-cli "${args[@]}" "$@"
+}
 
-cluster_ok() { redis-cli -p "$1" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+pings() { [ "$(cli -p "$1" ping 2>/dev/null)" = PONG ]; }
+
+cluster_ok() { cli -p "$1" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
 
 # A replica is usable for failover only once its link to the primary is up.
 synced() {
   local info
-  info=$(redis-cli -p "$1" info replication 2>/dev/null) || return 1
+  info=$(cli -p "$1" info replication 2>/dev/null) || return 1
   grep -q '^role:master' <<<"$info" || grep -q '^master_link_status:up' <<<"$info"
 }
 
@@ -75,8 +87,10 @@ stop_nodes() {
 
 write_config() {
   local port=$1 node_dir=$2
+  local client_port="port $port"
+  if [ -n "$tls_dir" ]; then client_port="port 0"; fi
   cat >"$node_dir/redis.conf" <<EOF
-port $port
+$client_port
 bind 127.0.0.1
 dir "$node_dir"
 daemonize yes
@@ -92,6 +106,20 @@ save ""
 EOF
   if [ -n "$maxmemory" ]; then
     echo "maxmemory $maxmemory" >>"$node_dir/redis.conf"
+  fi
+  if [ -n "$tls_dir" ]; then
+    cat >>"$node_dir/redis.conf" <<EOF
+tls-port $port
+tls-cert-file "$tls_dir/server.pem"
+tls-key-file "$tls_dir/server.key"
+tls-ca-cert-file "$tls_dir/ca.pem"
+tls-auth-clients no
+tls-cluster yes
+tls-replication yes
+EOF
+  fi
+  if [ -n "$requirepass" ]; then
+    printf 'requirepass "%s"\nmasterauth "%s"\n' "$requirepass" "$requirepass" >>"$node_dir/redis.conf"
   fi
 }
 
@@ -122,7 +150,7 @@ start_nodes() {
   if [ "$fresh" = yes ]; then
     local addresses=()
     for port in "${port_list[@]}"; do addresses+=("127.0.0.1:$port"); done
-    redis-cli --cluster create "${addresses[@]}" --cluster-replicas "$replicas" --cluster-yes
+    cli --cluster create "${addresses[@]}" --cluster-replicas "$replicas" --cluster-yes
   fi
   for port in "${port_list[@]}"; do
     wait_until 60 "cluster_state:ok on $port" cluster_ok "$port"
@@ -135,7 +163,7 @@ start_nodes() {
 [ $# -ge 1 ] || usage
 command=$1
 shift
-dir="" ports="" replicas=1 node_timeout=5000 maxmemory=""
+dir="" ports="" replicas=1 node_timeout=5000 maxmemory="" tls_dir="" requirepass=""
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || usage
   case $1 in
@@ -144,6 +172,8 @@ while [ $# -gt 0 ]; do
     --replicas) replicas=$2 ;;
     --node-timeout) node_timeout=$2 ;;
     --maxmemory) maxmemory=$2 ;;
+    --tls-dir) tls_dir=$(cd "$2" && pwd) ;;
+    --requirepass) requirepass=$2 ;;
     *) usage ;;
   esac
   shift 2

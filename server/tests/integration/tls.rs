@@ -11,7 +11,7 @@ use kryonix_server::startup;
 use kryonix_server::store::redis::{RedisAccess, Secret, TlsMaterial};
 
 use crate::support::tls::{CertFiles, Pki, TlsRedis};
-use crate::support::{TestServer, item, new_id, test_config};
+use crate::support::{LocalCluster, TestServer, item, new_id, test_config};
 
 const PASSWORD: &str = "correct-horse-battery-staple-7f3a91";
 
@@ -181,4 +181,48 @@ async fn an_expired_certificate_or_a_missing_client_certificate_stops_start_up()
     // A plaintext URL to a TLS-only port is not silently "working" either.
     config.redis_url = Some(format!("redis://127.0.0.1:{}", mtls.port));
     assert!(startup::open_store(&config).await.is_err());
+}
+
+#[tokio::test]
+async fn a_tls_cluster_with_a_password_carries_pushes_on_every_shard() {
+    let pki = Pki::new();
+    let cluster = LocalCluster::start_tls(3, pki.dir(), PASSWORD);
+    let server = TestServer::configured(|c| {
+        c.redis_cluster = cluster.seeds();
+        c.redis_access = access(pki.ca_file(), None, PASSWORD);
+    })
+    .await;
+    // Devices hash to partitions spread over the shards: pushes from many reach them all, each
+    // through the dedicated per-primary connections, over TLS with the password.
+    for n in 0..24 {
+        let token = server.token("acme", &format!("phone-{n}"));
+        let id = new_id();
+        let reply = server
+            .push(&token, vec![item(&id, 1, 1, "user_cache", "k", b"v")])
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.value());
+    }
+    let ready = server.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.value());
+    assert_eq!(
+        ready.value()["sync_store"]["nodes"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    let out = text(&check_cluster(&cluster.seeds().join(","), &pki));
+    assert!(out.contains("cluster nodes: TLS (rediss://)"), "{out}");
+    assert!(out.contains("serve would start"), "{out}");
+    assert!(!out.contains(PASSWORD), "{out}");
+}
+
+fn check_cluster(seeds: &str, pki: &Pki) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kryonix-server"))
+        .arg("check")
+        .env_clear()
+        .env("KRYONIX_REDIS_CLUSTER", seeds)
+        .env("KRYONIX_REDIS_PASSWORD", PASSWORD)
+        .env("KRYONIX_REDIS_CA_FILE", pki.ca_file())
+        .output()
+        .unwrap()
 }

@@ -14,6 +14,7 @@ use tempfile::TempDir;
 pub struct LocalCluster {
     dir: TempDir,
     ports: Vec<u16>,
+    tls: bool,
 }
 
 fn script() -> PathBuf {
@@ -35,6 +36,27 @@ impl LocalCluster {
     /// `primaries` primaries with `replicas` replicas each; retries on other ports when one was
     /// taken meanwhile.
     pub fn start(primaries: usize, replicas: usize) -> Self {
+        Self::start_with(primaries, replicas, &[])
+    }
+
+    /// A cluster speaking TLS only (certificates from `tls_dir`: ca.pem, server.pem,
+    /// server.key) and requiring `password`.
+    pub fn start_tls(primaries: usize, tls_dir: &std::path::Path, password: &str) -> Self {
+        let mut cluster = Self::start_with(
+            primaries,
+            0,
+            &[
+                "--tls-dir".into(),
+                tls_dir.display().to_string(),
+                "--requirepass".into(),
+                password.into(),
+            ],
+        );
+        cluster.tls = true;
+        cluster
+    }
+
+    fn start_with(primaries: usize, replicas: usize, extra: &[String]) -> Self {
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let ports: Vec<u16> = (0..primaries * (1 + replicas))
@@ -51,10 +73,15 @@ impl LocalCluster {
                 .arg(dir.path())
                 .args(["--ports", &list, "--replicas", &replicas.to_string()])
                 .args(["--node-timeout", "2000"])
+                .args(extra)
                 .output()
                 .unwrap();
             if status.status.success() {
-                return Self { dir, ports };
+                return Self {
+                    dir,
+                    ports,
+                    tls: false,
+                };
             }
             eprintln!(
                 "local-cluster start failed, retrying: {}",
@@ -65,9 +92,10 @@ impl LocalCluster {
     }
 
     pub fn seeds(&self) -> Vec<String> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         self.ports
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .map(|p| format!("{scheme}://127.0.0.1:{p}"))
             .collect()
     }
 

@@ -63,6 +63,12 @@ impl Pki {
         CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
     }
 
+    /// The directory holding ca.pem, server.pem and server.key (what `local-cluster.sh
+    /// --tls-dir` reads).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
     }
