@@ -125,12 +125,13 @@ pub struct UnknownNamespace(pub String);
 
 impl Namespace {
     /// Whether the namespace belongs to the server's own machinery — the durable sync streams,
-    /// rate-limit counters, distributed locks — rather than to app data. A device may not name
-    /// one in a push, a publish or a cache call: one rule for every route (`forbidden`).
+    /// token revocations, rate-limit counters, distributed locks — rather than to app data. A
+    /// device may not name one in a push, a publish or a cache call: one rule for every route
+    /// (`forbidden`); a device that could write `auth_tokens` could lift its own revocation.
     pub const fn is_internal(self) -> bool {
         matches!(
             self,
-            Self::MobileSync | Self::RateLimiting | Self::DistributedLocks
+            Self::AuthTokens | Self::MobileSync | Self::RateLimiting | Self::DistributedLocks
         )
     }
 
@@ -214,14 +215,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn three_namespaces_are_internal() {
+    fn four_namespaces_are_internal() {
         let internal: Vec<&str> = Namespace::all()
             .filter(|ns| ns.is_internal())
             .map(Namespace::name)
             .collect();
         assert_eq!(
             internal,
-            ["rate_limiting", "mobile_sync", "distributed_locks"]
+            [
+                "auth_tokens",
+                "rate_limiting",
+                "mobile_sync",
+                "distributed_locks"
+            ]
         );
     }
 

@@ -15,6 +15,8 @@ pub const HELLO: &str = "/v1/sync/hello";
 pub const PULL: &str = "/v1/sync/pull";
 /// `POST`, service token: a backend publishes changes ([`crate::wire::PublishRequest`]).
 pub const PUBLISH: &str = "/v1/publish";
+/// Revokes a token before it expires (service token; body [`crate::wire::RevokeRequest`]).
+pub const TOKENS_REVOKE: &str = "/v1/tokens/revoke";
 /// `GET`, `PUT`, `DELETE`, any token: one entry of the tenant's L2 cache.
 pub const CACHE_ENTRY: &str = "/v1/cache/{namespace}/{key}";
 /// `POST`, any token: several keys of one namespace at once

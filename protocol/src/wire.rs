@@ -196,6 +196,31 @@ pub struct Change {
     pub published_at_ms: i64,
 }
 
+/// `POST /v1/tokens/revoke` body (service token): the token itself, or its id and expiry. A
+/// service revokes only its own tenant's tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// The token to revoke (signed by this server's secret; it may have expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Or: its id (`jti`)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// …and its expiry, Unix seconds, until when the revocation is kept (default: the server's
+    /// longest token lifetime from now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// `POST /v1/tokens/revoke` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    pub jti: String,
+    /// Until when the revocation is kept, Unix seconds.
+    pub revoked_until: u64,
+}
+
 /// `POST /v1/publish` body (service token): changes for every device of the tenant, or for one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishRequest {

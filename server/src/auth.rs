@@ -2,7 +2,12 @@
 //!
 //! The tenant of every request comes from here and only from here: no handler reads a tenant
 //! from a body, a path or a query. Devices hold `device` tokens (push, pull, cache); backends
-//! hold `service` tokens (publish, cache).
+//! hold `service` tokens (publish, cache, revoke).
+//!
+//! Every token minted here carries a `jti` (a UUID), so that it can be revoked before it
+//! expires: the revocation is kept in the `auth_tokens` namespace until the token's `exp`, and
+//! every request checks it (`api::authenticate`). Tokens without a `jti` (minted elsewhere)
+//! are accepted and cannot be revoked one by one; rotate the secret to end them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +28,8 @@ pub enum AuthError {
     BadTenant,
     #[error("the token's subject is not a valid device or service id")]
     BadSubject,
+    #[error("the token's id (jti) is not valid")]
+    BadId,
     #[error("cannot sign a token: {0}")]
     Signing(String),
 }
@@ -55,6 +62,9 @@ pub struct Claims {
     pub scope: Scope,
     pub iat: u64,
     pub exp: u64,
+    /// The token's id, for revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// An authenticated caller.
@@ -63,6 +73,10 @@ pub struct Principal {
     pub tenant: TenantId,
     pub subject: String,
     pub scope: Scope,
+    /// The token's id, when it has one (tokens minted here always do).
+    pub jti: Option<String>,
+    /// The token's expiry, Unix seconds: how long a revocation of it must be kept.
+    pub expires_at: u64,
 }
 
 /// Longest device or service id: it becomes part of Redis keys.
@@ -74,6 +88,11 @@ pub fn valid_subject(subject: &str) -> bool {
     !subject.is_empty()
         && subject.len() <= MAX_SUBJECT_LEN
         && !subject.chars().any(|c| c == ':' || c.is_control())
+}
+
+/// A token id becomes part of a Redis key: the subject's rules apply.
+pub fn valid_token_id(jti: &str) -> bool {
+    valid_subject(jti)
 }
 
 /// Signs and checks tokens with one shared secret.
@@ -130,19 +149,40 @@ impl TokenKeys {
             scope,
             iat,
             exp: iat.saturating_add(ttl.as_secs()),
+            jti: Some(uuid::Uuid::now_v7().to_string()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Signing(e.to_string()))
     }
 
-    /// Checks a token and returns who it speaks for.
+    /// Checks a token and returns who it speaks for (revocation is the store's to check).
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
+        self.decode(token, &self.validation)
+    }
+
+    /// Who a token signed with this secret speaks for, even if it has expired: what a
+    /// revocation needs (its tenant, id and expiry). Forged tokens are still refused.
+    pub fn inspect(&self, token: &str) -> Result<Principal, AuthError> {
+        let mut validation = self.validation.clone();
+        validation.validate_exp = false;
+        self.decode(token, &validation)
+    }
+
+    fn decode(&self, token: &str, validation: &Validation) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation).map_err(
+            |e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid,
-            })?;
+            },
+        )?;
         let claims = data.claims;
+        if claims
+            .jti
+            .as_deref()
+            .is_some_and(|jti| !valid_token_id(jti))
+        {
+            return Err(AuthError::BadId);
+        }
         let tenant = TenantId::new(claims.tenant).map_err(|_| AuthError::BadTenant)?;
         if !valid_subject(&claims.sub) {
             return Err(AuthError::BadSubject);
@@ -151,6 +191,8 @@ impl TokenKeys {
             tenant,
             subject: claims.sub,
             scope: claims.scope,
+            jti: claims.jti,
+            expires_at: claims.exp,
         })
     }
 
@@ -171,6 +213,20 @@ mod tests {
 
     fn keys() -> TokenKeys {
         TokenKeys::new(b"0123456789abcdef0123456789abcdef", Duration::ZERO)
+    }
+
+    #[test]
+    fn every_minted_token_has_its_own_id() {
+        let tenant = TenantId::new("acme").unwrap();
+        let mint = || {
+            let token = keys()
+                .mint(&tenant, "phone-1", Scope::Device, Duration::from_secs(60))
+                .unwrap();
+            keys().verify(&token).unwrap().jti.unwrap()
+        };
+        let (a, b) = (mint(), mint());
+        assert_ne!(a, b);
+        assert!(valid_token_id(&a), "{a}");
     }
 
     #[test]
@@ -204,11 +260,16 @@ mod tests {
                 scope: Scope::Device,
                 iat: 1,
                 exp: 2,
+                jti: Some("old-token".into()),
             },
             &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
         )
         .unwrap();
         assert!(matches!(keys().verify(&expired), Err(AuthError::Expired)));
+        // Expired but genuine: inspectable, for a revocation; a forged one is not.
+        let seen = keys().inspect(&expired).unwrap();
+        assert_eq!((seen.jti.as_deref(), seen.expires_at), (Some("old-token"), 2));
+        assert!(matches!(keys().inspect(&forged), Err(AuthError::Invalid)));
         assert!(matches!(keys().verify("a.b.c"), Err(AuthError::Invalid)));
         assert!(matches!(
             keys().verify_header(None),

@@ -153,13 +153,17 @@ impl From<ScopeArg> for Scope {
     }
 }
 
+/// `token` mints; `token revoke` revokes.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct TokenArgs {
-    #[arg(long)]
-    pub tenant: String,
+    #[command(subcommand)]
+    pub action: Option<TokenAction>,
+    #[arg(long, required = true)]
+    pub tenant: Option<String>,
     /// Device id (device scope) or service name (service scope).
-    #[arg(long)]
-    pub subject: String,
+    #[arg(long, required = true)]
+    pub subject: Option<String>,
     #[arg(long, value_enum, default_value = "device")]
     pub scope: ScopeArg,
     /// Lifetime in seconds.
@@ -169,8 +173,31 @@ pub struct TokenArgs {
     pub serve: ServeArgs,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Revoke a token before it expires: every request with it answers 401 from then on. Reaches
+    /// the store the `serve` settings name (the same flags and KRYONIX_* variables).
+    Revoke(Box<RevokeArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The token itself (its tenant, id and expiry are read from it; it may have expired).
+    #[arg(long, conflicts_with_all = ["jti", "tenant", "expires_at"], required_unless_present = "jti")]
+    pub token: Option<String>,
+    /// Or the token's id (jti), with --tenant.
+    #[arg(long, requires = "tenant")]
+    pub jti: Option<String>,
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// The token's expiry, Unix seconds: how long the revocation is kept (default 30 days).
+    #[arg(long)]
+    pub expires_at: Option<u64>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
 impl ServeArgs {
-    /// Flags and environment over the file over the defaults.
     /// Credentials and TLS material for Redis, read from the files the settings name (and the
     /// password from `KRYONIX_REDIS_PASSWORD`). Errors name the file, never its contents.
     fn redis_access(&self, file: &FileConfig) -> Result<RedisAccess, ConfigError> {
@@ -262,6 +289,7 @@ impl ServeArgs {
         })
     }
 
+    /// Flags and environment over the file over the defaults.
     pub fn settle(&self) -> Result<ServerConfig, ConfigError> {
         let file = match &self.config {
             Some(path) => FileConfig::load(path)?,

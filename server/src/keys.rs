@@ -146,6 +146,12 @@ pub fn device_rate(tenant: &TenantId, subject: &str) -> Result<TenantKey, KeyErr
     )
 }
 
+/// A revoked token, by its id (`jti`): kept in `auth_tokens` (database 1) until the token
+/// would have expired. `auth_tokens` is internal, so no device can write or delete it.
+pub fn revoked_token(tenant: &TenantId, jti: &str) -> Result<TenantKey, KeyError> {
+    TenantKey::new(tenant, Namespace::AuthTokens, &format!("revoked:{jti}"))
+}
+
 /// A cached value; it lives in the Redis database numbered like its namespace.
 pub fn cache_entry(
     tenant: &TenantId,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use kryonix_protocol::TenantId;
 use kryonix_server::auth::TokenKeys;
-use kryonix_server::cli::{Cli, Command, ServeArgs, TokenArgs};
+use kryonix_server::cli::{Cli, Command, RevokeArgs, ServeArgs, TokenAction, TokenArgs};
 use kryonix_server::startup::{self, Finding};
 use kryonix_server::store::redis::RedisOptions;
 use kryonix_server::store::{RedisStore, Store};
@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
-        Some(Command::Token(args)) => token(args),
+        Some(Command::Token(args)) => token(args).await,
         Some(Command::Check(args)) => check(args).await,
     }
 }
@@ -76,7 +76,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn token(args: TokenArgs) -> ExitCode {
+async fn token(args: TokenArgs) -> ExitCode {
+    if let Some(TokenAction::Revoke(revoke)) = args.action {
+        return revoke_token(*revoke).await;
+    }
     let config = match args.serve.settle().and_then(|c| c.validate().map(|()| c)) {
         Ok(config) => config,
         Err(err) => {
@@ -84,7 +87,11 @@ fn token(args: TokenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let tenant = match TenantId::new(args.tenant) {
+    let (Some(tenant), Some(subject)) = (args.tenant, args.subject) else {
+        eprintln!("kryonix-server: token needs --tenant and --subject");
+        return ExitCode::from(2);
+    };
+    let tenant = match TenantId::new(tenant) {
         Ok(t) => t,
         Err(err) => {
             eprintln!("kryonix-server: invalid tenant: {err}");
@@ -94,7 +101,7 @@ fn token(args: TokenArgs) -> ExitCode {
     let keys = TokenKeys::new(config.jwt_secret.as_bytes(), config.token_leeway);
     match keys.mint(
         &tenant,
-        &args.subject,
+        &subject,
         args.scope.into(),
         Duration::from_secs(args.ttl_secs),
     ) {
@@ -173,5 +180,81 @@ async fn check(args: ServeArgs) -> ExitCode {
     } else {
         println!("serve would start");
         ExitCode::SUCCESS
+    }
+}
+
+/// `token revoke`: records the revocation in the store `serve` would use.
+async fn revoke_token(args: RevokeArgs) -> ExitCode {
+    let config = match args.serve.settle().and_then(|c| c.validate().map(|()| c)) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("kryonix-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let keys = TokenKeys::new(config.jwt_secret.as_bytes(), config.token_leeway);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (tenant, jti, until) = match (args.token, args.jti, args.tenant) {
+        (Some(token), _, _) => match keys.inspect(&token) {
+            Ok(p) => match p.jti {
+                Some(jti) => (p.tenant, jti, p.expires_at),
+                None => {
+                    eprintln!(
+                        "kryonix-server: the token has no id (jti); rotate the secret to end it"
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+            Err(err) => {
+                eprintln!("kryonix-server: cannot revoke that token: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(jti), Some(tenant)) => match TenantId::new(tenant) {
+            Ok(tenant) if kryonix_server::auth::valid_token_id(&jti) => (
+                tenant,
+                jti,
+                args.expires_at.unwrap_or(
+                    now.saturating_add(kryonix_server::api::tokens::DEFAULT_REVOCATION_SECS),
+                ),
+            ),
+            Ok(_) => {
+                eprintln!("kryonix-server: invalid jti");
+                return ExitCode::from(2);
+            }
+            Err(err) => {
+                eprintln!("kryonix-server: invalid tenant: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("kryonix-server: give --token, or --jti with --tenant");
+            return ExitCode::from(2);
+        }
+    };
+    let until = kryonix_server::api::tokens::bounded(until, now);
+    if until <= now {
+        println!("the token expired already; nothing to record");
+        return ExitCode::SUCCESS;
+    }
+    let store = match startup::open_store(&config).await {
+        Ok((store, _)) => store,
+        Err(err) => {
+            eprintln!("kryonix-server: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match store.revoke(&tenant, &jti, until).await {
+        Ok(()) => {
+            println!("revoked {jti} of tenant {tenant} until {until}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("kryonix-server: {err}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod health;
 pub mod sync;
+pub mod tokens;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -95,6 +96,7 @@ pub fn app(state: AppState) -> Router {
         .route(routes::HELLO, post(sync::hello))
         .route(routes::PULL, get(sync::pull))
         .route(routes::PUBLISH, post(sync::publish))
+        .route(routes::TOKENS_REVOKE, post(tokens::revoke))
         .route(routes::CACHE_MULTI_GET, post(cache::multi_get))
         .route(
             routes::CACHE_ENTRY,
@@ -255,6 +257,17 @@ async fn authenticate(
             _ => "invalid token".into(),
         })
     })?;
+    // Revoked tokens: one EXISTS per request. Fails closed: a revocation that cannot be read
+    // must not let a revoked token through (503, the device retries).
+    if let Some(jti) = &principal.jti {
+        match state.store.is_revoked(&principal.tenant, jti).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(AppError::Unauthorized("the token has been revoked".into()));
+            }
+            Err(err) => return Err(state.store_error(err)),
+        }
+    }
     let policy = state.config.policy(principal.tenant.as_str());
     let rates = Rates {
         tenant_per_sec: policy.rate_per_sec,

@@ -582,6 +582,45 @@ impl EmbeddedStore {
         .await
     }
 
+    /// Records a revoked token until `until` (Unix seconds), as a row of `auth_tokens` in the
+    /// cache table, like Redis's key in database 1.
+    pub async fn revoke(&self, tenant: &TenantId, jti: &str, until: u64) -> Result<(), StoreError> {
+        let key = crate::keys::revoked_token(tenant, jti)
+            .map_err(|e| StoreError::Internal(format!("server-built key refused: {e}")))?
+            .as_str()
+            .to_owned();
+        let db = Namespace::AuthTokens.id();
+        let expires_at_ms = i64::try_from(until.saturating_mul(1000)).unwrap_or(i64::MAX);
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO cache (db, key, value, encoding, expires_at_ms)
+                 VALUES (?1, ?2, x'', 0, ?3)",
+                params![db, key, expires_at_ms],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether the token `jti` of `tenant` is revoked.
+    pub async fn is_revoked(&self, tenant: &TenantId, jti: &str) -> Result<bool, StoreError> {
+        let key = crate::keys::revoked_token(tenant, jti)
+            .map_err(|e| StoreError::Internal(format!("server-built key refused: {e}")))?
+            .as_str()
+            .to_owned();
+        let db = Namespace::AuthTokens.id();
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "SELECT 1 FROM cache WHERE db = ?1 AND key = ?2 AND expires_at_ms > ?3",
+            )
+            .map_err(sql)?
+            .exists(params![db, key, now_ms()])
+            .map_err(sql)
+        })
+        .await
+    }
+
     pub async fn rate_limit(
         &self,
         tenant: &TenantId,

@@ -321,6 +321,22 @@ impl Store {
         }
     }
 
+    /// Records that a token is revoked until `until` (Unix seconds, its expiry).
+    pub async fn revoke(&self, tenant: &TenantId, jti: &str, until: u64) -> Result<(), StoreError> {
+        match self {
+            Self::Redis(s) => s.revoke(tenant, jti, until).await,
+            Self::Embedded(s) => s.revoke(tenant, jti, until).await,
+        }
+    }
+
+    /// Whether a token is revoked.
+    pub async fn is_revoked(&self, tenant: &TenantId, jti: &str) -> Result<bool, StoreError> {
+        match self {
+            Self::Redis(s) => s.is_revoked(tenant, jti).await,
+            Self::Embedded(s) => s.is_revoked(tenant, jti).await,
+        }
+    }
+
     pub async fn rate_limit(
         &self,
         tenant: &TenantId,

@@ -187,7 +187,12 @@ async fn internal_namespaces_are_refused_on_every_route() {
     let device = server.token("acme", "phone-1");
     let service = server.service_token("acme");
     let before = server.redis().key_counts().await;
-    for ns in ["mobile_sync", "rate_limiting", "distributed_locks"] {
+    for ns in [
+        "auth_tokens",
+        "mobile_sync",
+        "rate_limiting",
+        "distributed_locks",
+    ] {
         let pushed = server
             .push(&device, vec![item(&new_id(), 1, 1, ns, "k", b"x")])
             .await;

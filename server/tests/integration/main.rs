@@ -16,5 +16,6 @@ mod isolation;
 mod malformed;
 mod properties;
 mod push;
+mod revocation;
 mod startup;
 mod tls;

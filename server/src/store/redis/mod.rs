@@ -472,6 +472,45 @@ impl RedisStore {
             .map_err(|e| self.fail(map(e)))
     }
 
+    /// Records that the token `jti` of `tenant` is revoked, until `until` (Unix seconds, the
+    /// token's expiry; a revocation outlives nothing it could refuse).
+    pub async fn revoke(&self, tenant: &TenantId, jti: &str, until: u64) -> Result<(), StoreError> {
+        let key = keys::revoked_token(tenant, jti).map_err(key_err)?;
+        let mut con = self.links().cache(Namespace::AuthTokens)?;
+        redis::cmd("SET")
+            .arg(key.as_str())
+            .arg(1)
+            .arg("EXAT")
+            .arg(until.max(1))
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(|e| self.fail(map(e)))
+    }
+
+    /// Whether the token `jti` of `tenant` is revoked: one `EXISTS`. Asked again once when the
+    /// connection had dropped (a Redis restart, a failover, an idle timeout): the connection
+    /// manager has reconnected by then, and every request depends on this answer.
+    pub async fn is_revoked(&self, tenant: &TenantId, jti: &str) -> Result<bool, StoreError> {
+        let key = keys::revoked_token(tenant, jti).map_err(key_err)?;
+        let mut last = None;
+        for _ in 0..2 {
+            let mut con = self.links().cache(Namespace::AuthTokens)?;
+            match redis::cmd("EXISTS")
+                .arg(key.as_str())
+                .query_async::<bool>(&mut con)
+                .await
+            {
+                Ok(revoked) => return Ok(revoked),
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => last = Some(e),
+                Err(e) => return Err(self.fail(map(e))),
+            }
+        }
+        Err(match last {
+            Some(e) => self.fail(map(e)),
+            None => StoreError::Internal("no answer".into()),
+        })
+    }
+
     pub async fn rate_limit(
         &self,
         tenant: &TenantId,
