@@ -343,6 +343,27 @@ impl TestServer {
         serde_json::from_slice(&body).map_err(|e| HarnessError::Http(e.to_string()))
     }
 
+    /// Revokes `token` as the tenant's backend would (`POST /v1/tokens/revoke`, service token).
+    pub async fn revoke(&self, tenant: &str, token: &str) -> Result<()> {
+        let response = self
+            .http
+            .post(format!("{}/v1/tokens/revoke", self.url()))
+            .bearer_auth(self.service_token(tenant)?)
+            .json(&kryonix_protocol::wire::RevokeRequest {
+                token: Some(token.to_owned()),
+                ..Default::default()
+            })
+            .send()
+            .await
+            .map_err(|e| HarnessError::Http(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(HarnessError::Http(format!("revoke answered {status}: {body}")));
+        }
+        Ok(())
+    }
+
     /// Where the embedded store lives (meaningful for [`StoreChoice::Embedded`]).
     pub fn embedded_path(&self) -> PathBuf {
         self.config.embedded_path.clone()

@@ -199,6 +199,12 @@ impl<T: Transport> Driver<T> {
     /// as the next events).
     async fn turn(&mut self, event: Event, state: &mut LoopState) {
         let now = self.clock.now_ms();
+        // A failed request is answered to the waiting callers in this turn, once the engine has
+        // taken it in: the status they read next already says why (unauthorized, offline, …).
+        let failure = match &event {
+            Event::RequestFailed { kind, error } => Some((kind.clone(), error.clone())),
+            _ => None,
+        };
         let step = match step(&mut self.engine, &self.outbox, now, event) {
             Ok(step) => step,
             Err(error) => {
@@ -214,27 +220,29 @@ impl<T: Transport> Driver<T> {
                 observer.on_dead_letter(rejection.id, &rejection.code, &rejection.reason);
             }
         }
-        for action in step.actions {
+        let (statuses, actions): (Vec<Action>, Vec<Action>) = step
+            .actions
+            .into_iter()
+            .partition(|a| matches!(a, Action::Status(_)));
+        for status in statuses {
+            if let Action::Status(status) = status {
+                self.publish_status(status);
+            }
+        }
+        if let Some((kind, error)) = failure {
+            self.fail_waiters(kind, error, state);
+        }
+        for action in actions {
             match action {
                 Action::Push { tier, limit } => {
                     let event = self.push(tier, limit, state).await;
-                    self.fail_waiters(&event, state);
                     state.queue.push_back(event);
                 }
-                Action::Hello => {
-                    let event = self.hello().await;
-                    self.fail_waiters(&event, state);
-                    state.queue.push_back(event);
-                }
-                Action::Pull { limit } => {
-                    let event = self.pull(limit).await;
-                    self.fail_waiters(&event, state);
-                    state.queue.push_back(event);
-                }
+                Action::Hello => state.queue.push_back(self.hello().await),
+                Action::Pull { limit } => state.queue.push_back(self.pull(limit).await),
                 Action::SleepUntil(at) => state.sleep_until = at,
-                Action::Status(status) => self.publish_status(status),
-                // `step` applied every outbox write already.
-                Action::Outbox(_) => {}
+                // Published above; `step` applied every outbox write already.
+                Action::Status(_) | Action::Outbox(_) => {}
             }
         }
     }
@@ -437,10 +445,7 @@ impl<T: Transport> Driver<T> {
 
     /// A request failed: callers whose call has sent nothing yet are answered now with the
     /// cause, instead of after the in-call retries (the engine keeps retrying on its schedule).
-    fn fail_waiters(&self, event: &Event, state: &mut LoopState) {
-        let Event::RequestFailed { kind, error } = event else {
-            return;
-        };
+    fn fail_waiters(&self, kind: FailureKind, error: String, state: &mut LoopState) {
         let sent = self.sent();
         let (failed, rest): (Vec<Waiter>, Vec<Waiter>) =
             state.waiters.drain(..).partition(|w| sent <= w.sent_before);

@@ -17,6 +17,7 @@ mod s13_hostile_answers;
 mod s14_slow_token;
 mod s15_upgrade_gate;
 mod s16_watch;
+mod s17_revoked_token;
 mod s1_offline_drain;
 mod s2_server_killed;
 mod s3_device_killed;
