@@ -93,6 +93,11 @@ struct Args {
     /// separate the push transaction's cost from the HTTP layer's. Its keys stay in Redis.
     #[arg(long)]
     store_ceiling: bool,
+    /// Each round, push twice: with tokens that carry an id (the server checks its revocation,
+    /// one EXISTS per request) and with tokens minted without one (nothing to check), and print
+    /// the ratio — the cost of the revocation check on push throughput.
+    #[arg(long)]
+    compare_revocation_check: bool,
     /// Keep-alive connections to open and hold (0 skips the phase).
     #[arg(long, default_value_t = 0)]
     idle_connections: usize,
@@ -164,7 +169,35 @@ struct PushTotals {
     not_stored_items: u64,
 }
 
-async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result<f64, String> {
+/// A device token without an id (`jti`), as another issuer might mint: the server has no
+/// revocation to look up for it.
+fn token_without_id(secret: &str, tenant: &TenantId, device: &str) -> Result<String, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = kryonix_server::auth::Claims {
+        tenant: tenant.as_str().to_owned(),
+        sub: device.to_owned(),
+        scope: Scope::Device,
+        iat: now,
+        exp: now + 3600,
+        jti: None,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| e.to_string())
+}
+
+async fn push_phase(
+    args: &Args,
+    keys_: &TokenKeys,
+    tenant: &TenantId,
+    with_ids: bool,
+) -> Result<f64, String> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.devices)
         .build()
@@ -174,14 +207,18 @@ async fn push_phase(args: &Args, keys_: &TokenKeys, tenant: &TenantId) -> Result
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.devices);
     for device in 0..args.devices {
-        let token = keys_
-            .mint(
+        let name = format!("loadgen-{device}");
+        let token = if with_ids {
+            keys_
+                .mint(tenant, &name, Scope::Device, Duration::from_secs(3600))
+                .map_err(|e| e.to_string())?
+        } else {
+            token_without_id(
+                args.jwt_secret.as_deref().unwrap_or_default(),
                 tenant,
-                &format!("loadgen-{device}"),
-                Scope::Device,
-                Duration::from_secs(3600),
-            )
-            .map_err(|e| e.to_string())?;
+                &name,
+            )?
+        };
         let client = client.clone();
         let url = url.clone();
         // One request per device, reused: each batch only takes fresh item ids and the next
@@ -712,13 +749,37 @@ async fn run(args: Args) -> Result<(), String> {
     // the medians of the per-round ratios are the figures to compare.
     let mut push_ratios = Vec::new();
     let mut store_ratios = Vec::new();
+    let mut check_ratios = Vec::new();
     for round in 1..=args.rounds {
         if args.rounds > 1 {
             println!("-- round {round}/{}", args.rounds);
         }
         let mut push_rate = None;
         if args.devices > 0 {
-            push_rate = Some(push_phase(&args, &keys_, &tenant).await?);
+            if args.compare_revocation_check {
+                // Alternate which goes first, so neither always runs on the fuller Redis.
+                let unchecked_first = round % 2 == 0;
+                let mut unchecked = None;
+                if unchecked_first {
+                    println!("(tokens without an id: no revocation lookup)");
+                    unchecked = Some(push_phase(&args, &keys_, &tenant, false).await?);
+                }
+                let checked = push_phase(&args, &keys_, &tenant, true).await?;
+                if !unchecked_first {
+                    println!("(tokens without an id: no revocation lookup)");
+                    unchecked = Some(push_phase(&args, &keys_, &tenant, false).await?);
+                }
+                if let Some(unchecked) = unchecked {
+                    println!(
+                        "ratio: push with / without the revocation check = {:.3}",
+                        checked / unchecked
+                    );
+                    check_ratios.push(checked / unchecked);
+                }
+                push_rate = Some(checked);
+            } else {
+                push_rate = Some(push_phase(&args, &keys_, &tenant, true).await?);
+            }
         }
         if let Some(target) = Target::from_args(&args) {
             let raw = raw_phase(&args, &target).await?;
@@ -740,6 +801,12 @@ async fn run(args: Args) -> Result<(), String> {
     if args.rounds > 1 {
         if let Some(m) = median(&mut push_ratios) {
             println!("median over {} rounds: push / raw = {m:.2}", args.rounds);
+        }
+        if let Some(m) = median(&mut check_ratios) {
+            println!(
+                "median over {} rounds: push with / without the revocation check = {m:.3}",
+                args.rounds
+            );
         }
         if let Some(m) = median(&mut store_ratios) {
             println!(

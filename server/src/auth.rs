@@ -268,7 +268,10 @@ mod tests {
         assert!(matches!(keys().verify(&expired), Err(AuthError::Expired)));
         // Expired but genuine: inspectable, for a revocation; a forged one is not.
         let seen = keys().inspect(&expired).unwrap();
-        assert_eq!((seen.jti.as_deref(), seen.expires_at), (Some("old-token"), 2));
+        assert_eq!(
+            (seen.jti.as_deref(), seen.expires_at),
+            (Some("old-token"), 2)
+        );
         assert!(matches!(keys().inspect(&forged), Err(AuthError::Invalid)));
         assert!(matches!(keys().verify("a.b.c"), Err(AuthError::Invalid)));
         assert!(matches!(

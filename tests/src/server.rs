@@ -359,7 +359,9 @@ impl TestServer {
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            return Err(HarnessError::Http(format!("revoke answered {status}: {body}")));
+            return Err(HarnessError::Http(format!(
+                "revoke answered {status}: {body}"
+            )));
         }
         Ok(())
     }

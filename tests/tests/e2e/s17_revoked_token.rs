@@ -36,7 +36,12 @@ async fn a_revoked_token_stops_uploads_until_the_user_signs_in_again() {
     wait_for(
         Duration::from_secs(10),
         "the observer to hear the device is unauthorized",
-        || async { observer.last_status().is_some_and(|s| s.unauthorized).then_some(()) },
+        || async {
+            observer
+                .last_status()
+                .is_some_and(|s| s.unauthorized)
+                .then_some(())
+        },
     )
     .await
     .unwrap();
