@@ -60,6 +60,10 @@ echo "== saturation: $DEVICES devices pushing back to back, the raw XADD ceiling
 "${LOADGEN[@]}" --redis-url "redis://127.0.0.1:$REDIS_PORT" --store-ceiling --rounds "$ROUNDS" \
   --devices "$DEVICES" --batch 100 --payload-bytes 512 --duration-secs "$DURATION"
 
+echo "== the revocation check: the same push with tokens that carry an id (one EXISTS per request) and without"
+"${LOADGEN[@]}" --redis-url "redis://127.0.0.1:$REDIS_PORT" --compare-revocation-check --rounds "$ROUNDS" \
+  --devices "$DEVICES" --batch 100 --payload-bytes 512 --duration-secs "$DURATION"
+
 for pace in $PACE; do
   echo "== paced: $DEVICES devices, $pace batches/s each, spread over the period"
   "${LOADGEN[@]}" --devices "$DEVICES" --batch 100 --payload-bytes 512 \
