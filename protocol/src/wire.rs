@@ -199,7 +199,6 @@ pub struct Change {
 /// `POST /v1/tokens/revoke` body (service token): the token itself, or its id and expiry. A
 /// service revokes only its own tenant's tokens.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// The token to revoke (signed by this server's secret; it may have expired).
     #[serde(default, skip_serializing_if = "Option::is_none")]
