@@ -172,7 +172,13 @@ struct PushTotals {
 /// Empties the push phase's streams, when the generator knows where Redis is.
 async fn clear_pushed(args: &Args) {
     if let (Some(target), Ok(tier)) = (Target::from_args(args), Tier::try_from(args.tier)) {
-        clear_streams(&target, target.partitions(args), &[args.tenant.as_str()], tier).await;
+        clear_streams(
+            &target,
+            target.partitions(args),
+            &[args.tenant.as_str()],
+            tier,
+        )
+        .await;
     }
 }
 
