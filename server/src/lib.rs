@@ -12,6 +12,7 @@
 //! - [`api`]: `app(state) -> Router`, the layers (metrics, timeout, gzip, auth, rate limits) and
 //!   the handlers.
 //! - [`auth`]: HS256 JWTs; the tenant always comes from the token.
+//! - [`revocations`]: the tokens lately confirmed unrevoked, which ride through a failover.
 //! - [`store`]: the Redis store and the embedded SQLite store behind one enum.
 //! - [`keys`]: every Redis key name.
 //! - [`backpressure`]: tier-aware refusal as the sync store fills up.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod metrics;
+pub mod revocations;
 pub mod server;
 pub mod startup;
 pub mod store;

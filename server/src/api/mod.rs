@@ -50,6 +50,8 @@ pub struct Inner {
     pub backpressure: Backpressure,
     /// Start-up findings that `/readyz` repeats (AOF off, evicting store allowed, embedded).
     pub warnings: Vec<String>,
+    /// Tokens lately confirmed unrevoked (see [`crate::revocations`]).
+    pub confirmed: crate::revocations::Confirmed,
 }
 
 impl Deref for AppState {
@@ -71,6 +73,7 @@ impl AppState {
             metrics,
             backpressure,
             warnings,
+            confirmed: crate::revocations::Confirmed::default(),
         }))
     }
 
@@ -257,13 +260,20 @@ async fn authenticate(
             _ => "invalid token".into(),
         })
     })?;
-    // Revoked tokens: one EXISTS per request. Fails closed: a revocation that cannot be read
-    // must not let a revoked token through (503, the device retries).
+    // Revoked tokens: one EXISTS per request. When it cannot be answered, only a token confirmed
+    // unrevoked lately goes on (a device riding through a failover); any other gets 503.
     if let Some(jti) = &principal.jti {
+        let key = format!("{}:{jti}", principal.tenant);
+        let now = Instant::now();
         match state.store.is_revoked(&principal.tenant, jti).await {
-            Ok(false) => {}
+            Ok(false) => state.confirmed.confirm(key, now),
             Ok(true) => {
+                state.confirmed.forget(&key);
                 return Err(AppError::Unauthorized("the token has been revoked".into()));
+            }
+            Err(err) if err.is_retryable() && state.confirmed.recently(&key, now) => {
+                state.metrics.store_error("revocation_unread");
+                tracing::warn!(%err, "revocation lookup failed; the token was confirmed lately");
             }
             Err(err) => return Err(state.store_error(err)),
         }

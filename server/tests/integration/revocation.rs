@@ -205,3 +205,40 @@ async fn token_revoke_on_the_command_line() {
         .unwrap();
     assert_eq!(forged.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn while_revocations_cannot_be_read_only_a_lately_confirmed_token_goes_on() {
+    // Revocations live on the cache Redis (DB 1); pushes on a sync Redis of their own.
+    let mut cache = Some(RedisServer::start(RedisOptions::default()));
+    let sync = RedisServer::start(RedisOptions::default());
+    let server = TestServer::configured(|c| {
+        c.redis_url = cache.as_ref().map(RedisServer::url);
+        c.sync_redis_url = Some(sync.url());
+    })
+    .await;
+    let active = server.token("acme", "phone-1");
+    let pushed = server
+        .push(
+            &active,
+            vec![item(&new_id(), 1, 1, "user_cache", "k", b"v")],
+        )
+        .await;
+    assert_eq!(pushed.status, StatusCode::OK);
+    let newcomer = server.token("acme", "phone-2");
+
+    drop(cache.take()); // the cache Redis goes away
+    let pushed = server
+        .push(
+            &active,
+            vec![item(&new_id(), 2, 1, "user_cache", "k", b"v")],
+        )
+        .await;
+    assert_eq!(pushed.status, StatusCode::OK, "{}", pushed.value());
+    let refused = server
+        .push(
+            &newcomer,
+            vec![item(&new_id(), 1, 1, "user_cache", "k", b"v")],
+        )
+        .await;
+    refused.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+}

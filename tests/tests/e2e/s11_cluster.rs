@@ -176,6 +176,16 @@ async fn a_primary_killed_mid_push_loses_and_duplicates_nothing() {
         found.expect("a tenant whose down streams live on a survivor")
     };
     let puller = server.device_token(&pull_tenant, "puller").unwrap();
+    // The puller syncs before the kill, as a device does: its token is confirmed unrevoked, so
+    // it rides through the failover even if its revocation record is on the victim.
+    let before = http
+        .get(format!("{}/v1/sync/pull?limit=10", server.url()))
+        .bearer_auth(&puller)
+        .header("kryonix-protocol", "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(before.status(), 200);
     let probe_device = device_on(&cluster, "probes", partitions, victim).await;
     let probe = started_probe(&server, "probes", &probe_device, Duration::from_millis(100)).await;
 
