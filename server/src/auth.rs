@@ -95,12 +95,15 @@ pub fn valid_token_id(jti: &str) -> bool {
     valid_subject(jti)
 }
 
-/// Signs and checks tokens with one shared secret.
+/// Signs and checks tokens with one shared secret — and, during a rotation, also accepts tokens
+/// signed with the previous one until a given time.
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// The secret being rotated out, and until when (Unix seconds; `None`: until removed).
+    previous: Option<(DecodingKey, Option<u64>)>,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -128,7 +131,16 @@ impl TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            previous: None,
         }
+    }
+
+    /// Also accepts tokens signed with `secret` (the one being rotated out) until `until` (Unix
+    /// seconds), so that tokens minted before the rotation keep working while they live. New
+    /// tokens are always signed with the current secret.
+    pub fn with_previous(mut self, secret: &[u8], until: Option<u64>) -> Self {
+        self.previous = Some((DecodingKey::from_secret(secret), until));
+        self
     }
 
     /// Makes a token valid for `ttl` from now.
@@ -169,12 +181,19 @@ impl TokenKeys {
     }
 
     fn decode(&self, token: &str, validation: &Validation) -> Result<Principal, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid,
-            },
-        )?;
+        use jsonwebtoken::errors::ErrorKind;
+        let mut decoded = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation);
+        // Another signature may be the previous secret's, while the rotation window is open.
+        if let (Err(e), Some((previous, until))) = (&decoded, &self.previous)
+            && matches!(e.kind(), ErrorKind::InvalidSignature)
+            && until.is_none_or(|until| now_secs() < until)
+        {
+            decoded = jsonwebtoken::decode::<Claims>(token, previous, validation);
+        }
+        let data = decoded.map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid,
+        })?;
         let claims = data.claims;
         if claims
             .jti
@@ -227,6 +246,34 @@ mod tests {
         let (a, b) = (mint(), mint());
         assert_ne!(a, b);
         assert!(valid_token_id(&a), "{a}");
+    }
+
+    #[test]
+    fn during_a_rotation_the_previous_secret_is_accepted_until_its_time() {
+        let tenant = TenantId::new("acme").unwrap();
+        let old = keys();
+        let new_secret = b"the-new-secret-the-new-secret-xyz";
+        let before = old
+            .mint(&tenant, "phone-1", Scope::Device, Duration::from_secs(60))
+            .unwrap();
+        let rotating = TokenKeys::new(new_secret, Duration::ZERO)
+            .with_previous(b"0123456789abcdef0123456789abcdef", Some(now_secs() + 3600));
+        assert_eq!(rotating.verify(&before).unwrap().subject, "phone-1");
+        // New tokens carry the new secret: the old keys refuse them.
+        let after = rotating
+            .mint(&tenant, "phone-1", Scope::Device, Duration::from_secs(60))
+            .unwrap();
+        assert!(rotating.verify(&after).is_ok());
+        assert!(matches!(old.verify(&after), Err(AuthError::Invalid)));
+        // Once the window has closed, the old secret's tokens are refused.
+        let closed = TokenKeys::new(new_secret, Duration::ZERO)
+            .with_previous(b"0123456789abcdef0123456789abcdef", Some(now_secs() - 1));
+        assert!(matches!(closed.verify(&before), Err(AuthError::Invalid)));
+        // A third secret is never accepted.
+        let other = TokenKeys::new(b"another-secret-another-secret-xx", Duration::ZERO)
+            .mint(&tenant, "d", Scope::Device, Duration::from_secs(60))
+            .unwrap();
+        assert!(matches!(rotating.verify(&other), Err(AuthError::Invalid)));
     }
 
     #[test]

@@ -103,6 +103,14 @@ pub struct ServeArgs {
     /// HS256 signing secret, at least 32 bytes.
     #[arg(long, env = "KRYONIX_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// During a secret rotation: the secret being replaced. Tokens it signed keep working until
+    /// --jwt-previous-secret-until; new tokens are signed with KRYONIX_JWT_SECRET.
+    #[arg(long, env = "KRYONIX_JWT_PREVIOUS_SECRET", hide_env_values = true)]
+    pub jwt_previous_secret: Option<String>,
+    /// When the previous secret stops being accepted, Unix seconds (the longest lifetime of the
+    /// tokens it signed, from the rotation on).
+    #[arg(long, env = "KRYONIX_JWT_PREVIOUS_SECRET_UNTIL")]
+    pub jwt_previous_secret_until: Option<u64>,
     /// Most items in one push batch.
     #[arg(long, env = "KRYONIX_MAX_PUSH_ITEMS")]
     pub max_push_items: Option<usize>,
@@ -303,6 +311,8 @@ impl ServeArgs {
             .unwrap_or_default();
         let mut c = ServerConfig::new(secret);
         c.redis_access = access;
+        c.jwt_previous_secret = self.jwt_previous_secret.clone();
+        c.jwt_previous_until = self.jwt_previous_secret_until;
         c.listen = self.listen.or(file.listen).unwrap_or(c.listen);
         c.redis_url = self.redis_url.clone().or(file.redis_url);
         c.sync_redis_url = self.sync_redis_url.clone().or(file.sync_redis_url);

@@ -126,6 +126,10 @@ pub struct ServerConfig {
     pub wait_timeout: Duration,
     /// HS256 secret shared with whatever mints tokens.
     pub jwt_secret: String,
+    /// The secret being rotated out: tokens it signed are accepted until `jwt_previous_until`
+    /// (Unix seconds; unset: until the setting is removed).
+    pub jwt_previous_secret: Option<String>,
+    pub jwt_previous_until: Option<u64>,
     /// Clock skew tolerated on `exp`.
     pub token_leeway: Duration,
     pub max_push_items: usize,
@@ -173,6 +177,8 @@ impl ServerConfig {
             min_replicas_acked: 0,
             wait_timeout: Duration::from_millis(500),
             jwt_secret: jwt_secret.into(),
+            jwt_previous_secret: None,
+            jwt_previous_until: None,
             token_leeway: Duration::from_secs(30),
             max_push_items: MAX_PUSH_ITEMS,
             max_body_bytes: 8 * 1024 * 1024,
@@ -221,12 +227,33 @@ impl ServerConfig {
         self.tenants.get(tenant).unwrap_or(&self.default_policy)
     }
 
+    /// The token keys these settings describe (with the previous secret while it rotates out).
+    pub fn token_keys(&self) -> crate::auth::TokenKeys {
+        let keys = crate::auth::TokenKeys::new(self.jwt_secret.as_bytes(), self.token_leeway);
+        match &self.jwt_previous_secret {
+            Some(previous) => keys.with_previous(previous.as_bytes(), self.jwt_previous_until),
+            None => keys,
+        }
+    }
+
     /// Checks the settled values; called once before serving.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.jwt_secret.len() < MIN_SECRET_LEN {
             return Err(ConfigError::Invalid(format!(
                 "the JWT secret must be at least {MIN_SECRET_LEN} bytes (set KRYONIX_JWT_SECRET)"
             )));
+        }
+        if let Some(previous) = &self.jwt_previous_secret {
+            if previous.len() < MIN_SECRET_LEN {
+                return Err(ConfigError::Invalid(format!(
+                    "the previous JWT secret must be at least {MIN_SECRET_LEN} bytes too"
+                )));
+            }
+            if previous == &self.jwt_secret {
+                return Err(ConfigError::Invalid(
+                    "the previous JWT secret is the current one: nothing is being rotated".into(),
+                ));
+            }
         }
         if self.max_push_items == 0 {
             return Err(ConfigError::Invalid(

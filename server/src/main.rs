@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use kryonix_protocol::TenantId;
-use kryonix_server::auth::TokenKeys;
 use kryonix_server::cli::{Cli, Command, RevokeArgs, ServeArgs, TokenAction, TokenArgs};
 use kryonix_server::startup::{self, Finding};
 use kryonix_server::store::redis::RedisOptions;
@@ -98,7 +97,7 @@ async fn token(args: TokenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let keys = TokenKeys::new(config.jwt_secret.as_bytes(), config.token_leeway);
+    let keys = config.token_keys();
     match keys.mint(
         &tenant,
         &subject,
@@ -192,7 +191,7 @@ async fn revoke_token(args: RevokeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let keys = TokenKeys::new(config.jwt_secret.as_bytes(), config.token_leeway);
+    let keys = config.token_keys();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -217,7 +217,7 @@ impl TestServer {
         config
             .validate()
             .map_err(|e| HarnessError::Server(e.to_string()))?;
-        let tokens = TokenKeys::new(config.jwt_secret.as_bytes(), config.token_leeway);
+        let tokens = config.token_keys();
         let (addr, running) = launch(config.clone()).await?;
         config.listen = addr;
         let http = reqwest::Client::builder()
@@ -275,7 +275,7 @@ impl TestServer {
             .sync_redis_url
             .clone_from(&self.config.sync_redis_url);
         config.embedded_path.clone_from(&self.config.embedded_path);
-        self.tokens = TokenKeys::new(config.jwt_secret.as_bytes(), config.token_leeway);
+        self.tokens = config.token_keys();
         self.config = config.clone();
         // The old listener is closed once its thread ended; a retry covers a slow close.
         let mut last = None;

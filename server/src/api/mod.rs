@@ -63,7 +63,7 @@ impl Deref for AppState {
 
 impl AppState {
     pub fn new(config: ServerConfig, store: Store, warnings: Vec<String>) -> Self {
-        let tokens = TokenKeys::new(config.jwt_secret.as_bytes(), config.token_leeway);
+        let tokens = config.token_keys();
         let metrics = Metrics::new(config.tenants.keys().cloned());
         let backpressure = Backpressure::new(config.backpressure.clone());
         Self(Arc::new(Inner {

@@ -242,3 +242,48 @@ async fn while_revocations_cannot_be_read_only_a_lately_confirmed_token_goes_on(
         .await;
     refused.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
 }
+
+#[tokio::test]
+async fn a_secret_rotation_accepts_the_old_secret_until_its_window_closes() {
+    let old_keys =
+        kryonix_server::auth::TokenKeys::new(SECRET.as_bytes(), std::time::Duration::ZERO);
+    let tenant = kryonix_protocol::TenantId::new("acme").unwrap();
+    let minted_before = old_keys
+        .mint(
+            &tenant,
+            "phone-1",
+            kryonix_server::auth::Scope::Device,
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (until, accepted) in [(now + 600, true), (now - 1, false)] {
+        let server = TestServer::start(Backend::Embedded, |c| {
+            c.jwt_secret = "the-rotated-in-secret-0123456789abcdef".into();
+            c.jwt_previous_secret = Some(SECRET.into());
+            c.jwt_previous_until = Some(until);
+        })
+        .await;
+        let reply = server
+            .call(Method::GET, "/v1/sync/pull", Some(&minted_before), None)
+            .await;
+        if accepted {
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.value());
+        } else {
+            reply.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+        // Tokens minted now carry the new secret, which the old keys do not accept.
+        let fresh = server.token("acme", "phone-2");
+        assert!(old_keys.verify(&fresh).is_err());
+        assert_eq!(
+            server
+                .call(Method::GET, "/v1/sync/pull", Some(&fresh), None)
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+}
