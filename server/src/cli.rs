@@ -46,6 +46,14 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "KRYONIX_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Serve HTTPS with this certificate chain (PEM), reloaded in place on SIGHUP or when the
+    /// file changes; with --tls-key. Without them the server speaks plain HTTP (behind a
+    /// TLS-terminating load balancer).
+    #[arg(long, env = "KRYONIX_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "KRYONIX_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Redis for the cache namespaces (DB = namespace id), and for mobile_sync unless
     /// --sync-redis-url is set. With neither, the embedded development store is used.
     #[arg(long, env = "KRYONIX_REDIS_URL")]
@@ -311,6 +319,18 @@ impl ServeArgs {
             .unwrap_or_default();
         let mut c = ServerConfig::new(secret);
         c.redis_access = access;
+        c.tls = match (
+            self.tls_cert.clone().or_else(|| file.tls_cert.clone()),
+            self.tls_key.clone().or_else(|| file.tls_key.clone()),
+        ) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "--tls-cert and --tls-key go together".into(),
+                ));
+            }
+        };
         c.jwt_previous_secret = self.jwt_previous_secret.clone();
         c.jwt_previous_until = self.jwt_previous_secret_until;
         c.listen = self.listen.or(file.listen).unwrap_or(c.listen);

@@ -111,6 +111,10 @@ pub struct ServerConfig {
     /// primary is `sentinel_master`, and `redis_url` (if given) supplies its credentials.
     pub sentinels: Vec<String>,
     pub sentinel_master: Option<String>,
+    /// Serve HTTPS with this certificate and key (PEM) instead of plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// How often the certificate files are checked for a change to reload.
+    pub tls_reload_every: Duration,
     /// Credentials and TLS material for every Redis connection (`RedisAccess`: the password
     /// never prints).
     pub redis_access: crate::store::redis::RedisAccess,
@@ -171,6 +175,8 @@ impl ServerConfig {
             sentinels: Vec::new(),
             sentinel_master: None,
             redis_access: crate::store::redis::RedisAccess::default(),
+            tls: None,
+            tls_reload_every: Duration::from_secs(5),
             up_partitions: None,
             embedded_path: PathBuf::from("kryonix-dev.sqlite3"),
             allow_evicting_sync_store: false,
@@ -323,6 +329,8 @@ pub struct FileConfig {
     pub redis_cluster: Option<Vec<String>>,
     pub sentinels: Option<Vec<String>>,
     pub sentinel_master: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub redis_username: Option<String>,
     pub redis_password_file: Option<PathBuf>,
     pub redis_ca_file: Option<PathBuf>,

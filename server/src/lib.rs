@@ -9,6 +9,7 @@
 //! # Layout
 //!
 //! - [`server`]: `run(listener, state, shutdown)` and the shutdown signal.
+//! - [`tls`]: HTTPS on the server itself, certificates reloaded in place.
 //! - [`api`]: `app(state) -> Router`, the layers (metrics, timeout, gzip, auth, rate limits) and
 //!   the handlers.
 //! - [`auth`]: HS256 JWTs; the tenant always comes from the token.
@@ -35,6 +36,7 @@ pub mod revocations;
 pub mod server;
 pub mod startup;
 pub mod store;
+pub mod tls;
 
 pub use api::{AppState, app};
 pub use config::ServerConfig;

@@ -69,7 +69,13 @@ pub struct Metrics {
     backpressured: Family<TierLabel, Counter>,
     push_conflicts: Counter,
     hellos: Family<ProducerLabel, Counter>,
+    tls_reloads: Family<OutcomeLabel, Counter>,
     known_tenants: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 impl Metrics {
@@ -106,6 +112,12 @@ impl Metrics {
             "push_duration_seconds",
             "Time to answer a push, store round trips included",
             push_seconds.clone(),
+        );
+        let tls_reloads = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Reloads of the HTTPS certificate, by outcome (ok, failed: the previous one stays)",
+            tls_reloads.clone(),
         );
         let store_errors = Family::<KindLabel, Counter>::default();
         registry.register(
@@ -145,6 +157,7 @@ impl Metrics {
             tenant_items,
             push_seconds,
             store_errors,
+            tls_reloads,
             rate_limited,
             backpressured,
             push_conflicts,
@@ -203,6 +216,13 @@ impl Metrics {
 
     pub fn store_error(&self, kind: &'static str) {
         self.store_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn tls_reloaded(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.tls_reloads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     pub fn rate_limited(&self, scope: &'static str) {

@@ -7,10 +7,15 @@
 //! idle keep-alive connections. The request timeout layer bounds how long that can take.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::api::{AppState, app};
+use crate::tls;
+
+/// How long a graceful shutdown over HTTPS waits for open connections to finish.
+const HTTPS_DRAIN: Duration = Duration::from_secs(30);
 
 /// Serves the API on `listener` until `shutdown` resolves and in-flight requests are done.
 pub async fn run(
@@ -18,12 +23,43 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, store = state.store.kind(), "kryonix-server listening");
+    let https = state.config.tls.clone();
+    let listening = |scheme: &str| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, scheme, store = state.store.kind(), "kryonix-server listening");
+        }
+    };
+    match https {
+        None => {
+            listening("http");
+            axum::serve(listener, app(state))
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        Some(files) => {
+            let config = tls::load(&files).await?;
+            listening("https");
+            let counted = state.clone();
+            let reloader = tls::keep_reloading(
+                config.clone(),
+                files,
+                state.config.tls_reload_every,
+                move |ok| counted.metrics.tls_reloaded(ok),
+            );
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stopper.graceful_shutdown(Some(HTTPS_DRAIN));
+            });
+            let served = axum_server::from_tcp_rustls(listener.into_std()?, config)
+                .handle(handle)
+                .serve(app(state).into_make_service())
+                .await;
+            reloader.abort();
+            served?;
+        }
     }
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
     tracing::info!("kryonix-server stopped");
     Ok(())
 }

@@ -226,3 +226,98 @@ fn check_cluster(seeds: &str, pki: &Pki) -> Output {
         .output()
         .unwrap()
 }
+
+/// A client that trusts only the CA in `ca_file`.
+fn https_client(ca_file: &std::path::Path) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_file).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap()
+}
+
+/// Replaces `to`'s contents with `from`'s at once (write aside, rename), as deploy tools do.
+fn replace(from: &std::path::Path, to: &std::path::Path) {
+    let aside = to.with_extension("new");
+    std::fs::copy(from, &aside).unwrap();
+    std::fs::rename(&aside, to).unwrap();
+}
+
+#[tokio::test]
+async fn https_reloads_its_certificate_in_place_without_dropping_connections() {
+    let first = Pki::new();
+    let second = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    replace(&first.files("server").cert, &cert);
+    replace(&first.files("server").key, &key);
+    let server = TestServer::start(crate::support::Backend::Embedded, |c| {
+        c.tls = Some(kryonix_server::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+        c.tls_reload_every = std::time::Duration::from_millis(50);
+    })
+    .await;
+    let (addr, stop, task) = server.serve_tcp().await;
+    let url = format!("https://127.0.0.1:{}/healthz", addr.port());
+
+    let old_ca = https_client(&first.ca_file());
+    assert_eq!(old_ca.get(&url).send().await.unwrap().status(), 200);
+    assert!(
+        https_client(&second.ca_file())
+            .get(&url)
+            .send()
+            .await
+            .is_err()
+    );
+    // Plain HTTP on the HTTPS port gets no answer.
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{}/healthz", addr.port()))
+            .await
+            .is_err()
+    );
+
+    // The certificate is renewed (here: by another CA, so the change is visible).
+    replace(&second.files("server").cert, &cert);
+    replace(&second.files("server").key, &key);
+    crate::support::poll_until("the new certificate", || async {
+        https_client(&second.ca_file())
+            .get(&url)
+            .send()
+            .await
+            .is_ok()
+            .then_some(())
+    })
+    .await;
+    // The connection opened before the reload still serves; a new one gets the new certificate.
+    assert_eq!(old_ca.get(&url).send().await.unwrap().status(), 200);
+    assert!(
+        https_client(&first.ca_file())
+            .get(&url)
+            .send()
+            .await
+            .is_err()
+    );
+
+    // A broken renewal (a key that does not match) leaves the working certificate in place.
+    replace(&first.files("server").key, &key);
+    crate::support::poll_until("the failed reload to be counted", || async {
+        let metrics = server.call(Method::GET, "/metrics", None, None).await;
+        String::from_utf8_lossy(&metrics.bytes)
+            .contains("kryonix_tls_reloads_total{outcome=\"failed\"} 1")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        https_client(&second.ca_file())
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -7,19 +7,12 @@
 //! no log line, error, `/readyz` or `check` output (the integration test searches them all).
 
 use std::fmt;
-use std::sync::Once;
 
 use redis::cluster::ClusterClientBuilder;
 use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError};
 
-/// Installs the process's rustls crypto provider (aws-lc-rs) once, before the first TLS client:
-/// rustls cannot pick one by itself when the build enables more than one.
 fn tls_ready() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        // Err only when another provider was installed first, which serves as well.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    });
+    crate::tls::install_crypto_provider();
 }
 
 /// A string that never prints.

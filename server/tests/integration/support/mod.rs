@@ -357,6 +357,25 @@ impl TestServer {
     }
 }
 
+/// Polls `probe` every 20 ms until it returns `Some`, or fails the test after 15 s.
+pub async fn poll_until<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The item id in an up-stream entry's fields.
 fn item_id(fields: &[Vec<u8>]) -> String {
     let pos = fields.iter().position(|f| f == b"item").unwrap();
