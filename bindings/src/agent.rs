@@ -67,6 +67,15 @@ fn core_config(config: AgentConfig) -> Result<kryonix_core::AgentConfig> {
         core.app_version = Some(version.parse::<AppVersion>().map_err(invalid)?);
     }
     core.encryption_key = config.encryption_key.map(encryption::key).transpose()?;
+    core.server_trust = kryonix_core::sync::trust::ServerTrust {
+        ca_pem: config.server_ca_pem,
+        pins: config
+            .server_pins
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?,
+    };
     Ok(core)
 }
 

@@ -37,6 +37,11 @@ pub enum KryonixError {
         token_tenant: String,
         reason: String,
     },
+    /// The server's certificate was refused: not from a trusted CA (the platform's, or
+    /// `AgentConfig.serverCaPem`), expired, for another host, or matching no `serverPins`.
+    /// Nothing was sent and every item is kept; the agent tries again at the tier's next slot.
+    #[error("untrusted server: {reason}")]
+    Untrusted { reason: String },
     /// The call can never succeed as made: a bad key, tenant, id or TTL, a value too large.
     #[error("invalid input: {reason}")]
     InvalidInput { reason: String },
@@ -101,6 +106,7 @@ impl From<Error> for KryonixError {
                     reason: e.message,
                 },
                 FailureKind::TooLarge => Self::InvalidInput { reason: e.message },
+                FailureKind::Untrusted => Self::Untrusted { reason: e.message },
                 FailureKind::Retryable { .. } => Self::Offline { reason: e.message },
                 FailureKind::UpgradeRequired(u) => Self::UpgradeRequired {
                     min_protocol: u.min_protocol.and_then(|p| i32::try_from(p).ok()),
@@ -341,6 +347,8 @@ mod tests {
             max_db_bytes: None,
             app_version: None,
             encryption_key: Some(vec![0xAB; 32]),
+            server_ca_pem: None,
+            server_pins: vec![],
         };
         let shown = format!("{config:?}");
         assert!(shown.contains("<redacted>"), "{shown}");

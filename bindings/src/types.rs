@@ -303,6 +303,14 @@ pub struct AgentConfig {
     /// length fails with `InvalidInput`; a key that does not open the file with `WrongKey`.
     #[uniffi(default = None)]
     pub encryption_key: Option<Vec<u8>>,
+    /// PEM CA certificates: trust only these for the server (a private PKI), not the
+    /// platform's roots.
+    #[uniffi(default = None)]
+    pub server_ca_pem: Option<Vec<u8>>,
+    /// Pinned public keys, `sha256/<base64 of the SPKI's SHA-256>` (OkHttp's and HPKP's form):
+    /// the server's chain must also contain one of these keys. Pin your CA's key and a backup.
+    #[uniffi(default = [])]
+    pub server_pins: Vec<String>,
 }
 
 /// By hand, so that no byte of the key reaches a log through `{:?}`.
@@ -323,6 +331,11 @@ impl std::fmt::Debug for AgentConfig {
                 "encryption_key",
                 &self.encryption_key.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "server_ca_pem",
+                &self.server_ca_pem.as_ref().map(|_| "<pem>"),
+            )
+            .field("server_pins", &self.server_pins)
             .finish()
     }
 }

@@ -130,6 +130,8 @@ mod tests {
                 max_db_bytes: None,
                 app_version: None,
                 encryption_key: None,
+                server_ca_pem: None,
+                server_pins: vec![],
             },
             Arc::new(NoToken),
             None,

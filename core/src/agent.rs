@@ -21,8 +21,9 @@ use crate::error::{Error, Result};
 use crate::outbox::{DeadLetter, ItemId, NewItem, Outbox, OutboxConfig, TierSet};
 use crate::store::{Durability, EncryptionKey, FileLock, Store, StoreOptions};
 use crate::sync::driver::{Command, Driver, SyncObserver, SyncReport};
-use crate::sync::engine::{EngineConfig, Event, SyncEngine, SyncStatus};
+use crate::sync::engine::{EngineConfig, Event, FailureKind, SyncEngine, SyncStatus};
 use crate::sync::transport::{HttpTransport, TokenProvider, Transport};
+use crate::sync::trust::ServerTrust;
 use crate::watch::Watch;
 
 /// Everything an agent needs to start.
@@ -52,6 +53,9 @@ pub struct AgentConfig {
     /// The database key (from the Android Keystore or iOS Keychain), or `None` for a plaintext
     /// file. See [`StoreOptions::key`].
     pub encryption_key: Option<EncryptionKey>,
+    /// Which servers to trust: the platform's roots by default, or an app CA, and pinned keys
+    /// ([`crate::sync::trust`]). A server that fails it is `Untrusted`; nothing is sent.
+    pub server_trust: ServerTrust,
 }
 
 impl AgentConfig {
@@ -72,6 +76,7 @@ impl AgentConfig {
             max_db_bytes: None,
             app_version: None,
             encryption_key: None,
+            server_trust: ServerTrust::default(),
         }
     }
 }
@@ -105,9 +110,17 @@ impl Agent<HttpTransport> {
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self> {
         check_server_url(&config.server_url)?;
-        let transport = HttpTransport::new(&config.server_url, tokens, config.request_timeout)
-            .map_err(|e| Error::Setup(e.message))?
-            .with_app_version(config.app_version.clone());
+        let transport = HttpTransport::with_trust(
+            &config.server_url,
+            tokens,
+            config.request_timeout,
+            &config.server_trust,
+        )
+        .map_err(|e| match e.kind {
+            FailureKind::Untrusted => Error::InvalidConfig(format!("server trust: {}", e.message)),
+            _ => Error::Setup(e.message),
+        })?
+        .with_app_version(config.app_version.clone());
         Self::with_transport(config, transport, Arc::new(SystemClock), observer, runtime)
     }
 }

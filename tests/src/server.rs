@@ -238,9 +238,14 @@ impl TestServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:{port}`.
+    /// `http://127.0.0.1:{port}`, or `https://…` when the server has a certificate.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn config(&self) -> &ServerConfig {

@@ -111,6 +111,10 @@ pub enum FailureKind {
     /// The server no longer serves this protocol or app version (`426`): nothing is sent until
     /// the app is updated (a new agent, opened by the updated app). Items wait.
     UpgradeRequired(UpgradeRequired),
+    /// The server's certificate was refused: not signed by a trusted CA (the platform's, or the
+    /// app's own), expired, for another name, or matching no pinned key. Nothing was sent; items
+    /// wait and the engine tries again later (the server may be fixed, or it may be an attack).
+    Untrusted,
     /// The token belongs to another tenant than the agent was opened for: its uploads would go
     /// to the token's tenant while the local cache keys them under the configured one. Nothing
     /// is sent until the app opens the agent with matching tenant and token.
@@ -818,8 +822,10 @@ impl SyncEngine {
             InFlight::Hello(tier) => {
                 // Nothing is in flight in the outbox: the tier that wanted to push waits as if
                 // its push had failed (an app's request still cuts the wait short).
-                let at = if matches!(kind, FailureKind::Unauthorized) {
-                    self.status.unauthorized = true;
+                let at = if matches!(kind, FailureKind::Unauthorized | FailureKind::Untrusted) {
+                    if matches!(kind, FailureKind::Unauthorized) {
+                        self.status.unauthorized = true;
+                    }
                     self.wake = None;
                     self.slot_after(now, tier)
                 } else {
@@ -842,6 +848,16 @@ impl SyncEngine {
             }
             FailureKind::Unauthorized => {
                 self.status.unauthorized = true;
+                self.wake = None;
+                Write::Reschedule {
+                    tier,
+                    at: self.slot_after(now, tier),
+                    error,
+                }
+            }
+            // A refused certificate does not mend within seconds (nor should an attacker get
+            // a retry burst): the tier waits for its next slot, and the wake-up ends.
+            FailureKind::Untrusted => {
                 self.wake = None;
                 Write::Reschedule {
                     tier,

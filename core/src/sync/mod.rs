@@ -14,6 +14,7 @@ pub mod driver;
 pub mod engine;
 pub mod retry;
 pub mod transport;
+pub mod trust;
 
 pub use driver::{PULL_CURSOR_KEY, Step, SyncObserver, SyncReport, step};
 pub use engine::{

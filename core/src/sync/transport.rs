@@ -136,15 +136,36 @@ impl HttpTransport {
         tokens: Arc<dyn TokenProvider>,
         timeout: Duration,
     ) -> Result<Self, TransportError> {
-        let client = reqwest::Client::builder()
+        Self::with_trust(
+            base_url,
+            tokens,
+            timeout,
+            &super::trust::ServerTrust::default(),
+        )
+    }
+
+    /// Like [`Self::new`], trusting the server as `trust` says (an app CA, pinned keys).
+    pub fn with_trust(
+        base_url: &str,
+        tokens: Arc<dyn TokenProvider>,
+        timeout: Duration,
+        trust: &super::trust::ServerTrust,
+    ) -> Result<Self, TransportError> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| TransportError {
-                kind: FailureKind::Retryable { retry_after: None },
-                message: format!("cannot build the HTTP client: {e}"),
+            .pool_idle_timeout(Duration::from_secs(90));
+        if !trust.is_default() {
+            let config = trust.client_config().map_err(|e| TransportError {
+                kind: FailureKind::Untrusted,
+                message: e.to_string(),
             })?;
+            builder = builder.tls_backend_preconfigured(config);
+        }
+        let client = builder.build().map_err(|e| TransportError {
+            kind: FailureKind::Retryable { retry_after: None },
+            message: format!("cannot build the HTTP client: {e}"),
+        })?;
         Ok(Self {
             client,
             base: base_url.trim_end_matches('/').to_owned(),
@@ -223,10 +244,20 @@ impl HttpTransport {
                 }
                 request = request.body(bytes.clone());
             }
-            let response =
-                request.headers(headers).send().await.map_err(|e| {
+            let response = request.headers(headers).send().await.map_err(|e| {
+                if super::trust::is_untrusted(&e) {
+                    TransportError {
+                        kind: FailureKind::Untrusted,
+                        message: format!(
+                            "{method} {path}: the server's certificate was refused: {}",
+                            super::trust::tls_error(&e)
+                                .map_or_else(|| e.to_string(), ToString::to_string)
+                        ),
+                    }
+                } else {
                     TransportError::retryable(format!("{} {path}: {e}", method), None)
-                })?;
+                }
+            })?;
             let status = response.status();
             let retry_after = retry_after(response.headers());
             let gzipped = response

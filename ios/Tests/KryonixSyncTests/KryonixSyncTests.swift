@@ -314,6 +314,16 @@ final class KryonixSyncTests: XCTestCase {
             { _ = try await agent.enqueue(namespace: .userCache, key: "", op: .put, payload: Data(), tier: .critical) },
             { try await agent.put(namespace: .userCache, key: "k", value: Data([1]), ttl: .zero) },
             { _ = try await self.open(self.config(tenant: "bad:tenant")) },
+            {
+                var pinned = self.config()
+                pinned.serverPins = ["sha256/not-a-hash"]
+                _ = try await self.open(pinned)
+            },
+            {
+                var privateCa = self.config()
+                privateCa.serverCaPem = Data("nope".utf8)
+                _ = try await self.open(privateCa)
+            },
         ] as [() async throws -> Void] {
             let error = await kryonixError { try await call() }
             guard case .invalidInput = error else { return XCTFail("\(String(describing: error))") }

@@ -18,6 +18,7 @@ mod s14_slow_token;
 mod s15_upgrade_gate;
 mod s16_watch;
 mod s17_revoked_token;
+mod s18_server_trust;
 mod s1_offline_drain;
 mod s2_server_killed;
 mod s3_device_killed;

@@ -370,6 +370,7 @@ fn describe_failure(kind: &FailureKind) -> String {
         } => format!("retryable, Retry-After {} s", after.as_secs()),
         FailureKind::Unauthorized => "unauthorized".into(),
         FailureKind::TooLarge => "too large".into(),
+        FailureKind::Untrusted => "untrusted certificate".into(),
         FailureKind::TenantMismatch { token_tenant } => {
             format!("the token is tenant {token_tenant:?}'s")
         }

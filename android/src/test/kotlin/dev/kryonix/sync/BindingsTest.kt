@@ -255,6 +255,13 @@ fun main() {
             "${TokenException.Unavailable("identity provider unreachable").message}"
         }
         expectThrows<KryonixException.InvalidInput> { open(config(tenant = "bad:tenant")) }
+        // Server trust: a pin that is not sha256/<base64 of 32 bytes>, a CA that is not PEM.
+        val pin = expectThrows<KryonixException.InvalidInput> {
+            open(config().copy(serverPins = listOf("sha256/not-a-hash")))
+        }
+        expect(pin.reason.contains("pin")) { pin.reason }
+        expectThrows<KryonixException.InvalidInput> { open(config().copy(serverCaPem = "nope".encodeToByteArray())) }
+        open(config().copy(serverPins = listOf("sha256/" + java.util.Base64.getEncoder().encodeToString(ByteArray(32))))).shutdown()
         for (url in listOf("not a url", "ftp://sync.example.com", "sync.example.com")) {
             val bad = expectThrows<KryonixException.InvalidInput> { open(config(url = url)) }
             expect(bad.reason.contains("server_url")) { bad.reason }
