@@ -35,6 +35,44 @@ pub enum Command {
     Token(TokenArgs),
     /// Inspect the Redis setup and print findings; exits 1 when `serve` would refuse to start.
     Check(ServeArgs),
+    /// Redis ACL users: a tenant's backend workers, or the server's own least-privilege user.
+    Acl(Box<AclArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct AclArgs {
+    #[command(subcommand)]
+    pub action: AclAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclAction {
+    /// Print the ACL SETUSER lines (passwords as SHA-256 hashes), touching nothing.
+    Plan(AclTarget),
+    /// Run them on every node of the deployment the `serve` settings name (as its admin user).
+    Apply(AclTarget),
+    /// Verify on every node with ACL DRYRUN that the user may do what it must and nothing else;
+    /// exits 1 on any difference.
+    Check(AclTarget),
+}
+
+#[derive(Debug, Args)]
+pub struct AclTarget {
+    /// The tenant whose worker user (tenant_<tenant>_worker) this is about.
+    #[arg(
+        long,
+        conflicts_with = "server_user",
+        required_unless_present = "server_user"
+    )]
+    pub tenant: Option<String>,
+    /// Or the name of the server's own user (give the server the same name and password).
+    #[arg(long)]
+    pub server_user: Option<String>,
+    /// File whose first line is the user's password (plan and apply).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Settings shared by `serve` and `check`.

@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use kryonix_protocol::TenantId;
-use kryonix_server::cli::{Cli, Command, RevokeArgs, ServeArgs, TokenAction, TokenArgs};
+use kryonix_server::cli::{
+    AclAction, AclArgs, AclTarget, Cli, Command, RevokeArgs, ServeArgs, TokenAction, TokenArgs,
+};
 use kryonix_server::startup::{self, Finding};
 use kryonix_server::store::redis::RedisOptions;
+use kryonix_server::store::redis::acl;
 use kryonix_server::store::{RedisStore, Store};
 use kryonix_server::{AppState, run, shutdown_signal};
 use tracing_subscriber::EnvFilter;
@@ -39,6 +42,7 @@ async fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Token(args)) => token(args).await,
         Some(Command::Check(args)) => check(args).await,
+        Some(Command::Acl(args)) => acl(*args).await,
     }
 }
 
@@ -253,6 +257,107 @@ async fn revoke_token(args: RevokeArgs) -> ExitCode {
         }
         Err(err) => {
             eprintln!("kryonix-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `acl plan|apply|check`.
+async fn acl(args: AclArgs) -> ExitCode {
+    let (action, target): (&str, AclTarget) = match args.action {
+        AclAction::Plan(t) => ("plan", t),
+        AclAction::Apply(t) => ("apply", t),
+        AclAction::Check(t) => ("check", t),
+    };
+    let fail = |message: String| {
+        eprintln!("kryonix-server: {message}");
+        ExitCode::from(2)
+    };
+    let tenant = match target.tenant.as_deref().map(TenantId::new).transpose() {
+        Ok(tenant) => tenant,
+        Err(err) => return fail(format!("invalid tenant: {err}")),
+    };
+    let name = match (&tenant, &target.server_user) {
+        (Some(t), _) => format!("tenant_{}_worker", t.as_str()),
+        (None, Some(user)) => user.clone(),
+        (None, None) => return fail("give --tenant or --server-user".into()),
+    };
+    let user = |password: &str| match &tenant {
+        Some(t) => acl::worker_user(t, password),
+        None => acl::server_user(&name, password),
+    };
+    let password = match (action, &target.password_file) {
+        ("check", _) => None,
+        (_, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) if !text.lines().next().unwrap_or_default().is_empty() => {
+                Some(text.lines().next().unwrap_or_default().to_owned())
+            }
+            Ok(_) => return fail(format!("the password file {} is empty", path.display())),
+            Err(err) => return fail(format!("cannot read {}: {err}", path.display())),
+        },
+        (_, None) => return fail(format!("acl {action} needs --password-file")),
+    };
+    if action == "plan" {
+        println!(
+            "{}",
+            user(password.as_deref().unwrap_or_default()).setuser_line()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let config = match target.serve.settle() {
+        Ok(config) => config,
+        Err(err) => return fail(err.to_string()),
+    };
+    let Some(topology) = config.topology() else {
+        return fail(
+            "acl needs a Redis deployment (--redis-url, --redis-cluster or --sentinel)".into(),
+        );
+    };
+    let nodes = match acl::nodes(&topology, &config.redis_access).await {
+        Ok(nodes) => nodes,
+        Err(err) => {
+            println!("FAIL  cannot list the nodes: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if action == "apply" {
+        let users = [user(password.as_deref().unwrap_or_default())];
+        return match acl::apply(&config.redis_access, &nodes, &users).await {
+            Ok(done) => {
+                println!(
+                    "applied {name} on {} node(s): {}",
+                    done.len(),
+                    done.join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                println!("FAIL  {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let expectations = match &tenant {
+        Some(t) => acl::worker_expectations(t),
+        None => acl::server_expectations(),
+    };
+    match acl::check(&config.redis_access, &nodes, &name, &expectations).await {
+        Ok(failures) if failures.is_empty() => {
+            println!(
+                "ok    {name} on {} node(s): {} checks each",
+                nodes.len(),
+                expectations.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(failures) => {
+            for failure in failures {
+                println!("FAIL  {failure}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            println!("FAIL  {err}");
             ExitCode::FAILURE
         }
     }

@@ -9,6 +9,7 @@
 
 mod support;
 
+mod acl;
 mod backpressure;
 mod contract;
 mod http;

@@ -19,6 +19,7 @@
 //! parsing) and `errors` (Redis errors as [`StoreError`]s).
 
 pub mod access;
+pub mod acl;
 mod cluster;
 mod conn;
 mod entries;
