@@ -4,8 +4,12 @@
 #
 #   deploy/sentinel/local-sentinel.sh start --dir /tmp/ks --primary-port 6380 --replica-port 6381 \
 #       --sentinel-ports "26379 26380 26381" [--master-name mobile-sync] [--down-after 5000] \
-#       [--failover-timeout 60000] [--maxmemory 256mb]
+#       [--failover-timeout 60000] [--maxmemory 256mb] [--tls-dir DIR] [--requirepass PW]
 #   deploy/sentinel/local-sentinel.sh stop --dir /tmp/ks
+#
+# With --tls-dir (holding ca.pem, server.pem and server.key) every process, Sentinels included,
+# speaks TLS only, replication too; with --requirepass both Redis nodes require that password
+# (the replica and the Sentinels authenticate with it; the Sentinels themselves need none).
 #
 # The Redis nodes run deploy/redis-mobile-sync.conf (the replica adds the directives of
 # redis-mobile-sync-replica.conf) and the Sentinels run sentinel.conf, with only the addresses,
@@ -37,14 +41,28 @@ wait_until() {
   done
 }
 
-pings() { [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]; }
+# redis-cli as clients must speak: TLS when the processes need it, the password for data nodes.
+sentinel_cli() {
+  local args=()
+  if [ -n "$tls_dir" ]; then args+=(--tls --cacert "$tls_dir/ca.pem"); fi
+  redis-cli "${args[@]}" "$@"
+}
+cli() {
+  if [ -n "$requirepass" ]; then
+    sentinel_cli --no-auth-warning -a "$requirepass" "$@"
+  else
+    sentinel_cli "$@"
+  fi
+}
 
-replica_synced() { redis-cli -p "$1" info replication 2>/dev/null | grep -q '^master_link_status:up'; }
+pings() { [ "$(cli -p "$1" ping 2>/dev/null)" = PONG ]; }
+
+replica_synced() { cli -p "$1" info replication 2>/dev/null | grep -q '^master_link_status:up'; }
 
 # A Sentinel can take part in a failover once it knows the replica and both other Sentinels.
 sentinel_ready() {
-  redis-cli -p "$1" sentinel ckquorum "$master_name" 2>/dev/null | grep -q '^OK 3 usable' &&
-    redis-cli -p "$1" sentinel replicas "$master_name" 2>/dev/null | grep -qx "$replica_port"
+  sentinel_cli -p "$1" sentinel ckquorum "$master_name" 2>/dev/null | grep -q '^OK 3 usable' &&
+    sentinel_cli -p "$1" sentinel replicas "$master_name" 2>/dev/null | grep -qx "$replica_port"
 }
 
 # A pid from a pid file, if that process still runs.
@@ -79,16 +97,28 @@ stop_all() {
 # The settings every process gets on top of its template: where it listens and keeps its files.
 local_settings() {
   local port=$1 node_dir=$2
+  local client_port="port $port"
+  if [ -n "$tls_dir" ]; then client_port="port 0"; fi
   cat <<EOF
 
 # Local run (local-sentinel.sh):
-port $port
+$client_port
 bind 127.0.0.1
 dir "$node_dir"
 daemonize yes
 pidfile "$node_dir/redis.pid"
 logfile "$node_dir/redis.log"
 EOF
+  if [ -n "$tls_dir" ]; then
+    cat <<EOF
+tls-port $port
+tls-cert-file "$tls_dir/server.pem"
+tls-key-file "$tls_dir/server.key"
+tls-ca-cert-file "$tls_dir/ca.pem"
+tls-auth-clients no
+tls-replication yes
+EOF
+  fi
 }
 
 write_redis_config() {
@@ -99,6 +129,9 @@ write_redis_config() {
     sed -E '/^(port|bind|dir) /d' "$here/../redis-mobile-sync.conf"
     local_settings "$port" "$node_dir"
     if [ -n "$maxmemory" ]; then echo "maxmemory $maxmemory"; fi
+    if [ -n "$requirepass" ]; then
+      printf 'requirepass "%s"\nmasterauth "%s"\n' "$requirepass" "$requirepass"
+    fi
     if [ "$port" = "$replica_port" ]; then
       sed -E '/^(include|replicaof) /d' "$here/redis-mobile-sync-replica.conf"
       echo "replicaof 127.0.0.1 $primary_port"
@@ -118,6 +151,9 @@ write_sentinel_config() {
       -e "s/^(sentinel failover-timeout [^ ]+) .*/\\1 $failover_timeout/" \
       "$here/sentinel.conf"
     local_settings "$port" "$node_dir"
+    if [ -n "$requirepass" ]; then
+      printf 'sentinel auth-pass %s "%s"\n' "$master_name" "$requirepass"
+    fi
   } >"$node_dir/sentinel.conf"
 }
 
@@ -158,7 +194,7 @@ start_all() {
 command=$1
 shift
 dir="" primary_port="" replica_port="" sentinel_ports="" master_name=mobile-sync
-down_after=5000 failover_timeout=60000 maxmemory=""
+down_after=5000 failover_timeout=60000 maxmemory="" tls_dir="" requirepass=""
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || usage
   case $1 in
@@ -170,6 +206,8 @@ while [ $# -gt 0 ]; do
     --down-after) down_after=$2 ;;
     --failover-timeout) failover_timeout=$2 ;;
     --maxmemory) maxmemory=$2 ;;
+    --tls-dir) tls_dir=$(cd "$2" && pwd) ;;
+    --requirepass) requirepass=$2 ;;
     *) usage ;;
   esac
   shift 2

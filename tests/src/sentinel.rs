@@ -30,6 +30,10 @@ pub struct SentinelOptions {
     pub master_name: String,
     /// `maxmemory` of both Redis nodes (e.g. `"64mb"`); `None` keeps the deploy config's.
     pub maxmemory: Option<String>,
+    /// TLS only, with the certificates in this directory (ca.pem, server.pem, server.key).
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// A password both Redis nodes require.
+    pub password: Option<String>,
 }
 
 impl Default for SentinelOptions {
@@ -39,6 +43,8 @@ impl Default for SentinelOptions {
             failover_timeout_ms: 5000,
             master_name: "mobile-sync".into(),
             maxmemory: None,
+            tls_dir: None,
+            password: None,
         }
     }
 }
@@ -51,6 +57,7 @@ pub struct RedisSentinels {
     /// The two Redis nodes, as started: primary first (roles change with failovers).
     redis_ports: [u16; 2],
     sentinel_ports: [u16; 3],
+    tls: bool,
     /// The primary killed by `kill_primary`, and when.
     killed: Option<(u16, Instant)>,
 }
@@ -84,6 +91,12 @@ impl RedisSentinels {
             if let Some(max) = &options.maxmemory {
                 args.extend(["--maxmemory".to_owned(), max.clone()]);
             }
+            if let Some(tls) = &options.tls_dir {
+                args.extend(["--tls-dir".to_owned(), tls.display().to_string()]);
+            }
+            if let Some(password) = &options.password {
+                args.extend(["--requirepass".to_owned(), password.clone()]);
+            }
             match daemons::run_script(SCRIPT, &args, Duration::from_secs(120)).await {
                 Ok(_) => {
                     return Ok(Self {
@@ -91,6 +104,7 @@ impl RedisSentinels {
                         master_name: options.master_name,
                         redis_ports,
                         sentinel_ports,
+                        tls: options.tls_dir.is_some(),
                         killed: None,
                     });
                 }
@@ -102,11 +116,13 @@ impl RedisSentinels {
             .unwrap_or_else(|| HarnessError::Topology("could not start the Sentinel group".into())))
     }
 
-    /// `redis://127.0.0.1:<port>` of each Sentinel (for `kryonix-server --sentinel`).
+    /// `redis://127.0.0.1:<port>` (`rediss://` with TLS) of each Sentinel (for
+    /// `kryonix-server --sentinel`).
     pub fn sentinel_urls(&self) -> Vec<String> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         self.sentinel_ports
             .iter()
-            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .map(|port| format!("{scheme}://127.0.0.1:{port}"))
             .collect()
     }
 

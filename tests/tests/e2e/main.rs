@@ -19,6 +19,7 @@ mod s15_upgrade_gate;
 mod s16_watch;
 mod s17_revoked_token;
 mod s18_server_trust;
+mod s19_sentinel_tls;
 mod s1_offline_drain;
 mod s2_server_killed;
 mod s3_device_killed;
