@@ -81,17 +81,14 @@ impl TestServer {
         configure: impl FnOnce(&mut ServerConfig),
     ) -> Self {
         let redis = RedisServer::start(options);
-        let mut config = test_config();
-        config.redis_url = Some(redis.url());
-        configure(&mut config);
-        config.validate().unwrap();
-        let (store, warnings) = startup::open_store(&config).await.unwrap();
-        Self {
-            state: AppState::new(config, store, warnings),
-            redis: Some(redis),
-            cluster: None,
-            _dir: None,
-        }
+        let url = redis.url();
+        let mut server = Self::configured(|c| {
+            c.redis_url = Some(url);
+            configure(c);
+        })
+        .await;
+        server.redis = Some(redis);
+        server
     }
 
     /// Over whatever store `configure` names (a Redis the test runs itself).
@@ -110,17 +107,14 @@ impl TestServer {
 
     pub async fn embedded(configure: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config();
-        config.embedded_path = dir.path().join("dev.sqlite3");
-        configure(&mut config);
-        config.validate().unwrap();
-        let (store, warnings) = startup::open_store(&config).await.unwrap();
-        Self {
-            state: AppState::new(config, store, warnings),
-            redis: None,
-            cluster: None,
-            _dir: Some(dir),
-        }
+        let path = dir.path().join("dev.sqlite3");
+        let mut server = Self::configured(|c| {
+            c.embedded_path = path;
+            configure(c);
+        })
+        .await;
+        server._dir = Some(dir);
+        server
     }
 
     pub fn redis(&self) -> &RedisServer {
