@@ -19,7 +19,7 @@ use kryonix_protocol::{KeyError, Namespace, TenantId, TenantKey, Tier};
 use serde::Deserialize;
 
 use super::{AppState, Caller, JsonBody};
-use crate::auth::{Scope, valid_subject};
+use crate::auth::{Principal, Scope, valid_subject};
 use crate::backpressure::Admission;
 use crate::config::TenantPolicy;
 use crate::error::AppError;
@@ -226,6 +226,18 @@ fn validate_batch(
         }
     }
     Ok(batch)
+}
+
+/// The push validation alone — scope, producer, batch size, every item — without a store: what
+/// the fuzz targets (`fuzz/`) drive with arbitrary bodies. The number of valid items, or the
+/// whole-request error.
+#[doc(hidden)]
+pub fn validate_push_body(
+    state: &AppState,
+    principal: Principal,
+    request: PushRequest,
+) -> Result<usize, AppError> {
+    validate_batch(state, &Caller(principal), request).map(|batch| batch.valid.len())
 }
 
 /// Back-pressure is decided by the least important tier in the batch: a batch is stored whole or
