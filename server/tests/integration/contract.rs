@@ -29,6 +29,15 @@ macro_rules! contract {
                 }
             )*
         }
+        // Every behaviour again with the server as its least-privilege ACL user.
+        mod least_privilege_store {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::Backend::RedisLeastPrivilege).await;
+                }
+            )*
+        }
         // Every behaviour of the single-instance store, on a Redis Cluster of three primaries.
         mod cluster_store {
             $(

@@ -33,6 +33,8 @@ pub enum Backend {
     Embedded,
     /// A Redis Cluster of three primaries (no replicas: the contract is about the store).
     Cluster,
+    /// Redis, the server connecting as its least-privilege ACL user (`acl::server_user`).
+    RedisLeastPrivilege,
 }
 
 /// A server state over its own store.
@@ -58,6 +60,7 @@ impl TestServer {
             Backend::Redis => Self::with_redis(RedisOptions::default(), configure).await,
             Backend::Embedded => Self::embedded(configure).await,
             Backend::Cluster => Self::with_cluster(configure).await,
+            Backend::RedisLeastPrivilege => Self::least_privilege(configure).await,
         }
     }
 
@@ -84,6 +87,32 @@ impl TestServer {
         let url = redis.url();
         let mut server = Self::configured(|c| {
             c.redis_url = Some(url);
+            configure(c);
+        })
+        .await;
+        server.redis = Some(redis);
+        server
+    }
+
+    /// Over a Redis where the server connects as its least-privilege ACL user, applied with the
+    /// same code as `kryonix-server acl apply --server-user`.
+    pub async fn least_privilege(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        use kryonix_server::store::redis::{RedisAccess, Secret, acl};
+        const PASSWORD: &str = "least-privilege-password";
+        let redis = RedisServer::start(RedisOptions::default());
+        let node = acl::node(&redis.url()).unwrap();
+        acl::apply(
+            &RedisAccess::default(),
+            &[node],
+            &[acl::server_user("kryonix", PASSWORD)],
+        )
+        .await
+        .unwrap();
+        let url = redis.url();
+        let mut server = Self::configured(|c| {
+            c.redis_url = Some(url);
+            c.redis_access.username = Some("kryonix".into());
+            c.redis_access.password = Some(Secret::new(PASSWORD));
             configure(c);
         })
         .await;
