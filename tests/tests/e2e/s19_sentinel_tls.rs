@@ -71,3 +71,36 @@ async fn the_server_follows_sentinels_over_tls_with_a_password() {
     assert_eq!(report.remaining, 0);
     agent.close().await.unwrap();
 }
+
+/// ACLs are per node: on a Sentinel deployment `acl apply` reaches the primary the Sentinels
+/// name and its replica, and `acl check` finds the worker user right on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_users_reach_the_primary_and_its_replica() {
+    use kryonix_server::store::redis::{Topology, acl};
+
+    let sentinels = RedisSentinels::start(SentinelOptions::default())
+        .await
+        .unwrap();
+    let topology = Topology::Sentinel {
+        sentinels: sentinels.sentinel_urls(),
+        master: sentinels.master_name().to_owned(),
+        node_url: None,
+    };
+    let access = RedisAccess::default();
+    let nodes = acl::nodes(&topology, &access).await.unwrap();
+    assert_eq!(nodes.len(), 2, "the primary and its replica: {nodes:?}");
+    let tenant = kryonix_protocol::TenantId::new("acme").unwrap();
+    let done = acl::apply(&access, &nodes, &[acl::worker_user(&tenant, "pw")])
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 2);
+    let failures = acl::check(
+        &access,
+        &nodes,
+        "tenant_acme_worker",
+        &acl::worker_expectations(&tenant),
+    )
+    .await
+    .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+}
