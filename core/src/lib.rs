@@ -12,6 +12,8 @@
 //!   encryption at rest with SQLCipher (feature `encryption`) and the one-agent-per-file lock.
 //! - [`cache`]: per-tenant, per-namespace values — TTLs (explicit or adaptive), compression
 //!   above 1 KiB, budgets enforced with each namespace's eviction policy, stats.
+//! - [`policy`]: eviction policies in memory, free of SQLite — the table's five, ARC, and the
+//!   adaptive W-TinyLFU — as the cache and the `kryonix-cachesim` simulator use them.
 //! - [`outbox`]: the durable upload queue — four priority tiers, batches of 100, backoff, dead
 //!   letters; nothing accepted is ever dropped.
 //! - [`sync`]: the sans-I/O sync engine — tier cadences, network gating, ride-along wake-ups,
@@ -27,6 +29,7 @@ pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod outbox;
+pub mod policy;
 pub mod store;
 pub mod sync;
 pub mod watch;

@@ -1,0 +1,76 @@
+//! The cache simulator behind `kryonix-cachesim`: reads public access traces, replays them
+//! through the device's eviction policies (`kryonix_core::policy`, the code the cache runs) and
+//! computes Belady's optimum as the ceiling.
+//!
+//! Traces are sequences of keys; every access is a read, and a miss is followed by an insert
+//! (the policy may decline it). Entries weigh 1 unless a size model is given, which draws each
+//! key's size once from a seeded log-normal distribution of JSON value sizes.
+
+pub mod belady;
+pub mod sizes;
+pub mod trace;
+
+use kryonix_core::policy::{Entry, Policy};
+
+pub use sizes::Sizes;
+pub use trace::{Trace, TraceError};
+
+/// What one replay counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Outcome {
+    /// Accesses replayed.
+    pub accesses: u64,
+    /// Accesses that hit.
+    pub hits: u64,
+    /// Bytes requested (accesses when entries weigh 1).
+    pub bytes: u64,
+    /// Bytes served from the cache.
+    pub hit_bytes: u64,
+}
+
+impl Outcome {
+    /// Hits per access.
+    pub fn hit_ratio(&self) -> f64 {
+        ratio(self.hits, self.accesses)
+    }
+
+    /// Bytes served from the cache per byte requested.
+    pub fn byte_hit_ratio(&self) -> f64 {
+        ratio(self.hit_bytes, self.bytes)
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// Replays `keys` through `policy`, each key weighing its size in `sizes` (or 1).
+pub fn replay(policy: &mut dyn Policy<u64>, keys: &[u64], sizes: Option<&Sizes>) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut evicted = Vec::new();
+    for &key in keys {
+        let weight = sizes.map_or(1, |sizes| sizes.of(key));
+        let entry = Entry {
+            weight,
+            expires_at: None,
+        };
+        evicted.clear();
+        let hit = policy.access(key, entry, &mut evicted);
+        outcome.accesses += 1;
+        outcome.bytes += weight;
+        if hit {
+            outcome.hits += 1;
+            outcome.hit_bytes += weight;
+        }
+    }
+    outcome
+}
+
+/// A capacity given as a share of the trace's distinct keys (or of their total size).
+pub fn capacity(percent: f64, distinct: u64) -> u64 {
+    ((distinct as f64 * percent / 100.0).round() as u64).max(1)
+}

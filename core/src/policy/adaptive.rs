@@ -1,0 +1,329 @@
+//! The adaptive policy: W-TinyLFU (Einziger, Friedman and Manes, 2017) with the window sized by a
+//! hill climber, as Caffeine does it, and an admission test that can weigh what a miss costs.
+//!
+//! New entries enter a small LRU *window*. What leaves the window is a *candidate* for the main
+//! area, an SLRU of *probation* and *protected* segments; it gets in only if the frequency sketch
+//! says it is used more than what it would displace. So a scan passes through the window without
+//! flushing the hot set (LRU's failure), and a key that stopped being popular loses its place as
+//! the sketch halves (LFU's failure). Which of recency or frequency matters more depends on the
+//! workload: every `10 × entries` accesses the climber compares the hit ratio with the previous
+//! sample and moves the window's share up or down, halving its steps as it settles and starting
+//! over when the ratio jumps.
+//!
+//! Memory: the sketch (8 bytes per expected entry) and the lists' per-entry nodes; nothing per
+//! key once a key is gone. Every access is O(1): a hash probe, four counters in one cache line,
+//! list moves; an eviction compares one candidate with the few victims it would displace.
+
+use std::hash::Hash;
+
+use super::list::{Lists, Slot};
+use super::sketch::FrequencySketch;
+use super::{Entry, Kind, Policy, Refused, check_weight};
+
+const WINDOW: usize = 0;
+const PROBATION: usize = 1;
+const PROTECTED: usize = 2;
+
+/// The window's share of the capacity before the climber moves it.
+const INITIAL_WINDOW: f64 = 0.01;
+/// The protected segment's share of the main area.
+const PROTECTED_SHARE: f64 = 0.8;
+/// The climber's first step, as a share of the capacity.
+const STEP: f64 = 0.0625;
+/// Each step is this much smaller than the last while the hit ratio keeps its course.
+const STEP_DECAY: f64 = 0.98;
+/// A change in hit ratio this large means the workload changed: steps start over.
+const RESTART: f64 = 0.05;
+/// The sketch's first size when capacity is in bytes and the entry count unknown.
+const FIRST_ENTRIES: u64 = 1024;
+
+/// What a miss costs, which the admission test weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    /// Every miss costs the same (one fetch): keeping more entries is better, so a heavy
+    /// candidate must outscore all the lighter entries it would displace.
+    Count,
+    /// A miss costs its bytes (a slow or metered radio): an entry's value is its frequency times
+    /// its size, which keeps large, reused entries that `Count` gives up for many small ones.
+    Bytes,
+}
+
+/// Hit-ratio sampling and the window size it steers.
+#[derive(Debug)]
+struct Climber {
+    hits: u64,
+    misses: u64,
+    previous: f64,
+    /// Signed: the direction the window moves next.
+    step: f64,
+    /// The window's target weight (fractional, so small steps add up).
+    window: f64,
+}
+
+/// The adaptive policy.
+#[derive(Debug)]
+pub struct Adaptive<K> {
+    lists: Lists<K, 3>,
+    sketch: FrequencySketch,
+    climber: Climber,
+    capacity: u64,
+    cost: Cost,
+    window_max: u64,
+    protected_max: u64,
+}
+
+impl<K: Hash + Eq + Clone> Adaptive<K> {
+    /// An empty adaptive policy over `capacity`, weighing misses by `cost`.
+    pub fn new(capacity: u64, cost: Cost) -> Self {
+        let mut policy = Self {
+            lists: Lists::new(),
+            sketch: FrequencySketch::new(capacity.clamp(1, FIRST_ENTRIES) as usize),
+            climber: Climber {
+                hits: 0,
+                misses: 0,
+                previous: 0.0,
+                step: STEP * capacity as f64,
+                window: INITIAL_WINDOW * capacity as f64,
+            },
+            capacity,
+            cost,
+            window_max: 0,
+            protected_max: 0,
+        };
+        policy.resize_segments();
+        policy
+    }
+
+    /// The misses' cost model in force.
+    pub fn cost(&self) -> Cost {
+        self.cost
+    }
+
+    /// Switches the cost model (the network changed); what is resident stays.
+    pub fn set_cost(&mut self, cost: Cost) {
+        self.cost = cost;
+    }
+
+    /// The window's current maximum weight (what the climber has chosen).
+    pub fn window_max(&self) -> u64 {
+        self.window_max
+    }
+
+    fn resize_segments(&mut self) {
+        let capacity = self.capacity as f64;
+        self.climber.window = self.climber.window.clamp(0.0, capacity);
+        self.window_max = self.climber.window.round() as u64;
+        self.protected_max =
+            (PROTECTED_SHARE * (self.capacity - self.window_max) as f64).round() as u64;
+    }
+
+    fn total(&self) -> u64 {
+        self.lists.ends(WINDOW).weight
+            + self.lists.ends(PROBATION).weight
+            + self.lists.ends(PROTECTED).weight
+    }
+
+    fn value(&self, slot: Slot) -> u64 {
+        let frequency = self.sketch.frequency(self.lists.extra(slot));
+        match self.cost {
+            Cost::Count => frequency,
+            Cost::Bytes => frequency * self.lists.weight_of(slot),
+        }
+    }
+
+    /// Counts an access towards the climber's sample and adapts when the sample is full.
+    fn sample(&mut self, hit: bool) {
+        if hit {
+            self.climber.hits += 1;
+        } else {
+            self.climber.misses += 1;
+        }
+        let requests = self.climber.hits + self.climber.misses;
+        if requests < 10 * self.sketch.entries() as u64 {
+            return;
+        }
+        let rate = self.climber.hits as f64 / requests as f64;
+        let change = rate - self.climber.previous;
+        let amount = if change >= 0.0 {
+            self.climber.step
+        } else {
+            -self.climber.step
+        };
+        self.climber.step = if change.abs() >= RESTART {
+            STEP * self.capacity as f64 * amount.signum()
+        } else {
+            STEP_DECAY * amount
+        };
+        self.climber.previous = rate;
+        self.climber.hits = 0;
+        self.climber.misses = 0;
+        self.climber.window += amount;
+        self.resize_segments();
+    }
+
+    /// Keeps the sketch at least as large as the number of resident entries: it starts small
+    /// (a capacity in bytes does not say how many entries there will be) and doubles.
+    fn grow_sketch(&mut self) {
+        let len = self.len_all();
+        if len > self.sketch.entries() {
+            // Popularity is relearnt: the old counters do not map onto the new table. Keys keep
+            // their hashes (the hasher is fixed).
+            let entries = (len * 2).min(usize::try_from(self.capacity).unwrap_or(usize::MAX));
+            self.sketch = FrequencySketch::new(entries.max(len));
+        }
+    }
+
+    fn len_all(&self) -> usize {
+        self.lists.ends(WINDOW).len
+            + self.lists.ends(PROBATION).len
+            + self.lists.ends(PROTECTED).len
+    }
+
+    /// Moves what overflows the window and protected segments into probation, then evicts until
+    /// the total fits, admitting each window candidate only if it is worth more than what it
+    /// displaces.
+    fn evict(&mut self, evicted: &mut Vec<K>) {
+        while self.lists.ends(PROTECTED).weight > self.protected_max {
+            let Some(slot) = self.lists.tail(PROTECTED) else {
+                break;
+            };
+            self.lists.move_to(slot, PROBATION);
+        }
+        let mut candidates = 0usize;
+        while self.lists.ends(WINDOW).weight > self.window_max {
+            let Some(slot) = self.lists.tail(WINDOW) else {
+                break;
+            };
+            self.lists.move_to(slot, PROBATION);
+            candidates += 1;
+        }
+        // Candidates are the newest probation entries; `candidate` walks them oldest-first.
+        let mut candidate = self.lists.head(PROBATION);
+        for _ in 1..candidates {
+            candidate = candidate.and_then(|slot| self.lists.older(slot));
+        }
+        while self.total() > self.capacity {
+            let Some(cand) = candidate.filter(|_| candidates > 0) else {
+                // No candidate left: plain LRU order, probation before protected before window.
+                let Some(victim) = [PROBATION, PROTECTED, WINDOW]
+                    .into_iter()
+                    .find_map(|list| self.lists.tail(list))
+                else {
+                    break;
+                };
+                evicted.extend(self.lists.remove(victim));
+                continue;
+            };
+            let need = self.total() - self.capacity;
+            let (victims, victims_value) = self.victims_for(cand, need);
+            let next = self.lists.newer(cand);
+            if !victims.is_empty() && self.value(cand) > victims_value {
+                for victim in victims {
+                    evicted.extend(self.lists.remove(victim));
+                }
+            } else {
+                evicted.extend(self.lists.remove(cand));
+            }
+            candidates -= 1;
+            candidate = next;
+        }
+    }
+
+    /// The oldest main-area entries (probation, then protected) that together free `need`,
+    /// never `cand`, and their summed value.
+    fn victims_for(&self, cand: Slot, need: u64) -> (Vec<Slot>, u64) {
+        let mut victims = Vec::new();
+        let mut freed = 0;
+        let mut value = 0;
+        for list in [PROBATION, PROTECTED] {
+            let mut at = self.lists.tail(list);
+            while let Some(slot) = at {
+                if freed >= need {
+                    return (victims, value);
+                }
+                if slot != cand {
+                    freed += self.lists.weight_of(slot);
+                    value += self.value(slot);
+                    victims.push(slot);
+                }
+                at = self.lists.newer(slot);
+            }
+        }
+        if freed >= need {
+            (victims, value)
+        } else {
+            // The main area cannot free enough: the candidate goes.
+            (Vec::new(), 0)
+        }
+    }
+
+    fn promote(&mut self, slot: Slot, list: usize) {
+        match list {
+            PROBATION => self.lists.move_to(slot, PROTECTED),
+            other => self.lists.move_to(slot, other),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for Adaptive<K> {
+    fn kind(&self) -> Kind {
+        Kind::Adaptive
+    }
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+    fn weight(&self) -> u64 {
+        self.total()
+    }
+    fn len(&self) -> usize {
+        self.len_all()
+    }
+    fn contains(&self, key: &K) -> bool {
+        self.lists.find(key).is_some()
+    }
+    fn hit(&mut self, key: &K) {
+        let Some((slot, list)) = self.lists.find(key) else {
+            return;
+        };
+        self.sketch.increment(self.lists.extra(slot));
+        self.promote(slot, list);
+        if list == PROBATION {
+            // Keep protected within its share: its oldest go back to probation.
+            while self.lists.ends(PROTECTED).weight > self.protected_max {
+                let Some(oldest) = self.lists.tail(PROTECTED) else {
+                    break;
+                };
+                if oldest == slot {
+                    break;
+                }
+                self.lists.move_to(oldest, PROBATION);
+            }
+        }
+        self.sample(true);
+    }
+    fn insert(&mut self, key: K, entry: Entry, evicted: &mut Vec<K>) -> Result<(), Refused> {
+        check_weight(entry.weight, self.capacity)?;
+        match self.lists.find(&key) {
+            Some((slot, list)) => {
+                self.sketch.increment(self.lists.extra(slot));
+                self.lists.set_weight(slot, entry.weight);
+                self.promote(slot, list);
+            }
+            None => {
+                let hash = self.sketch.hash(&key);
+                self.sketch.increment(hash);
+                self.lists.push(WINDOW, key, entry.weight, hash);
+                self.sample(false);
+                self.grow_sketch();
+            }
+        }
+        self.evict(evicted);
+        Ok(())
+    }
+    fn remove(&mut self, key: &K) -> bool {
+        match self.lists.find(key) {
+            Some((slot, _)) => self.lists.remove(slot).is_some(),
+            None => false,
+        }
+    }
+}
