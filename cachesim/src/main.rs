@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kryonix_cachesim::{Outcome, Sizes, Trace, belady, capacity, replay};
-use kryonix_core::policy::{Adaptive, Cost, Kind, Policy};
+use kryonix_core::policy::{Adaptive, Cost, Kind, Policy, Tuning};
 
 /// Replays cache traces through the device's eviction policies.
 ///
@@ -44,6 +44,10 @@ struct Args {
     /// Replay only the first N accesses of each trace.
     #[arg(long)]
     limit: Option<usize>,
+    /// Other constants for the adaptive policy, as name=value pairs: initial_window,
+    /// protected_share, step (0 = no climbing), step_decay, restart, sample.
+    #[arg(long, value_name = "PAIRS")]
+    tune: Option<String>,
     /// One JSON object per row instead of a table.
     #[arg(long)]
     json: bool,
@@ -72,10 +76,13 @@ impl Column {
         }
     }
 
-    fn build(self, capacity: u64) -> Box<dyn Policy<u64>> {
+    fn build(self, capacity: u64, tuning: Tuning) -> Box<dyn Policy<u64>> {
         match self {
+            Self::Kind(Kind::Adaptive) => {
+                Box::new(Adaptive::with_tuning(capacity, Cost::Count, tuning))
+            }
             Self::Kind(kind) => kind.build(capacity),
-            Self::AdaptiveBytes => Box::new(Adaptive::new(capacity, Cost::Bytes)),
+            Self::AdaptiveBytes => Box::new(Adaptive::with_tuning(capacity, Cost::Bytes, tuning)),
         }
     }
 }
@@ -132,6 +139,12 @@ fn run(args: &Args) -> Result<(), String> {
         .iter()
         .map(|name| Column::parse(name).ok_or_else(|| format!("unknown policy {name:?}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let tuning = match &args.tune {
+        Some(text) => Tuning::default()
+            .parse_overrides(text)
+            .map_err(|e| format!("--tune: {e}"))?,
+        None => Tuning::default(),
+    };
     if let Some(bad) = args.sizes.iter().find(|p| !(**p > 0.0 && **p <= 100.0)) {
         return Err(format!("size {bad} is not a percentage in (0, 100]"));
     }
@@ -158,7 +171,7 @@ fn run(args: &Args) -> Result<(), String> {
             let results = columns
                 .iter()
                 .map(|column| {
-                    let mut policy = column.build(capacity);
+                    let mut policy = column.build(capacity, tuning);
                     (
                         column.name().to_string(),
                         replay(policy.as_mut(), &trace.keys, sizes.as_ref()),

@@ -24,16 +24,66 @@ const WINDOW: usize = 0;
 const PROBATION: usize = 1;
 const PROTECTED: usize = 2;
 
-/// The window's share of the capacity before the climber moves it.
-const INITIAL_WINDOW: f64 = 0.01;
-/// The protected segment's share of the main area.
-const PROTECTED_SHARE: f64 = 0.8;
-/// The climber's first step, as a share of the capacity.
-const STEP: f64 = 0.0625;
-/// Each step is this much smaller than the last while the hit ratio keeps its course.
-const STEP_DECAY: f64 = 0.98;
-/// A change in hit ratio this large means the workload changed: steps start over.
-const RESTART: f64 = 0.05;
+/// The adaptive policy's constants. [`Tuning::default`] is what the cache runs; the simulator
+/// can try others (`kryonix-cachesim --tune`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tuning {
+    /// The window's share of the capacity before the climber moves it.
+    pub initial_window: f64,
+    /// The protected segment's share of the main area.
+    pub protected_share: f64,
+    /// The climber's first step, as a share of the capacity (0 turns the climber off).
+    pub step: f64,
+    /// Each step is this much smaller than the last while the hit ratio keeps its course.
+    pub step_decay: f64,
+    /// A change in hit ratio this large means the workload changed: steps start over.
+    pub restart: f64,
+    /// Accesses per climber sample, in expected entries.
+    pub sample: f64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            initial_window: 0.01,
+            protected_share: 0.8,
+            step: 0.0625,
+            step_decay: 0.98,
+            restart: 0.05,
+            sample: 10.0,
+        }
+    }
+}
+
+impl Tuning {
+    /// Applies `name=value,…` overrides (the field names above).
+    pub fn parse_overrides(mut self, text: &str) -> Result<Self, String> {
+        for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not name=value"))?;
+            let value: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{value:?} is not a number"))?;
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!("{name} must be a finite, non-negative number"));
+            }
+            let field = match name.trim() {
+                "initial_window" => &mut self.initial_window,
+                "protected_share" => &mut self.protected_share,
+                "step" => &mut self.step,
+                "step_decay" => &mut self.step_decay,
+                "restart" => &mut self.restart,
+                "sample" => &mut self.sample,
+                other => return Err(format!("unknown tuning {other:?}")),
+            };
+            *field = value;
+        }
+        Ok(self)
+    }
+}
+
 /// The sketch's first size when capacity is in bytes and the entry count unknown.
 const FIRST_ENTRIES: u64 = 1024;
 
@@ -68,6 +118,7 @@ pub struct Adaptive<K> {
     climber: Climber,
     capacity: u64,
     cost: Cost,
+    tuning: Tuning,
     window_max: u64,
     protected_max: u64,
 }
@@ -75,6 +126,11 @@ pub struct Adaptive<K> {
 impl<K: Hash + Eq + Clone> Adaptive<K> {
     /// An empty adaptive policy over `capacity`, weighing misses by `cost`.
     pub fn new(capacity: u64, cost: Cost) -> Self {
+        Self::with_tuning(capacity, cost, Tuning::default())
+    }
+
+    /// The same with other constants.
+    pub fn with_tuning(capacity: u64, cost: Cost, tuning: Tuning) -> Self {
         let mut policy = Self {
             lists: Lists::new(),
             sketch: FrequencySketch::new(capacity.clamp(1, FIRST_ENTRIES) as usize),
@@ -82,11 +138,12 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
                 hits: 0,
                 misses: 0,
                 previous: 0.0,
-                step: STEP * capacity as f64,
-                window: INITIAL_WINDOW * capacity as f64,
+                step: tuning.step * capacity as f64,
+                window: tuning.initial_window * capacity as f64,
             },
             capacity,
             cost,
+            tuning,
             window_max: 0,
             protected_max: 0,
         };
@@ -114,7 +171,7 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
         self.climber.window = self.climber.window.clamp(0.0, capacity);
         self.window_max = self.climber.window.round() as u64;
         self.protected_max =
-            (PROTECTED_SHARE * (self.capacity - self.window_max) as f64).round() as u64;
+            (self.tuning.protected_share * (self.capacity - self.window_max) as f64).round() as u64;
     }
 
     fn total(&self) -> u64 {
@@ -139,7 +196,7 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             self.climber.misses += 1;
         }
         let requests = self.climber.hits + self.climber.misses;
-        if requests < 10 * self.sketch.entries() as u64 {
+        if (requests as f64) < self.tuning.sample * self.sketch.entries() as f64 {
             return;
         }
         let rate = self.climber.hits as f64 / requests as f64;
@@ -149,10 +206,10 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
         } else {
             -self.climber.step
         };
-        self.climber.step = if change.abs() >= RESTART {
-            STEP * self.capacity as f64 * amount.signum()
+        self.climber.step = if change.abs() >= self.tuning.restart {
+            self.tuning.step * self.capacity as f64 * amount.signum()
         } else {
-            STEP_DECAY * amount
+            self.tuning.step_decay * amount
         };
         self.climber.previous = rate;
         self.climber.hits = 0;

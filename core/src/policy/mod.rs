@@ -22,7 +22,7 @@ mod tests;
 use std::fmt;
 use std::hash::Hash;
 
-pub use adaptive::{Adaptive, Cost};
+pub use adaptive::{Adaptive, Cost, Tuning};
 pub use arc::Arc;
 pub use classic::{Lfu, Lru, NoEviction, VolatileLru, VolatileTtl};
 
