@@ -145,6 +145,15 @@ fn run(args: &Args) -> Result<(), String> {
             .map_err(|e| format!("--tune: {e}"))?,
         None => Tuning::default(),
     };
+    if !(args.sigma.is_finite() && args.sigma >= 0.0) {
+        return Err(format!(
+            "--sigma {} must be a finite, non-negative number",
+            args.sigma
+        ));
+    }
+    if !(args.median.is_finite() && args.median >= 1.0) {
+        return Err(format!("--median {} must be at least 1 byte", args.median));
+    }
     if let Some(bad) = args.sizes.iter().find(|p| !(**p > 0.0 && **p <= 100.0)) {
         return Err(format!("size {bad} is not a percentage in (0, 100]"));
     }
