@@ -70,6 +70,27 @@ pub fn replay(policy: &mut dyn Policy<u64>, keys: &[u64], sizes: Option<&Sizes>)
     outcome
 }
 
+/// A synthetic trace: `accesses` draws from `keys` keys with Zipf popularity (exponent `s`),
+/// seeded; key ranks are scattered so popularity is not key order.
+pub fn zipf_trace(
+    keys: u64,
+    accesses: usize,
+    s: f64,
+    seed: u64,
+) -> Result<Trace, rand_distr::ZipfError> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let zipf = rand_distr::Zipf::new(keys.max(1) as f64, s)?;
+    let keys = (0..accesses)
+        .map(|_| (zipf.sample(&mut rng) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
+    Ok(Trace {
+        name: format!("zipf-{s}"),
+        keys,
+    })
+}
+
 /// A capacity given as a share of the trace's distinct keys (or of their total size).
 pub fn capacity(percent: f64, distinct: u64) -> u64 {
     ((distinct as f64 * percent / 100.0).round() as u64).max(1)

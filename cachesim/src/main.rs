@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use kryonix_cachesim::{Outcome, Sizes, Trace, belady, capacity, replay};
+use kryonix_cachesim::{Outcome, Sizes, Trace, belady, capacity, replay, zipf_trace};
 use kryonix_core::policy::{Adaptive, Cost, Kind, Policy, Tuning};
 
 /// Replays cache traces through the device's eviction policies.
@@ -41,6 +41,16 @@ struct Args {
     /// The size distribution's σ (of the logarithm).
     #[arg(long, default_value_t = 1.2)]
     sigma: f64,
+    /// Also replay a synthetic trace: Zipf popularity with this exponent over --zipf-keys keys,
+    /// --zipf-accesses accesses, seeded by --seed.
+    #[arg(long, value_name = "EXPONENT")]
+    zipf: Option<f64>,
+    /// The synthetic trace's distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    zipf_keys: u64,
+    /// The synthetic trace's accesses.
+    #[arg(long, default_value_t = 1_000_000)]
+    zipf_accesses: usize,
     /// Replay only the first N accesses of each trace.
     #[arg(long)]
     limit: Option<usize>,
@@ -114,6 +124,9 @@ fn trace_files(args: &Args) -> Result<Vec<PathBuf>, String> {
         return Ok(args.traces.clone());
     }
     let Some(dir) = &args.dir else {
+        if args.zipf.is_some() {
+            return Ok(Vec::new());
+        }
         return Err("give trace files, or a directory with --traces / KRYONIX_TRACES".into());
     };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -160,8 +173,19 @@ fn run(args: &Args) -> Result<(), String> {
     if !args.json {
         print_header(args, &columns);
     }
-    for path in trace_files(args)? {
-        let mut trace = Trace::read(&path).map_err(|e| e.to_string())?;
+    let mut traces: Vec<Result<Trace, String>> = Vec::new();
+    if let Some(exponent) = args.zipf {
+        traces.push(
+            zipf_trace(args.zipf_keys, args.zipf_accesses, exponent, args.seed)
+                .map_err(|e| format!("--zipf {exponent}: {e}")),
+        );
+    }
+    let files = trace_files(args)?;
+    let read = files
+        .iter()
+        .map(|path| Trace::read(path).map_err(|e| e.to_string()));
+    for trace in traces.into_iter().chain(read) {
+        let mut trace = trace?;
         if let Some(limit) = args.limit {
             trace.keys.truncate(limit);
         }

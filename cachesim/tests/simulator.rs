@@ -134,7 +134,26 @@ fn the_binary_prints_a_table_and_refuses_bad_options() {
     assert_eq!(row["trace"], "small");
     assert!(row["belady"].is_null(), "no Belady for sized entries");
 
+    let out = Command::new(sim)
+        .args([
+            "--zipf",
+            "0.9",
+            "--zipf-keys",
+            "500",
+            "--zipf-accesses",
+            "5000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8(out.stdout).unwrap().contains("zipf-0.9"));
+
     for (args, expected) in [
+        (vec!["--zipf=-2"], "--zipf"),
         (vec!["--policies", "random"], "unknown policy"),
         (vec!["--sizes", "0"], "not a percentage"),
         (vec!["--tune", "step=x"], "--tune"),
