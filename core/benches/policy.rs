@@ -94,7 +94,8 @@ fn main() {
             ""
         };
         println!(
-            "  {kind:<9} {ns:>6.1} ns/access, ratio {ratio:.2}{target}, hit ratio {:.1} %",
+            "  {:<9} {ns:>6.1} ns/access, ratio {ratio:.2}{target}, hit ratio {:.1} %",
+            kind.name(),
             100.0 * hit_ratio
         );
     }

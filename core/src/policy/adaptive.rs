@@ -119,6 +119,10 @@ pub struct Adaptive<K> {
     capacity: u64,
     cost: Cost,
     tuning: Tuning,
+    /// Accesses per climber sample (from the tuning and the sketch's size).
+    sample_every: u64,
+    /// The victims buffer of `evict`, kept to spare an allocation per miss.
+    scratch: Vec<Slot>,
     window_max: u64,
     protected_max: u64,
 }
@@ -144,10 +148,13 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             capacity,
             cost,
             tuning,
+            sample_every: 0,
+            scratch: Vec::new(),
             window_max: 0,
             protected_max: 0,
         };
         policy.resize_segments();
+        policy.sample_every = policy.sample_size();
         policy
     }
 
@@ -188,6 +195,10 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
         }
     }
 
+    fn sample_size(&self) -> u64 {
+        (self.tuning.sample * self.sketch.entries() as f64) as u64
+    }
+
     /// Counts an access towards the climber's sample and adapts when the sample is full.
     fn sample(&mut self, hit: bool) {
         if hit {
@@ -196,7 +207,7 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             self.climber.misses += 1;
         }
         let requests = self.climber.hits + self.climber.misses;
-        if (requests as f64) < self.tuning.sample * self.sketch.entries() as f64 {
+        if requests < self.sample_every {
             return;
         }
         let rate = self.climber.hits as f64 / requests as f64;
@@ -227,6 +238,7 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             // their hashes (the hasher is fixed).
             let entries = (len * 2).min(usize::try_from(self.capacity).unwrap_or(usize::MAX));
             self.sketch = FrequencySketch::new(entries.max(len));
+            self.sample_every = self.sample_size();
         }
     }
 
@@ -272,15 +284,17 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
                 continue;
             };
             let need = self.total() - self.capacity;
-            let (victims, victims_value) = self.victims_for(cand, need);
+            let mut victims = std::mem::take(&mut self.scratch);
+            let victims_value = self.victims_for(cand, need, &mut victims);
             let next = self.lists.newer(cand);
             if !victims.is_empty() && self.value(cand) > victims_value {
-                for victim in victims {
+                for &victim in &victims {
                     evicted.extend(self.lists.remove(victim));
                 }
             } else {
                 evicted.extend(self.lists.remove(cand));
             }
+            self.scratch = victims;
             candidates -= 1;
             candidate = next;
         }
@@ -288,15 +302,17 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
 
     /// The oldest main-area entries (probation, then protected) that together free `need`,
     /// never `cand`, and their summed value.
-    fn victims_for(&self, cand: Slot, need: u64) -> (Vec<Slot>, u64) {
-        let mut victims = Vec::new();
+    /// `victims` is the caller's buffer (kept in `self.scratch` between evictions, so a miss
+    /// does not allocate).
+    fn victims_for(&self, cand: Slot, need: u64, victims: &mut Vec<Slot>) -> u64 {
+        victims.clear();
         let mut freed = 0;
         let mut value = 0;
         for list in [PROBATION, PROTECTED] {
             let mut at = self.lists.tail(list);
             while let Some(slot) = at {
                 if freed >= need {
-                    return (victims, value);
+                    return value;
                 }
                 if slot != cand {
                     freed += self.lists.weight_of(slot);
@@ -306,12 +322,11 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
                 at = self.lists.newer(slot);
             }
         }
-        if freed >= need {
-            (victims, value)
-        } else {
+        if freed < need {
             // The main area cannot free enough: the candidate goes.
-            (Vec::new(), 0)
+            victims.clear();
         }
+        value
     }
 
     fn promote(&mut self, slot: Slot, list: usize) {

@@ -79,26 +79,32 @@ impl FrequencySketch {
         (word, nibble * 4)
     }
 
-    /// The key's estimated count (0–15).
-    pub fn frequency(&self, hash: u64) -> u64 {
-        (0..4)
-            .map(|i| {
-                let (word, shift) = self.counter(hash, i);
-                (self.table[word] >> shift) & MAX_COUNT
-            })
+    fn counters(&self, hash: u64) -> [(usize, u32); 4] {
+        [0, 1, 2, 3].map(|i| self.counter(hash, i))
+    }
+
+    fn min_count(&self, counters: &[(usize, u32); 4]) -> u64 {
+        counters
+            .iter()
+            .map(|&(word, shift)| (self.table[word] >> shift) & MAX_COUNT)
             .min()
             .unwrap_or(0)
+    }
+
+    /// The key's estimated count (0–15).
+    pub fn frequency(&self, hash: u64) -> u64 {
+        self.min_count(&self.counters(hash))
     }
 
     /// Counts one access of the key.
     pub fn increment(&mut self, hash: u64) {
         // Conservative update: only the smallest counters grow, which keeps the estimate tight.
-        let min = self.frequency(hash);
+        let counters = self.counters(hash);
+        let min = self.min_count(&counters);
         if min == MAX_COUNT {
             return;
         }
-        for i in 0..4 {
-            let (word, shift) = self.counter(hash, i);
+        for (word, shift) in counters {
             if (self.table[word] >> shift) & MAX_COUNT == min {
                 self.table[word] += 1 << shift;
             }
