@@ -9,6 +9,28 @@ use hashbrown::HashMap;
 use super::list::Lists;
 use super::{Entry, Kind, Policy, Refused, check_weight};
 
+/// The trait's accessors for the policies that keep their keys in a `keys` map beside `weight`
+/// and `capacity` fields.
+macro_rules! keyed_accessors {
+    ($kind:expr) => {
+        fn kind(&self) -> Kind {
+            $kind
+        }
+        fn capacity(&self) -> u64 {
+            self.capacity
+        }
+        fn weight(&self) -> u64 {
+            self.weight
+        }
+        fn len(&self) -> usize {
+            self.keys.len()
+        }
+        fn contains(&self, key: &K) -> bool {
+            self.keys.contains_key(key)
+        }
+    };
+}
+
 /// The weight that must be freed to add `weight` to `resident` within `capacity`.
 fn shortfall(resident: u64, weight: u64, capacity: u64) -> u64 {
     (resident + weight).saturating_sub(capacity)
@@ -130,21 +152,7 @@ impl<K: Hash + Eq + Clone> Lfu<K> {
 }
 
 impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for Lfu<K> {
-    fn kind(&self) -> Kind {
-        Kind::Lfu
-    }
-    fn capacity(&self) -> u64 {
-        self.capacity
-    }
-    fn weight(&self) -> u64 {
-        self.weight
-    }
-    fn len(&self) -> usize {
-        self.keys.len()
-    }
-    fn contains(&self, key: &K) -> bool {
-        self.keys.contains_key(key)
-    }
+    keyed_accessors!(Kind::Lfu);
     fn hit(&mut self, key: &K) {
         self.bump(key, None);
     }
@@ -311,21 +319,7 @@ impl<K: Hash + Eq + Clone> VolatileTtl<K> {
 }
 
 impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for VolatileTtl<K> {
-    fn kind(&self) -> Kind {
-        Kind::VolatileTtl
-    }
-    fn capacity(&self) -> u64 {
-        self.capacity
-    }
-    fn weight(&self) -> u64 {
-        self.weight
-    }
-    fn len(&self) -> usize {
-        self.keys.len()
-    }
-    fn contains(&self, key: &K) -> bool {
-        self.keys.contains_key(key)
-    }
+    keyed_accessors!(Kind::VolatileTtl);
     fn hit(&mut self, _key: &K) {}
     fn insert(&mut self, key: K, entry: Entry, evicted: &mut Vec<K>) -> Result<(), Refused> {
         check_weight(entry.weight, self.capacity)?;
@@ -396,21 +390,7 @@ impl<K: Hash + Eq + Clone> NoEviction<K> {
 }
 
 impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for NoEviction<K> {
-    fn kind(&self) -> Kind {
-        Kind::NoEviction
-    }
-    fn capacity(&self) -> u64 {
-        self.capacity
-    }
-    fn weight(&self) -> u64 {
-        self.weight
-    }
-    fn len(&self) -> usize {
-        self.keys.len()
-    }
-    fn contains(&self, key: &K) -> bool {
-        self.keys.contains_key(key)
-    }
+    keyed_accessors!(Kind::NoEviction);
     fn hit(&mut self, _key: &K) {}
     fn insert(&mut self, key: K, entry: Entry, _evicted: &mut Vec<K>) -> Result<(), Refused> {
         check_weight(entry.weight, self.capacity)?;
