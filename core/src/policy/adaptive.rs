@@ -158,16 +158,6 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
         policy
     }
 
-    /// The misses' cost model in force.
-    pub fn cost(&self) -> Cost {
-        self.cost
-    }
-
-    /// Switches the cost model (the network changed); what is resident stays.
-    pub fn set_cost(&mut self, cost: Cost) {
-        self.cost = cost;
-    }
-
     /// The window's current maximum weight (what the climber has chosen).
     pub fn window_max(&self) -> u64 {
         self.window_max
