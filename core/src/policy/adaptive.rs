@@ -388,4 +388,8 @@ impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for Adaptive<K> {
             None => false,
         }
     }
+    fn set_cost(&mut self, cost: Cost) {
+        // The sketch's counts stay valid: only how they are weighed changes.
+        self.cost = cost;
+    }
 }

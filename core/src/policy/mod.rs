@@ -176,6 +176,10 @@ pub trait Policy<K>: fmt::Debug + Send {
     /// resident.
     fn remove(&mut self, key: &K) -> bool;
 
+    /// Changes what a miss costs from now on (the device's network changed). Only the adaptive
+    /// policy weighs cost; the others ignore it.
+    fn set_cost(&mut self, _cost: Cost) {}
+
     /// One access as a cache sees it: a hit if resident, else a miss followed by an insert.
     /// Returns whether it was a hit.
     fn access(&mut self, key: K, entry: Entry, evicted: &mut Vec<K>) -> bool {
