@@ -1,9 +1,12 @@
-//! Batched access statistics: the hits LRU and LFU need, kept in memory between writes.
+//! Batched access statistics: the hits the eviction policies need, kept in memory between
+//! writes.
 //!
 //! Writing `last_access`/`access_count` on every read would turn each cache hit into a write
 //! transaction and a WAL append (`docs/adr/0003-cache-access-stats-in-memory.md`). Hits are
-//! summed here per key instead and written at the start of the next write transaction, before
-//! any victim is chosen, so eviction always decides on them. If that transaction rolls back the
+//! summed here per key instead and given, at the start of the next write transaction and before
+//! any victim is chosen, both to the namespace's policy (oldest first, so the policy sees them
+//! in the order they happened, each key's reads replayed up to a bound) and to
+//! `last_access`/`access_count`, from which a policy is rebuilt when the cache opens. If that transaction rolls back the
 //! hits are put back, merged with those recorded meanwhile; a crash loses only these hints,
 //! never a value. The map is bounded: past a few thousand keys the hits are flushed on their own.
 
@@ -11,6 +14,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Transaction, params};
 
+use super::policies::{MAX_REPLAYED_HITS, Policies, RowKey};
 use super::sql::TOUCH_SQL;
 use super::{Cache, lock};
 use crate::clock::Millis;
@@ -23,30 +27,50 @@ pub(super) const MAX_PENDING_ACCESSES: usize = 4096;
 pub(super) struct Access {
     last: Millis,
     count: u32,
+    /// Where the row was when it was read. A row deleted between the read and the flush is no
+    /// longer in its policy, and the hit is ignored.
+    ns: usize,
+    rowid: i64,
 }
 
-/// Writes batched hits; runs first in every write transaction of the cache.
+/// Writes batched hits into the table and the policies; runs first in every write transaction
+/// of the cache.
 pub(super) fn flush_accesses(
     tx: &Transaction<'_>,
     accesses: &HashMap<String, Access>,
+    policies: &mut Policies,
 ) -> rusqlite::Result<()> {
     if accesses.is_empty() {
         return Ok(());
     }
     let mut stmt = tx.prepare_cached(TOUCH_SQL)?;
+    let mut order = Vec::with_capacity(accesses.len());
     for (key, access) in accesses {
         stmt.execute(params![key, access.last, access.count])?;
+        order.push((access, RowKey::new(access.rowid, key)));
+    }
+    order.sort_unstable_by_key(|(a, _)| (a.last, a.rowid));
+    for (access, row) in order {
+        // Hits do not mark the policy as changed by the transaction: replayed again after a
+        // rollback, they only count twice as a hint.
+        if let Some(policy) = policies.hits(access.ns) {
+            for _ in 0..access.count.min(MAX_REPLAYED_HITS) {
+                policy.hit(&row);
+            }
+        }
     }
     Ok(())
 }
 
 impl Cache {
-    pub(super) fn record_access(&self, full_key: &str, now: Millis) {
+    pub(super) fn record_access(&self, full_key: &str, ns: usize, rowid: i64, now: Millis) {
         let full = {
             let mut accesses = lock(&self.accesses);
             if let Some(a) = accesses.get_mut(full_key) {
                 a.last = a.last.max(now);
                 a.count = a.count.saturating_add(1);
+                a.ns = ns;
+                a.rowid = rowid;
                 false
             } else {
                 accesses.insert(
@@ -54,6 +78,8 @@ impl Cache {
                     Access {
                         last: now,
                         count: 1,
+                        ns,
+                        rowid,
                     },
                 );
                 accesses.len() >= MAX_PENDING_ACCESSES
@@ -78,6 +104,7 @@ impl Cache {
             accesses
                 .entry(key)
                 .and_modify(|b| {
+                    // `b` was read more recently: its rowid is the current one.
                     b.last = b.last.max(a.last);
                     b.count = b.count.saturating_add(a.count);
                 })

@@ -40,6 +40,7 @@ mod access;
 pub mod codec;
 mod eviction;
 mod ledger;
+mod policies;
 mod remote;
 mod sql;
 pub mod stats;
@@ -62,15 +63,18 @@ use crate::store::{Store, StoreError};
 use crate::watch::{Cause, Watchers};
 
 pub use codec::CodecError;
+pub use policies::Eviction;
 pub use remote::ApplyReport;
 pub use stats::{CacheStats, LatencySummary, NamespaceStats};
 
+use crate::policy::{Entry, Refused};
 use access::{Access, flush_accesses};
-use eviction::make_room;
+use eviction::{Room, drain_expired, free_by_table_order};
 use ledger::{Change, Removal, RowSize};
+use policies::{Policies, RowKey, cost_for, delete_row};
 use sql::{
-    CONTAINS_SQL, DELETE_EXPIRED_KEY_SQL, DELETE_SQL, OLD_SIZE_SQL, PURGE_SQL, StoredValue,
-    UPSERT_SQL, USAGE_SQL, read_value,
+    CONTAINS_SQL, DELETE_EXPIRED_KEY_SQL, DELETE_SQL, EXPIRED_BYTES_SQL, OLD_SIZE_SQL, PURGE_SQL,
+    StoredValue, UPSERT_SQL, USAGE_SQL, read_value,
 };
 use stats::{NS_COUNT, Stats, Usage};
 
@@ -148,6 +152,8 @@ pub struct CacheConfig {
     pub max_value_bytes: usize,
     /// The profile at start-up; change it with [`Cache::set_profile`].
     pub profile: DeviceProfile,
+    /// Which eviction policies the namespaces run: adaptive by default.
+    pub eviction: Eviction,
 }
 
 impl Default for CacheConfig {
@@ -156,6 +162,7 @@ impl Default for CacheConfig {
             device_budget_bytes: DEFAULT_DEVICE_BUDGET_BYTES,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             profile: DeviceProfile::default(),
+            eviction: Eviction::default(),
         }
     }
 }
@@ -183,6 +190,8 @@ pub struct Cache {
     /// Committed usage per namespace. Held for the whole of every write transaction that
     /// changes cache rows, so the usage a put decides on is the usage it commits against.
     ledger: Mutex<[Usage; NS_COUNT]>,
+    /// Each namespace's eviction policy. Locked after the ledger, by write transactions only.
+    policies: Mutex<Policies>,
     /// Hits since the last flush, by full key.
     accesses: Mutex<HashMap<String, Access>>,
     stats: Stats,
@@ -224,13 +233,20 @@ impl PreparedPut<'_> {
     }
 }
 
-/// Writes a prepared value inside `tx`, making room with the namespace's policy first.
+/// Writes a prepared value inside `tx` and lets the namespace's policy make room for it.
 /// `ledger` is the committed usage; `change` holds what this transaction changed so far, so
 /// several writes in one transaction see each other's bytes.
+///
+/// Expired rows go first; then the policy is told of the write and answers with its victims,
+/// which are deleted here. The adaptive policy may answer with the written row itself — its
+/// admission filter judged the value worth less than what it would displace — and the row is
+/// deleted again: the put succeeds, as a put into a cache, and the value is counted (and told
+/// to watchers) as evicted.
 fn upsert(
     tx: &Transaction<'_>,
     ledger: &[Usage; NS_COUNT],
     change: &mut Change,
+    policies: &mut Policies,
     put: &PreparedPut<'_>,
     now: Millis,
 ) -> Result<(), CacheError> {
@@ -253,30 +269,74 @@ fn upsert(
         change.remove(old, Removal::Deleted);
         used_without_old = used_without_old.saturating_sub(to_u64(old.charged));
     }
+    let full = || CacheError::NamespaceFull {
+        namespace,
+        policy: namespace.eviction(),
+        used,
+        needed: charged,
+        budget: put.budget,
+    };
     let over = (used_without_old + charged).saturating_sub(put.budget);
-    if over > 0 && !make_room(tx, namespace, key.as_str(), now, over, change)? {
-        // Returning the error rolls back every deletion make_room did.
-        return Err(CacheError::NamespaceFull {
+    if over > 0 {
+        if namespace.eviction() == EvictionPolicy::Noeviction {
+            // Only expired rows may go: refuse before anything changes, so a full namespace
+            // refusing puts one after another does not make its policy stale each time.
+            let expired: i64 = tx
+                .prepare_cached(EXPIRED_BYTES_SQL)?
+                .query_row(params![i64::from(namespace.id()), key.as_str(), now], |r| {
+                    r.get(0)
+                })?;
+            if to_u64(expired) < over {
+                return Err(full());
+            }
+        }
+        let room = Room {
             namespace,
-            policy: namespace.eviction(),
-            used,
-            needed: charged,
-            budget: put.budget,
-        });
+            full_key: key.as_str(),
+            now,
+        };
+        drain_expired(tx, &room, over, change, policies)?;
     }
-    tx.prepare_cached(UPSERT_SQL)?.execute(params![
-        key.as_str(),
-        key.tenant(),
-        i64::from(namespace.id()),
-        put.stored,
-        i64::from(put.encoding.tag()),
-        put.row.raw,
-        put.row.charged,
-        now,
-        put.expires_at,
-    ])?;
+    let rowid: i64 = tx.prepare_cached(UPSERT_SQL)?.query_row(
+        params![
+            key.as_str(),
+            key.tenant(),
+            i64::from(namespace.id()),
+            put.stored,
+            i64::from(put.encoding.tag()),
+            put.row.raw,
+            put.row.charged,
+            now,
+            put.expires_at,
+        ],
+        |r| r.get(0),
+    )?;
     change.add(put.row);
-    if change.watched()
+    let entry = Entry {
+        weight: charged,
+        expires_at: put.expires_at.map(to_u64),
+    };
+    let row = RowKey::new(rowid, key.as_str());
+    let mut evicted = Vec::new();
+    match policies.of(namespace).insert(row, entry, &mut evicted) {
+        Ok(()) => {}
+        // Returning the error rolls back the write and every deletion before it.
+        Err(Refused::Full { .. }) => return Err(full()),
+        Err(Refused::TooLarge { .. }) => {
+            return Err(CacheError::ExceedsNamespaceBudget {
+                namespace,
+                charged,
+                budget: put.budget,
+            });
+        }
+    }
+    let mut kept = true;
+    for victim in evicted {
+        kept &= victim != row;
+        delete_row(tx, victim.rowid(), Removal::Evicted, change)?;
+    }
+    if kept
+        && change.watched()
         && let Some(value) = put.watched_value()
     {
         change.notice(key.as_str(), Some(value), put.cause);
@@ -328,17 +388,24 @@ impl Cache {
                 .and_then(|id| Namespace::from_id(id).ok())
                 .map_or(0, |ns| ns.scaled_budget(config.device_budget_bytes))
         });
-        Ok(Self {
+        let policies = Policies::new(config.eviction, budgets, cost_for(config.profile));
+        let cache = Self {
             store,
             clock,
             max_value_bytes: config.max_value_bytes,
             budgets,
             profile: Mutex::new(config.profile),
             ledger: Mutex::new(ledger),
+            policies: Mutex::new(policies),
             accesses: Mutex::new(HashMap::new()),
             stats: Stats::new(),
             watchers: Arc::default(),
-        })
+        };
+        // Every policy starts stale: the first write transaction builds them from the table
+        // (and evicts what a smaller budget no longer holds). Doing it now makes a damaged
+        // table fail `open`, not the app's first put.
+        cache.write_rows(|_, _, _, _| Ok(()))?;
+        Ok(cache)
     }
 
     /// Builds and validates a key from unvalidated parts (as they arrive from an app).
@@ -381,7 +448,13 @@ impl Cache {
     fn put_inner(&self, key: &TenantKey, value: &[u8], expiry: Expiry) -> Result<(), CacheError> {
         let now = self.clock.now_ms();
         let put = self.prepare_put(key, value, expiry, now)?;
-        match self.write_rows(|tx, ledger, change| upsert(tx, ledger, change, &put, now)) {
+        let write = |tx: &Transaction<'_>,
+                     ledger: &[Usage; NS_COUNT],
+                     change: &mut Change,
+                     policies: &mut Policies| {
+            upsert(tx, ledger, change, policies, &put, now)
+        };
+        match self.write_rows(write) {
             Err(CacheError::Store(StoreError::Full)) => {
                 // The disk (or the size limit) is full. Deleted rows leave free pages that the
                 // insert reuses without growing the file, so make room as the namespace's
@@ -389,7 +462,7 @@ impl Cache {
                 if self.free_for_full_disk(key, to_u64(put.row.charged), now)? == 0 {
                     return Err(CacheError::Store(StoreError::Full));
                 }
-                self.write_rows(|tx, ledger, change| upsert(tx, ledger, change, &put, now))
+                self.write_rows(write)
             }
             other => other,
         }
@@ -405,16 +478,20 @@ impl Cache {
         now: Millis,
     ) -> Result<u64, CacheError> {
         let namespace = key.namespace();
-        let freed = self.write_rows(|tx, _, change| {
-            // Whether the policy found all it was asked for does not matter: whatever it
-            // removed is room.
-            make_room(
-                tx,
+        let freed = self.write_rows(|tx, _, change, policies| {
+            let room = Room {
                 namespace,
-                key.as_str(),
+                full_key: key.as_str(),
                 now,
+            };
+            // Whether the queries found all that was asked for does not matter: whatever they
+            // removed is room.
+            free_by_table_order(
+                tx,
+                &room,
                 charged.saturating_mul(2).max(FULL_DISK_ROOM),
                 change,
+                policies,
             )?;
             Ok(change.freed())
         })?;
@@ -573,9 +650,13 @@ impl Cache {
         }
         let expires_at = row.expires_at;
         let charged = row.charged;
+        let (ns, rowid) = (
+            usize::try_from(row.namespace).unwrap_or(usize::MAX),
+            row.rowid,
+        );
         let (encoding, value) = decode_row(row)?;
         self.stats.hit();
-        self.record_access(full_key, now);
+        self.record_access(full_key, ns, rowid, now);
         Ok(Lookup::Found(CacheEntry {
             value,
             ttl: expires_at.map(|at| Duration::from_millis(to_u64(at.saturating_sub(now)))),
@@ -601,11 +682,13 @@ impl Cache {
     /// removed too, counted as an expiration, and reported as `false`).
     pub fn delete(&self, key: &TenantKey) -> Result<bool, CacheError> {
         let now = self.clock.now_ms();
-        let removed = self.write_rows(|tx, _, change| {
+        let removed = self.write_rows(|tx, _, change, policies| {
             let row = tx
                 .prepare_cached(DELETE_SQL)?
                 .query_row([key.as_str()], |r| {
-                    Ok((RowSize::from_row(r, 0)?, r.get::<_, Option<Millis>>(4)?))
+                    let size = RowSize::from_row(r, 0)?;
+                    policies.forget(size.namespace, RowKey::new(r.get(5)?, key.as_str()));
+                    Ok((size, r.get::<_, Option<Millis>>(4)?))
                 })
                 .optional()?;
             Ok(match row {
@@ -627,14 +710,19 @@ impl Cache {
     /// from idle time with a small limit to keep each write transaction short.
     pub fn purge_expired(&self, limit: usize) -> Result<usize, CacheError> {
         let now = self.clock.now_ms();
-        let removed = self.write_rows(|tx, _, change| {
+        let removed = self.write_rows(|tx, _, change, policies| {
             let mut stmt = tx.prepare_cached(PURGE_SQL)?;
             let rows = stmt
                 .query_map(params![now, to_i64(limit)], |r| {
-                    Ok((RowSize::from_row(r, 0)?, r.get::<_, String>(4)?))
+                    Ok((
+                        RowSize::from_row(r, 0)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            for (row, full_key) in &rows {
+            for (row, full_key, rowid) in &rows {
+                policies.forget(row.namespace, RowKey::new(*rowid, full_key));
                 change.removed(*row, Removal::Expired, full_key);
             }
             Ok(rows.len())
@@ -645,7 +733,7 @@ impl Cache {
     /// Writes the batched access statistics now (they are otherwise written by the next put,
     /// delete or purge). Useful before the app goes to the background.
     pub fn flush_access_stats(&self) -> Result<(), CacheError> {
-        self.write_rows(|_, _, _| Ok(()))
+        self.write_rows(|_, _, _, _| Ok(()))
     }
 
     /// A snapshot of the counters and of each namespace's usage.
@@ -654,22 +742,32 @@ impl Cache {
         self.stats.snapshot(&ledger, &self.budgets)
     }
 
-    /// Runs `f` in a write transaction of the cache: the ledger is held throughout, batched
-    /// accesses are flushed first, and the ledger and counters change only once it commits.
+    /// Runs `f` in a write transaction of the cache: the ledger and the policies are held
+    /// throughout, stale policies are rebuilt and batched accesses are flushed first, and the
+    /// ledger and counters change only once it commits; if it fails, the policies it changed
+    /// are rebuilt by the next one.
     /// Watchers are told of the committed change before the ledger is released, so a watch that
     /// starts (under the same lock) sees every commit either in its snapshot or as a notice.
     fn write_rows<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>, &[Usage; NS_COUNT], &mut Change) -> Result<T, CacheError>,
+        f: impl FnOnce(
+            &Transaction<'_>,
+            &[Usage; NS_COUNT],
+            &mut Change,
+            &mut Policies,
+        ) -> Result<T, CacheError>,
     ) -> Result<T, CacheError> {
         let mut ledger = lock(&self.ledger);
+        let mut policies = lock(&self.policies);
         let accesses = self.take_accesses();
+        let profile = self.profile();
         // Stable for the whole transaction: a watch starts only while holding the ledger.
         let watched = self.watchers.active();
         let result = self.store.write(|tx| -> Result<(T, Change), CacheError> {
-            flush_accesses(tx, &accesses)?;
             let mut change = Change::new(watched);
-            let value = f(tx, &ledger, &mut change)?;
+            policies.begin(tx, profile, &mut change)?;
+            flush_accesses(tx, &accesses, &mut policies)?;
+            let value = f(tx, &ledger, &mut change, &mut policies)?;
             Ok((value, change))
         });
         match result {
@@ -679,6 +777,7 @@ impl Cache {
                 Ok(value)
             }
             Err(e) => {
+                policies.rolled_back();
                 self.restore_accesses(accesses);
                 Err(e)
             }
@@ -688,14 +787,17 @@ impl Cache {
     /// Removes entries a read found expired. Failure only delays the removal (the entry already
     /// reads as a miss and `purge_expired` will get it), so it is logged, not returned.
     fn remove_expired(&self, keys: &[&str], now: Millis) {
-        let result = self.write_rows(|tx, _, change| {
+        let result = self.write_rows(|tx, _, change, policies| {
             let mut stmt = tx.prepare_cached(DELETE_EXPIRED_KEY_SQL)?;
             for key in keys {
                 // The row may be gone already, or rewritten with a new TTL since it was read.
-                if let Some(row) = stmt
-                    .query_row(params![key, now], |r| RowSize::from_row(r, 0))
+                if let Some((row, rowid)) = stmt
+                    .query_row(params![key, now], |r| {
+                        Ok((RowSize::from_row(r, 0)?, r.get::<_, i64>(4)?))
+                    })
                     .optional()?
                 {
+                    policies.forget(row.namespace, RowKey::new(rowid, key));
                     change.removed(row, Removal::Expired, key);
                 }
             }

@@ -25,6 +25,7 @@ use kryonix_protocol::{TenantId, TenantKey};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::ledger::{Change, Removal, RowSize};
+use super::policies::{Policies, RowKey};
 use super::sql::DELETE_SQL;
 use super::stats::{NS_COUNT, Usage};
 use super::{Cache, CacheError, Expiry, PreparedPut, codec, upsert};
@@ -88,10 +89,17 @@ impl Cache {
         let now = self.clock.now_ms();
         let keys = page_keys(tenant, changes);
         let prepared = self.prepare_page(changes, &keys, now);
-        self.write_rows(|tx, ledger, delta| {
+        self.write_rows(|tx, ledger, delta, policies| {
             let mut report = ApplyReport::default();
+            let mut page = Page {
+                tx,
+                ledger,
+                delta,
+                policies,
+                now,
+            };
             for ((change, key), prepared) in changes.iter().zip(&keys).zip(&prepared) {
-                let outcome = apply_change(tx, ledger, delta, change, key.as_ref(), prepared, now)?;
+                let outcome = page.apply_change(change, key.as_ref(), prepared)?;
                 report.count(outcome);
             }
             tx.prepare_cached("DELETE FROM applied_changes WHERE applied_at < ?1")?
@@ -170,33 +178,100 @@ fn page_keys(tenant: &TenantId, changes: &[RemoteChange]) -> Vec<Option<TenantKe
         .collect()
 }
 
-/// Applies one change of a page inside its transaction. The id is recorded before anything
-/// else, so even a change that is skipped is not looked at again when the page comes back.
-fn apply_change(
-    tx: &Transaction<'_>,
-    ledger: &[Usage; NS_COUNT],
-    delta: &mut Change,
-    change: &RemoteChange,
-    key: Option<&TenantKey>,
-    prepared: &Prepared<'_>,
+/// The write transaction a page is applied in, with what the cache's writes need.
+struct Page<'a, 't> {
+    tx: &'a Transaction<'t>,
+    ledger: &'a [Usage; NS_COUNT],
+    delta: &'a mut Change,
+    policies: &'a mut Policies,
     now: Millis,
-) -> Result<Outcome, CacheError> {
-    if !record_first_delivery(tx, &change.id, now)? {
-        return Ok(Outcome::Duplicate);
-    }
-    let Some(key) = key else {
-        return Ok(Outcome::Skipped);
-    };
-    if shadowed_by_local_write(tx, key)? {
-        return Ok(Outcome::Shadowed);
-    }
-    match prepared {
-        Prepared::Skip => Ok(Outcome::Skipped),
-        Prepared::Delete => {
-            delete_row(tx, delta, key)?;
-            Ok(Outcome::Applied)
+}
+
+impl Page<'_, '_> {
+    /// Applies one change of a page inside its transaction. The id is recorded before anything
+    /// else, so even a change that is skipped is not looked at again when the page comes back.
+    fn apply_change(
+        &mut self,
+        change: &RemoteChange,
+        key: Option<&TenantKey>,
+        prepared: &Prepared<'_>,
+    ) -> Result<Outcome, CacheError> {
+        if !record_first_delivery(self.tx, &change.id, self.now)? {
+            return Ok(Outcome::Duplicate);
         }
-        Prepared::Put(put) => put_in_savepoint(tx, ledger, delta, put, &change.id, now),
+        let Some(key) = key else {
+            return Ok(Outcome::Skipped);
+        };
+        if shadowed_by_local_write(self.tx, key)? {
+            return Ok(Outcome::Shadowed);
+        }
+        match prepared {
+            Prepared::Skip => Ok(Outcome::Skipped),
+            Prepared::Delete => {
+                self.delete_row(key)?;
+                Ok(Outcome::Applied)
+            }
+            Prepared::Put(put) => self.put_in_savepoint(put, &change.id),
+        }
+    }
+
+    /// Deletes the row under `key`, if any, counted as a deletion whatever its TTL (a local
+    /// `delete` counts an expired row as an expiration instead).
+    fn delete_row(&mut self, key: &TenantKey) -> rusqlite::Result<()> {
+        if let Some((row, rowid)) = self
+            .tx
+            .prepare_cached(DELETE_SQL)?
+            .query_row([key.as_str()], |r| {
+                Ok((RowSize::from_row(r, 0)?, r.get::<_, i64>(5)?))
+            })
+            .optional()?
+        {
+            self.policies
+                .forget(row.namespace, RowKey::new(rowid, key.as_str()));
+            self.delta.remove(row, Removal::Deleted);
+            self.delta.notice(key.as_str(), None, Cause::Pulled);
+        }
+        Ok(())
+    }
+
+    /// Writes a pulled value in a savepoint of its own: a value that does not fit a full
+    /// `noeviction` namespace is skipped without undoing the rest of the page. The namespace's
+    /// policy, changed by the attempt, is rebuilt from the rows the savepoint restored.
+    fn put_in_savepoint(&mut self, put: &PreparedPut<'_>, id: &str) -> Result<Outcome, CacheError> {
+        let before = self.delta.clone();
+        let earlier = self.policies.take_touched();
+        self.tx.execute_batch("SAVEPOINT remote_change")?;
+        match upsert(
+            self.tx,
+            self.ledger,
+            self.delta,
+            self.policies,
+            put,
+            self.now,
+        ) {
+            Ok(()) => {
+                self.tx.execute_batch("RELEASE remote_change")?;
+                self.policies.mark_touched(earlier);
+                Ok(Outcome::Applied)
+            }
+            Err(CacheError::NamespaceFull { .. }) => {
+                self.tx
+                    .execute_batch("ROLLBACK TO remote_change; RELEASE remote_change")?;
+                // The savepoint undid the rows; the ledger's pending change must forget them
+                // too, and the policies they reached must be rebuilt.
+                *self.delta = before;
+                let touched = self.policies.take_touched();
+                self.policies.rebuild_mask(self.tx, touched, self.delta)?;
+                self.policies.mark_touched(earlier | touched);
+                tracing::warn!(
+                    id,
+                    key = put.key.as_str(),
+                    "pull: namespace full, change skipped"
+                );
+                Ok(Outcome::Skipped)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -224,54 +299,6 @@ fn shadowed_by_local_write(tx: &Transaction<'_>, key: &TenantKey) -> rusqlite::R
         params![key.namespace().id(), key.key(), ItemState::Dead],
         |r| r.get(0),
     )
-}
-
-/// Deletes the row under `key`, if any, counted as a deletion whatever its TTL (a local
-/// `delete` counts an expired row as an expiration instead).
-fn delete_row(tx: &Transaction<'_>, delta: &mut Change, key: &TenantKey) -> rusqlite::Result<()> {
-    if let Some((row, _)) = tx
-        .prepare_cached(DELETE_SQL)?
-        .query_row([key.as_str()], |r| {
-            Ok((RowSize::from_row(r, 0)?, r.get::<_, Option<Millis>>(4)?))
-        })
-        .optional()?
-    {
-        delta.remove(row, Removal::Deleted);
-        delta.notice(key.as_str(), None, Cause::Pulled);
-    }
-    Ok(())
-}
-
-/// Writes a pulled value in a savepoint of its own: a value that does not fit a full
-/// `noeviction` namespace is skipped without undoing the rest of the page.
-fn put_in_savepoint(
-    tx: &Transaction<'_>,
-    ledger: &[Usage; NS_COUNT],
-    delta: &mut Change,
-    put: &PreparedPut<'_>,
-    id: &str,
-    now: Millis,
-) -> Result<Outcome, CacheError> {
-    let before = delta.clone();
-    tx.execute_batch("SAVEPOINT remote_change")?;
-    match upsert(tx, ledger, delta, put, now) {
-        Ok(()) => {
-            tx.execute_batch("RELEASE remote_change")?;
-            Ok(Outcome::Applied)
-        }
-        Err(CacheError::NamespaceFull { .. }) => {
-            tx.execute_batch("ROLLBACK TO remote_change; RELEASE remote_change")?;
-            // The savepoint undid the rows; the ledger's pending change must forget them too.
-            *delta = before;
-            tracing::warn!(
-                id,
-                key = put.key.as_str(),
-                "pull: namespace full, change skipped"
-            );
-            Ok(Outcome::Skipped)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

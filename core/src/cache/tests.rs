@@ -15,6 +15,7 @@ use super::codec::tests::{noise, text};
 use super::*;
 use crate::clock::ManualClock;
 use crate::store::StoreOptions;
+use crate::watch::Cause;
 
 const T0: Millis = 1_700_000_000_000;
 const SEC: Duration = Duration::from_secs(1);
@@ -107,6 +108,20 @@ impl Harness {
             })
             .unwrap();
         assert_eq!(*lock(&self.cache.ledger), from_db);
+        // Each namespace's policy holds exactly the namespace's rows.
+        let policies = lock(&self.cache.policies);
+        let weights = policies.weights();
+        for (ns, usage) in from_db.iter().enumerate() {
+            assert_eq!(
+                weights[ns], usage.charged,
+                "policy weight of namespace {ns}"
+            );
+            assert_eq!(
+                policies.len(ns) as u64,
+                usage.entries,
+                "policy rows of namespace {ns}"
+            );
+        }
     }
 }
 
@@ -131,6 +146,14 @@ fn budget_for(ns: Namespace, bytes: u64) -> CacheConfig {
     CacheConfig {
         device_budget_bytes: device,
         ..CacheConfig::default()
+    }
+}
+
+/// `config` with the namespace table's plain policies instead of the adaptive one.
+fn table(config: CacheConfig) -> CacheConfig {
+    CacheConfig {
+        eviction: Eviction::Table,
+        ..config
     }
 }
 
@@ -164,7 +187,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 #[test]
 fn allkeys_lru_evicts_the_least_recently_used() {
     let ns = Namespace::Sessions;
-    let h = Harness::new(budget_for(ns, 2048));
+    let h = Harness::new(table(budget_for(ns, 2048)));
     fill(&h, ns, [Expiry::Never; 3]);
     // Read `a`: the hit is only in memory until the next write, which must see it.
     assert!(h.cache.get(&acme(ns, "a")).unwrap().is_some());
@@ -190,7 +213,7 @@ fn allkeys_lru_evicts_the_least_recently_used() {
 #[test]
 fn allkeys_lfu_evicts_the_least_frequently_used_then_the_least_recent() {
     let ns = Namespace::ApiCache;
-    let h = Harness::new(budget_for(ns, 2048));
+    let h = Harness::new(table(budget_for(ns, 2048)));
     fill(&h, ns, [Expiry::Never; 3]);
     h.cache.get(&acme(ns, "a")).unwrap();
     h.clock.advance(SEC);
@@ -925,4 +948,256 @@ fn a_clock_set_back_lengthens_a_ttl_by_at_most_the_jump() {
     assert_eq!(ttl, Duration::from_secs(86_400 + 300));
     h.clock.set(T0 + 300_000);
     assert_eq!(h.cache.get(&k).unwrap(), None);
+}
+
+/// Puts `count` keys `{prefix}{i}` of 600 bytes in `ns`, one millisecond apart.
+fn put_many(h: &Harness, ns: Namespace, prefix: &str, count: usize) {
+    for i in 0..count {
+        h.cache
+            .put(
+                &acme(ns, &format!("{prefix}{i}")),
+                &value(b'v'),
+                Expiry::Never,
+            )
+            .unwrap();
+        h.clock.advance(Duration::from_millis(1));
+    }
+}
+
+/// Reads `count` keys `{prefix}{i}` of `ns` `times` times each, flushing the hits.
+fn read_many(h: &Harness, ns: Namespace, prefix: &str, count: usize, times: usize) {
+    for _ in 0..times {
+        for i in 0..count {
+            assert!(
+                h.cache
+                    .get(&acme(ns, &format!("{prefix}{i}")))
+                    .unwrap()
+                    .is_some()
+            );
+            h.clock.advance(Duration::from_millis(1));
+        }
+    }
+    h.cache.flush_access_stats().unwrap();
+}
+
+fn resident(h: &Harness, ns: Namespace, prefix: &str, count: usize) -> usize {
+    (0..count)
+        .filter(|i| {
+            h.cache
+                .contains(&acme(ns, &format!("{prefix}{i}")))
+                .unwrap()
+        })
+        .count()
+}
+
+/// Room for 40 values of 600 bytes with their keys in `Sessions` (an `allkeys-lru` namespace).
+const FORTY: u64 = 40 * 640;
+
+fn forty(eviction: Eviction) -> CacheConfig {
+    CacheConfig {
+        eviction,
+        ..budget_for(Namespace::Sessions, FORTY)
+    }
+}
+
+/// The adaptive policy is the default for the `allkeys-*` namespaces, and a scan of keys read
+/// once does not flush the keys an app reads again and again — which it does under plain LRU.
+#[test]
+fn a_scan_does_not_flush_the_hot_set_through_the_adaptive_cache() {
+    let ns = Namespace::Sessions;
+    for (eviction, kept) in [(Eviction::Adaptive, true), (Eviction::Table, false)] {
+        let h = Harness::new(forty(eviction));
+        put_many(&h, ns, "hot", 20);
+        read_many(&h, ns, "hot", 20, 4);
+        put_many(&h, ns, "scan", 400);
+        let hot = resident(&h, ns, "hot", 20);
+        if kept {
+            assert_eq!(hot, 20, "{eviction:?} keeps the hot set");
+        } else {
+            assert_eq!(hot, 0, "{eviction:?} flushes the hot set");
+        }
+        let stats = h.cache.stats();
+        assert!(stats.namespaces[ns.id() as usize].used_bytes <= FORTY);
+        assert!(stats.evictions >= 380);
+        h.assert_ledger_matches_db();
+    }
+}
+
+/// A put the admission filter turns away succeeds, reads as a miss, is counted as an eviction
+/// and is told to watchers as one; written again and again, the key earns its place.
+#[test]
+fn a_declined_put_is_an_eviction_and_a_key_written_again_gets_in() {
+    let ns = Namespace::Sessions;
+    let h = Harness::new(forty(Eviction::Adaptive));
+    put_many(&h, ns, "hot", 40);
+    read_many(&h, ns, "hot", 40, 3);
+    let newcomer = acme(ns, "newcomer");
+    let mut watch = h.cache.watch_key(&newcomer).unwrap();
+    let initial = watch.try_next().unwrap();
+    assert_eq!(
+        (initial[0].cause, initial[0].value.clone()),
+        (Cause::Initial, None)
+    );
+    let evictions = h.cache.stats().evictions;
+    h.cache.put(&newcomer, &value(b'n'), Expiry::Never).unwrap();
+    assert_eq!(h.cache.get(&newcomer).unwrap(), None, "declined");
+    assert_eq!(resident(&h, ns, "hot", 40), 40);
+    assert_eq!(h.cache.stats().evictions, evictions + 1);
+    let told = watch.try_next().unwrap();
+    assert_eq!(told.len(), 1);
+    assert_eq!(
+        (told[0].cause, told[0].value.clone()),
+        (Cause::Evicted, None)
+    );
+    let mut tries = 1;
+    while h.cache.get(&newcomer).unwrap().is_none() {
+        tries += 1;
+        assert!(tries <= 16, "a key written again and again is admitted");
+        h.clock.advance(SEC);
+        h.cache.put(&newcomer, &value(b'n'), Expiry::Never).unwrap();
+    }
+    assert!(tries > 1);
+    h.assert_ledger_matches_db();
+}
+
+/// Reopening builds each policy from the table: every row is known to its policy, and the
+/// reads recorded before the restart still protect the hot set.
+#[test]
+fn reopening_rebuilds_the_policies_with_their_reads() {
+    let ns = Namespace::Sessions;
+    let h = Harness::new(forty(Eviction::Adaptive));
+    put_many(&h, ns, "hot", 20);
+    read_many(&h, ns, "hot", 20, 4);
+    put_many(&h, ns, "cold", 20);
+    let path = h.path();
+    let Harness {
+        dir,
+        clock,
+        store,
+        cache,
+    } = h;
+    drop(cache);
+    drop(store);
+    let (store, cache) = open(&path, &clock, forty(Eviction::Adaptive));
+    let h = Harness {
+        dir,
+        clock,
+        store,
+        cache,
+    };
+    h.assert_ledger_matches_db();
+    put_many(&h, ns, "scan", 400);
+    assert_eq!(resident(&h, ns, "hot", 20), 20);
+    h.assert_ledger_matches_db();
+}
+
+/// A smaller budget at the next open evicts down to it, by the namespace's policy.
+#[test]
+fn a_smaller_budget_at_open_evicts_down_to_it() {
+    let ns = Namespace::Sessions;
+    let h = Harness::new(forty(Eviction::Adaptive));
+    put_many(&h, ns, "k", 40);
+    let path = h.path();
+    let Harness {
+        dir,
+        clock,
+        store,
+        cache,
+    } = h;
+    drop(cache);
+    drop(store);
+    let smaller = CacheConfig {
+        eviction: Eviction::Adaptive,
+        ..budget_for(ns, FORTY / 4)
+    };
+    let (store, cache) = open(&path, &clock, smaller);
+    let h = Harness {
+        dir,
+        clock,
+        store,
+        cache,
+    };
+    let used = h.cache.stats().namespaces[ns.id() as usize].used_bytes;
+    assert!(used <= FORTY / 4 && used > 0, "{used}");
+    assert!(h.cache.stats().evictions >= 30);
+    h.assert_ledger_matches_db();
+}
+
+/// On a slow or metered network a miss costs its bytes: the policies switch cost with the
+/// profile, at the next write.
+#[test]
+fn the_network_decides_what_a_miss_costs() {
+    use crate::policy::Cost;
+    let h = Harness::new(forty(Eviction::Adaptive));
+    assert_eq!(lock(&h.cache.policies).cost(), Cost::Count);
+    h.cache
+        .set_profile(profile(DeviceClass::Phone, NetworkClass::CellularSlow));
+    h.cache.flush_access_stats().unwrap();
+    assert_eq!(lock(&h.cache.policies).cost(), Cost::Bytes);
+    let mut metered = profile(DeviceClass::Phone, NetworkClass::Wifi);
+    metered.network.metered = true;
+    h.cache.set_profile(metered);
+    h.cache.flush_access_stats().unwrap();
+    assert_eq!(lock(&h.cache.policies).cost(), Cost::Bytes);
+    h.cache
+        .set_profile(profile(DeviceClass::Phone, NetworkClass::Wifi));
+    h.cache.flush_access_stats().unwrap();
+    assert_eq!(lock(&h.cache.policies).cost(), Cost::Count);
+}
+
+/// With the byte cost, one large value read twice outweighs the small values read once that
+/// it displaces; counted per entry, it does not.
+#[test]
+fn the_byte_cost_admits_a_large_value_the_count_cost_turns_away() {
+    let ns = Namespace::Sessions;
+    for (network, admitted) in [
+        (NetworkClass::Wifi, false),
+        (NetworkClass::CellularSlow, true),
+    ] {
+        let h = Harness::new(CacheConfig {
+            profile: profile(DeviceClass::Phone, network),
+            ..forty(Eviction::Adaptive)
+        });
+        put_many(&h, ns, "small", 40);
+        let large = acme(ns, "large");
+        // Written twice (the first time turned away): the sketch counts it twice.
+        h.cache
+            .put(&large, &noise(5_000, 7), Expiry::Never)
+            .unwrap();
+        h.cache
+            .put(&large, &noise(5_000, 7), Expiry::Never)
+            .unwrap();
+        assert_eq!(h.cache.contains(&large).unwrap(), admitted, "{network:?}");
+        h.assert_ledger_matches_db();
+    }
+}
+
+/// A put refused by a volatile namespace rolls back, and the policy it had changed is rebuilt
+/// from the table: it still matches the rows.
+#[test]
+fn a_refused_put_leaves_the_policy_matching_the_table() {
+    let ns = Namespace::RealtimeData;
+    assert_eq!(ns.eviction(), EvictionPolicy::VolatileLru);
+    let h = Harness::new(budget_for(ns, 2048));
+    h.cache
+        .put(&acme(ns, "a"), &value(b'a'), Expiry::After(SEC))
+        .unwrap();
+    h.cache
+        .put(&acme(ns, "b"), &value(b'b'), Expiry::Never)
+        .unwrap();
+    h.cache
+        .put(&acme(ns, "c"), &value(b'c'), Expiry::Never)
+        .unwrap();
+    h.clock.advance(2 * SEC);
+    // `a` expired and goes first, then nothing with a TTL is left for the rest.
+    let big = noise(1_300, 3);
+    assert!(matches!(
+        h.cache.put(&acme(ns, "d"), &big, Expiry::Never),
+        Err(CacheError::NamespaceFull { .. })
+    ));
+    assert!(lock(&h.cache.policies).any_stale());
+    h.cache.flush_access_stats().unwrap();
+    assert!(!lock(&h.cache.policies).any_stale());
+    h.assert_ledger_matches_db();
+    assert_eq!(h.rows(), 3);
 }

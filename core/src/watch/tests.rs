@@ -10,7 +10,7 @@ use kryonix_protocol::{Encoding, Namespace, TenantId, TenantKey};
 use tempfile::TempDir;
 
 use super::{Cause, KeyChange, Watch};
-use crate::cache::{Cache, CacheConfig, CacheError, Expiry};
+use crate::cache::{Cache, CacheConfig, CacheError, Eviction, Expiry};
 use crate::clock::ManualClock;
 use crate::store::{Store, StoreOptions};
 
@@ -260,11 +260,14 @@ fn a_watcher_that_never_reads_holds_one_value_per_key_and_never_blocks_writes() 
 
 #[tokio::test]
 async fn evictions_and_purged_expiries_are_told() {
-    // user_cache (allkeys-lru) gets 2048 bytes: three 600-byte values fit, a fourth evicts.
+    // user_cache (allkeys-lru) gets 2048 bytes: three 600-byte values fit, a fourth evicts
+    // the least recently used under the table's plain LRU (what the adaptive policy would
+    // choose is cache::tests' business).
     let ns = Namespace::UserCache;
     let device = Namespace::total_budget_bytes() * 2048 / ns.info().budget_bytes;
     let f = fx(CacheConfig {
         device_budget_bytes: device,
+        eviction: Eviction::Table,
         ..CacheConfig::default()
     });
     for k in ["a", "b", "c"] {
