@@ -4,10 +4,12 @@
 //!
 //! Traces are sequences of keys; every access is a read, and a miss is followed by an insert
 //! (the policy may decline it). Entries weigh 1 unless a size model is given, which draws each
-//! key's size once from a seeded log-normal distribution of JSON value sizes.
+//! key's size once from a seeded log-normal distribution of JSON value sizes. [`through`]
+//! replays a trace through the real SQLite-backed device cache instead, to show the two agree.
 
 pub mod belady;
 pub mod sizes;
+pub mod through;
 pub mod trace;
 
 use kryonix_core::policy::{Entry, Policy};

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use kryonix_cachesim::through::replay_through_cache;
 use kryonix_cachesim::{Outcome, Sizes, Trace, belady, capacity, replay, zipf_trace};
+use kryonix_core::cache::Eviction;
 use kryonix_core::policy::{Adaptive, Cost, Kind, Policy, Tuning};
 
 /// Replays cache traces through the device's eviction policies.
@@ -58,6 +60,11 @@ struct Args {
     /// protected_share, step (0 = no climbing), step_decay, restart, sample.
     #[arg(long, value_name = "PAIRS")]
     tune: Option<String>,
+    /// Also replay each trace through the real device cache (SQLite, in a temporary
+    /// directory): `cache-lru` with the table's plain LRU, `cache-adaptive` with the default
+    /// adaptive policy. Each miss is a write transaction, so use --limit on long traces.
+    #[arg(long, conflicts_with = "sized")]
+    through_cache: bool,
     /// One JSON object per row instead of a table.
     #[arg(long)]
     json: bool,
@@ -69,6 +76,8 @@ enum Column {
     Kind(Kind),
     /// The adaptive policy weighing misses by their bytes.
     AdaptiveBytes,
+    /// The real device cache with its namespaces running these policies.
+    Cache(Eviction),
 }
 
 impl Column {
@@ -83,17 +92,31 @@ impl Column {
         match self {
             Self::Kind(kind) => kind.name(),
             Self::AdaptiveBytes => "adaptive-bytes",
+            Self::Cache(Eviction::Table) => "cache-lru",
+            Self::Cache(Eviction::Adaptive) => "cache-adaptive",
         }
     }
 
-    fn build(self, capacity: u64, tuning: Tuning) -> Box<dyn Policy<u64>> {
-        match self {
+    /// Replays `keys` through this column's policy (or cache) holding `capacity`.
+    fn replay(
+        self,
+        keys: &[u64],
+        capacity: u64,
+        sizes: Option<&Sizes>,
+        tuning: Tuning,
+    ) -> Result<Outcome, String> {
+        let mut policy: Box<dyn Policy<u64>> = match self {
+            Self::Cache(eviction) => {
+                return replay_through_cache(keys, capacity, eviction, &std::env::temp_dir())
+                    .map_err(|e| format!("through the cache: {e}"));
+            }
             Self::Kind(Kind::Adaptive) => {
                 Box::new(Adaptive::with_tuning(capacity, Cost::Count, tuning))
             }
             Self::Kind(kind) => kind.build(capacity),
             Self::AdaptiveBytes => Box::new(Adaptive::with_tuning(capacity, Cost::Bytes, tuning)),
-        }
+        };
+        Ok(replay(policy.as_mut(), keys, sizes))
     }
 }
 
@@ -147,7 +170,7 @@ fn is_trace(path: &Path) -> bool {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let columns = args
+    let mut columns = args
         .policies
         .iter()
         .map(|name| Column::parse(name).ok_or_else(|| format!("unknown policy {name:?}")))
@@ -169,6 +192,12 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if let Some(bad) = args.sizes.iter().find(|p| !(**p > 0.0 && **p <= 100.0)) {
         return Err(format!("size {bad} is not a percentage in (0, 100]"));
+    }
+    if args.through_cache {
+        columns.extend([
+            Column::Cache(Eviction::Table),
+            Column::Cache(Eviction::Adaptive),
+        ]);
     }
     if !args.json {
         print_header(args, &columns);
@@ -204,13 +233,12 @@ fn run(args: &Args) -> Result<(), String> {
             let results = columns
                 .iter()
                 .map(|column| {
-                    let mut policy = column.build(capacity, tuning);
-                    (
-                        column.name().to_string(),
-                        replay(policy.as_mut(), &trace.keys, sizes.as_ref()),
-                    )
+                    let outcome = column
+                        .replay(&trace.keys, capacity, sizes.as_ref(), tuning)
+                        .map_err(|e| format!("{}: {e}", trace.name))?;
+                    Ok((column.name().to_string(), outcome))
                 })
-                .collect();
+                .collect::<Result<Vec<_>, String>>()?;
             let belady = sizes
                 .is_none()
                 .then(|| belady::replay(&trace.keys, capacity));
@@ -245,7 +273,7 @@ fn print_header(args: &Args, columns: &[Column]) {
         if args.sized {
             line += &format!(" {:>21}", format!("{} hit/byte", column.name()));
         } else {
-            line += &format!(" {:>8}", column.name());
+            line += &format!(" {:>w$}", column.name(), w = width(column.name()));
         }
     }
     if !args.sized {
@@ -259,7 +287,7 @@ fn print_row(row: &Row, sized: bool) {
         "{:<12} {:>9} {:>8} {:>4}% {:>9}",
         row.trace, row.accesses, row.keys, row.percent, row.capacity
     );
-    for (_, outcome) in &row.results {
+    for (name, outcome) in &row.results {
         if sized {
             line += &format!(
                 " {:>10.2} / {:>7.2}",
@@ -267,7 +295,7 @@ fn print_row(row: &Row, sized: bool) {
                 100.0 * outcome.byte_hit_ratio()
             );
         } else {
-            line += &format!(" {:>8.2}", 100.0 * outcome.hit_ratio());
+            line += &format!(" {:>w$.2}", 100.0 * outcome.hit_ratio(), w = width(name));
         }
     }
     if let Some(belady) = &row.belady {
@@ -280,4 +308,9 @@ fn print_row(row: &Row, sized: bool) {
         }
     }
     println!("{line}");
+}
+
+/// A column's width in the unsized table: its name's, at least 8.
+fn width(name: &str) -> usize {
+    name.len().max(8)
 }
