@@ -9,18 +9,21 @@
 //!   values: the tenant is part of every lookup.
 //! - **Budgets per namespace.** The device budget (64 MiB by default) is split in the proportions
 //!   of the namespace table; a value is charged its stored size plus its key. When a put does not
-//!   fit, expired entries of the namespace go first, then the namespace's own policy picks
-//!   victims (`allkeys-lru`, `allkeys-lfu`, `volatile-lru`, `volatile-ttl`), and `noeviction`
-//!   refuses the write with [`CacheError::NamespaceFull`] rather than drop data. Eviction and the
-//!   insert run in one write transaction: a refused put changes nothing.
+//!   fit, expired entries of the namespace go first, then the namespace's policy object
+//!   ([`crate::policy`], kept in `policies`) picks victims: adaptive for the `allkeys-*`
+//!   namespaces (unless [`Eviction::Table`]), the table's `volatile-lru` / `volatile-ttl`
+//!   otherwise, and `noeviction` refuses the write with [`CacheError::NamespaceFull`] rather than
+//!   drop data. Eviction and the insert run in one write transaction: a refused put changes
+//!   nothing. The adaptive policy may decline the value being put (a cache under pressure
+//!   keeps what is worth more); the put then succeeds and the value counts as evicted.
 //! - **Usage in memory.** Each namespace's bytes and entries are summed once when the cache
 //!   opens and then kept in a ledger that changes only after a transaction commits, so a put never
 //!   scans the table to learn whether it fits.
-//! - **Access statistics are batched.** LRU and LFU need the time and count of every read, but a
-//!   write per read would turn every cache hit into a transaction (and a WAL append). Hits are
-//!   recorded in memory and flushed into `last_access`/`access_count` at the start of the next
-//!   write transaction, before any victim is chosen, so eviction always sees them. A crash loses
-//!   only these hints, never a value.
+//! - **Access statistics are batched.** The policies need every read, but a write per read would
+//!   turn every cache hit into a transaction (and a WAL append). Hits are recorded in memory and
+//!   given to the policies and to `last_access`/`access_count` at the start of the next write
+//!   transaction, before any victim is chosen, so eviction always sees them. A crash loses only
+//!   these hints, never a value; the policies are rebuilt from the columns at open.
 //! - **Expiry on read.** An entry past its TTL is a miss the moment it expires, even before it is
 //!   removed; reading it removes it, and [`Cache::purge_expired`] reclaims the rest in small steps.
 //! - **Compression** above 1 KiB per the device profile ([`codec`]), with the encoding stored in
@@ -32,8 +35,9 @@
 //! This file holds the [`Cache`] itself, its configuration, errors and public API, and the
 //! write of one value (`upsert`). The rest is split by concern: `sql` (the statements and row
 //! readers), `ledger` (what a transaction changes in the usage, applied after it commits),
-//! `access` (the batched access statistics), `eviction` (making room under a namespace's
-//! policy), `remote` (applying pulled pages), `subscribe` (starting a watch from the right
+//! `policies` (each namespace's eviction policy, rebuilt after a rollback), `access` (the
+//! batched access statistics), `eviction` (the SQL removals: expired rows, a full disk's
+//! victims), `remote` (applying pulled pages), `subscribe` (starting a watch from the right
 //! snapshot), [`stats`] and [`codec`].
 
 mod access;
