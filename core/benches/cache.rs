@@ -176,6 +176,76 @@ fn ratios(s: &Sides) {
     );
 }
 
+/// Rows in the database `Cache::open` is timed on.
+const OPEN_ROWS: usize = 50_000;
+
+/// `Cache::open` on a file of `OPEN_ROWS` rows (it rebuilds every namespace's eviction policy
+/// from the table) against the usage query alone, which is all an open did before the policies.
+fn open_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open.db");
+    drop(Store::open(&path, &StoreOptions::default()).unwrap());
+    let mut raw = Connection::open(&path).unwrap();
+    let tx = raw.transaction().unwrap();
+    let tenant = TenantId::new("acme").unwrap();
+    for i in 0..OPEN_ROWS {
+        let ns = [
+            Namespace::UserCache,
+            Namespace::ApiCache,
+            Namespace::Sessions,
+        ][i % 3];
+        let key = TenantKey::new(&tenant, ns, &format!("k{i}")).unwrap();
+        tx.execute(
+            "INSERT INTO cache_entries (full_key, tenant, namespace, value, encoding, raw_size, \
+             charged_bytes, created_at, expires_at, last_access, access_count) \
+             VALUES (?1, 'acme', ?2, x'00', 0, 1, ?3, 0, NULL, ?4, ?5)",
+            params![
+                key.as_str(),
+                i64::from(ns.id()),
+                1 + key.as_str().len() as i64,
+                i as i64,
+                (i % 7) as i64
+            ],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let median = |f: &mut dyn FnMut()| {
+        let mut samples: Vec<f64> = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        samples[2]
+    };
+    let open = median(&mut || {
+        let store = Arc::new(Store::open(&path, &StoreOptions::default()).unwrap());
+        let config = CacheConfig {
+            device_budget_bytes: 1 << 30,
+            ..CacheConfig::default()
+        };
+        black_box(Cache::open(store, Arc::new(SystemClock), config).unwrap());
+    });
+    let usage = median(&mut || {
+        let sums: i64 = raw
+            .query_row(
+                "SELECT sum(n) FROM (SELECT namespace, count(*) AS n, sum(charged_bytes), \
+                 sum(raw_size), sum(length(value)) FROM cache_entries GROUP BY namespace)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(sums as usize, OPEN_ROWS);
+    });
+    println!(
+        "  Cache::open with {OPEN_ROWS} rows: {open:.1} ms (policies rebuilt), usage query alone {usage:.1} ms, ratio {:.1}",
+        open / usage
+    );
+}
+
 fn main() {
     let s = sides();
     let mut criterion = Criterion::default()
@@ -185,4 +255,5 @@ fn main() {
     bench(&mut criterion, &s);
     criterion.final_summary();
     ratios(&s);
+    open_time();
 }
