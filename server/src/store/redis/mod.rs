@@ -92,7 +92,9 @@ enum Source {
 #[derive(Clone)]
 pub struct RedisStore {
     source: Source,
-    topology: Topology,
+    /// Behind an `Arc`: with the URLs of the policy groups the topology is large, and the store
+    /// is cloned with the app state and sits in `Store` beside the much smaller embedded store.
+    topology: Arc<Topology>,
     options: RedisOptions,
     publish_script: Arc<Script>,
     rate_script: Arc<Script>,
@@ -191,7 +193,7 @@ impl RedisStore {
         };
         Ok(Self {
             source,
-            topology: topology.clone(),
+            topology: Arc::new(topology.clone()),
             options: RedisOptions {
                 partitions: options.partitions.clamp(1, keys::MAX_PARTITIONS),
                 ..options
@@ -576,7 +578,7 @@ impl RedisStore {
     /// connections (the credentials `serve` uses).
     pub async fn instance_policies(&self) -> Vec<InstancePolicy> {
         let links = self.links();
-        match &self.topology {
+        match self.topology.as_ref() {
             Topology::Standalone {
                 cache_url,
                 sync_url,
@@ -664,7 +666,7 @@ impl RedisStore {
     /// on a Cluster — and the state of the deployment.
     pub async fn sync_facts(&self) -> Result<SyncStoreFacts, StoreError> {
         let links = self.links();
-        let mut facts = match (&self.topology, &links.cluster) {
+        let mut facts = match (self.topology.as_ref(), &links.cluster) {
             (Topology::Cluster { seeds }, Some(cluster)) => {
                 self.cluster_facts(seeds, cluster).await?
             }
