@@ -472,6 +472,7 @@ impl Target {
             Self::Standalone(url) => Topology::Standalone {
                 cache_url: url.clone(),
                 sync_url: None,
+                groups: kryonix_server::store::redis::CacheGroups::default(),
             },
             Self::Cluster(seeds) => Topology::Cluster {
                 seeds: seeds.clone(),

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::Scope;
 use crate::config::{ConfigError, FileConfig, ServerConfig};
-use crate::store::redis::{RedisAccess, Secret, TlsMaterial};
+use crate::store::redis::{CacheGroups, RedisAccess, Secret, TlsMaterial};
 
 /// The Kryonix sync server.
 #[derive(Debug, Parser)]
@@ -33,7 +33,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Mint a device or service token, for development and tests.
     Token(TokenArgs),
-    /// Inspect the Redis setup and print findings; exits 1 when `serve` would refuse to start.
+    /// Inspect the Redis setup and print findings: the sync store's safety, each connection's
+    /// encryption, and each instance's maxmemory-policy against the table policies of the
+    /// namespaces routed to it. Exits 1 when `serve` would refuse to start.
     Check(ServeArgs),
     /// Redis ACL users: a tenant's backend workers, or the server's own least-privilege user.
     Acl(Box<AclArgs>),
@@ -99,6 +101,21 @@ pub struct ServeArgs {
     /// A dedicated noeviction + AOF Redis for mobile_sync (DB 11).
     #[arg(long, env = "KRYONIX_SYNC_REDIS_URL")]
     pub sync_redis_url: Option<String>,
+    /// An allkeys-lru Redis for the cache namespaces the table gives allkeys-lru (sessions,
+    /// user_cache, file_metadata, tenant_config, device_trust, backup_status), each in the
+    /// database of its id. Unset: they stay on --redis-url.
+    #[arg(long, env = "KRYONIX_CACHE_LRU_REDIS_URL")]
+    pub cache_lru_redis_url: Option<String>,
+    /// An allkeys-lfu Redis for api_cache, search_cache and ai_models. Unset: --redis-url.
+    #[arg(long, env = "KRYONIX_CACHE_LFU_REDIS_URL")]
+    pub cache_lfu_redis_url: Option<String>,
+    /// A volatile-lru Redis for realtime_data and geolocation. Unset: --redis-url.
+    #[arg(long, env = "KRYONIX_CACHE_VOLATILE_LRU_REDIS_URL")]
+    pub cache_volatile_lru_redis_url: Option<String>,
+    /// A volatile-ttl Redis for auth_tokens (token revocations), rate_limiting, analytics_temp
+    /// and distributed_locks. Unset: --redis-url.
+    #[arg(long, env = "KRYONIX_CACHE_VOLATILE_TTL_REDIS_URL")]
+    pub cache_volatile_ttl_redis_url: Option<String>,
     /// A Redis Cluster instead: some of its nodes, comma-separated
     /// (redis://h1:7000,redis://h2:7001). Every namespace lives in database 0.
     #[arg(long, env = "KRYONIX_REDIS_CLUSTER", value_delimiter = ',')]
@@ -374,6 +391,24 @@ impl ServeArgs {
         c.listen = self.listen.or(file.listen).unwrap_or(c.listen);
         c.redis_url = self.redis_url.clone().or(file.redis_url);
         c.sync_redis_url = self.sync_redis_url.clone().or(file.sync_redis_url);
+        c.cache_groups = CacheGroups {
+            allkeys_lru: self
+                .cache_lru_redis_url
+                .clone()
+                .or(file.cache_lru_redis_url),
+            allkeys_lfu: self
+                .cache_lfu_redis_url
+                .clone()
+                .or(file.cache_lfu_redis_url),
+            volatile_lru: self
+                .cache_volatile_lru_redis_url
+                .clone()
+                .or(file.cache_volatile_lru_redis_url),
+            volatile_ttl: self
+                .cache_volatile_ttl_redis_url
+                .clone()
+                .or(file.cache_volatile_ttl_redis_url),
+        };
         c.redis_cluster = if self.redis_cluster.is_empty() {
             file.redis_cluster.unwrap_or_default()
         } else {
@@ -526,5 +561,39 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(token.command, Some(Command::Token(_))));
+    }
+
+    #[test]
+    fn cache_group_urls_come_from_flags_or_the_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "redis_url = \"redis://main:6379\"\ncache_lfu_redis_url = \"redis://file-lfu:6379\"\ncache_volatile_ttl_redis_url = \"redis://ttl:6379\""
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "kryonix-server",
+            "check",
+            "--config",
+            file.path().to_str().unwrap(),
+            "--cache-lfu-redis-url",
+            "redis://flag-lfu:6379",
+            "--cache-volatile-lru-redis-url",
+            "redis://vlru:6379",
+        ])
+        .unwrap();
+        let Some(Command::Check(args)) = cli.command else {
+            panic!("expected check");
+        };
+        let c = args.settle().unwrap();
+        assert_eq!(
+            c.cache_groups,
+            CacheGroups {
+                allkeys_lru: None,
+                allkeys_lfu: Some("redis://flag-lfu:6379".into()),
+                volatile_lru: Some("redis://vlru:6379".into()),
+                volatile_ttl: Some("redis://ttl:6379".into()),
+            }
+        );
     }
 }

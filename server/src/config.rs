@@ -30,6 +30,24 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// Per-policy cache instances given with a Cluster or Sentinel, whose nodes hold every
+    /// namespace themselves.
+    #[error(
+        "{flags} apply to a standalone Redis deployment (--redis-url, --sync-redis-url), not to {topology}: {why}"
+    )]
+    CacheGroupsNeedStandalone {
+        flags: String,
+        topology: &'static str,
+        why: &'static str,
+    },
+    /// Per-policy cache instances given without any Redis (the embedded development store).
+    #[error(
+        "{flags} need --redis-url or --sync-redis-url: without a Redis the embedded development store serves every namespace"
+    )]
+    CacheGroupsWithoutRedis { flags: String },
+    /// A per-policy cache URL the Redis client cannot use.
+    #[error(transparent)]
+    BadCacheUrl(#[from] crate::store::redis::routing::BadGroupUrl),
 }
 
 /// What a tenant may do. Tenants not listed in the file get the default policy.
@@ -105,6 +123,9 @@ pub struct ServerConfig {
     pub redis_url: Option<String>,
     /// A dedicated (noeviction, AOF) Redis for mobile_sync.
     pub sync_redis_url: Option<String>,
+    /// An instance of its own for the cache namespaces of each eviction policy, where one is
+    /// given; the namespaces of the others stay on `redis_url` (standalone deployments only).
+    pub cache_groups: crate::store::redis::CacheGroups,
     /// Seed nodes of a Redis Cluster (`redis://host:port`), instead of the URLs above.
     pub redis_cluster: Vec<String>,
     /// Sentinels (`redis://host:26379`) naming the primary, instead of the URLs above; the
@@ -171,6 +192,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis_url: None,
             sync_redis_url: None,
+            cache_groups: crate::store::redis::CacheGroups::default(),
             redis_cluster: Vec::new(),
             sentinels: Vec::new(),
             sentinel_master: None,
@@ -219,6 +241,7 @@ impl ServerConfig {
         Some(Topology::Standalone {
             cache_url: cache_url.clone(),
             sync_url: self.sync_redis_url.clone(),
+            groups: self.cache_groups.clone(),
         })
     }
 
@@ -307,6 +330,7 @@ impl ServerConfig {
                 "--sentinel and --sentinel-master go together".into(),
             ));
         }
+        self.validate_cache_groups()?;
         if let Some(p) = self.up_partitions
             && (p == 0 || p > crate::keys::MAX_PARTITIONS)
         {
@@ -319,6 +343,41 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Per-policy cache instances need a standalone deployment to route around, and URLs the
+    /// Redis client can use.
+    fn validate_cache_groups(&self) -> Result<(), ConfigError> {
+        let flags: Vec<&str> = self
+            .cache_groups
+            .configured()
+            .map(|(g, _)| g.flag())
+            .collect();
+        if flags.is_empty() {
+            return Ok(());
+        }
+        let flags = flags.join(", ");
+        if !self.redis_cluster.is_empty() {
+            return Err(ConfigError::CacheGroupsNeedStandalone {
+                flags,
+                topology: "a Redis Cluster",
+                why: "a Cluster has no logical databases, so every namespace lives in database 0 of its nodes; give those nodes the policy their cache traffic needs",
+            });
+        }
+        if !self.sentinels.is_empty() {
+            return Err(ConfigError::CacheGroupsNeedStandalone {
+                flags,
+                topology: "Sentinel",
+                why: "every namespace lives on the primary the Sentinels name, which the server follows through failovers; per-policy instances beside it are not supported",
+            });
+        }
+        if self.redis_url.is_none() && self.sync_redis_url.is_none() {
+            return Err(ConfigError::CacheGroupsWithoutRedis { flags });
+        }
+        self.cache_groups.validate()?;
+        Ok(())
+    }
+}
+
 /// The optional TOML file: every field may be left out.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -326,6 +385,10 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub redis_url: Option<String>,
     pub sync_redis_url: Option<String>,
+    pub cache_lru_redis_url: Option<String>,
+    pub cache_lfu_redis_url: Option<String>,
+    pub cache_volatile_lru_redis_url: Option<String>,
+    pub cache_volatile_ttl_redis_url: Option<String>,
     pub redis_cluster: Option<Vec<String>>,
     pub sentinels: Option<Vec<String>>,
     pub sentinel_master: Option<String>,
@@ -440,6 +503,57 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("producer_ttl_secs")
+        );
+    }
+
+    #[test]
+    fn cache_groups_need_a_standalone_redis() {
+        use crate::store::redis::{CacheGroups, Topology};
+        let mut cfg = ServerConfig::new("x".repeat(32));
+        cfg.cache_groups = CacheGroups {
+            allkeys_lfu: Some("redis://127.0.0.1:7001".into()),
+            ..CacheGroups::default()
+        };
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::CacheGroupsWithoutRedis { flags }) if flags == "--cache-lfu-redis-url"
+        ));
+
+        cfg.redis_url = Some("redis://127.0.0.1:6379".into());
+        cfg.validate().unwrap();
+        assert!(matches!(
+            cfg.topology(),
+            Some(Topology::Standalone { groups, .. }) if groups == cfg.cache_groups
+        ));
+
+        let mut cluster = cfg.clone();
+        cluster.redis_url = None;
+        cluster.redis_cluster = vec!["redis://127.0.0.1:7000".into()];
+        let err = cluster.validate_topology().unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::CacheGroupsNeedStandalone { topology, .. } if topology.contains("Cluster")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--cache-lfu-redis-url"), "{err}");
+
+        let mut sentinel = cfg.clone();
+        sentinel.sentinels = vec!["redis://127.0.0.1:26379".into()];
+        sentinel.sentinel_master = Some("main".into());
+        assert!(matches!(
+            sentinel.validate_topology(),
+            Err(ConfigError::CacheGroupsNeedStandalone {
+                topology: "Sentinel",
+                ..
+            })
+        ));
+
+        cfg.cache_groups.volatile_ttl = Some("not a url".into());
+        let err = cfg.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::BadCacheUrl(_)), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("--cache-volatile-ttl-redis-url"),
+            "{err}"
         );
     }
 }

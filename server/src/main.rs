@@ -166,8 +166,16 @@ async fn check(args: ServeArgs) -> ExitCode {
         (Some(address), _) => println!("ok    sync store at {address}"),
         _ => {}
     }
+    let cache = match &store {
+        Store::Redis(redis) => startup::assess_cache(&redis.instance_policies().await),
+        Store::Embedded(_) => Vec::new(),
+    };
     let mut refused = false;
-    for finding in connections.into_iter().chain(startup::assess_all(&facts)) {
+    for finding in connections
+        .into_iter()
+        .chain(startup::assess_all(&facts))
+        .chain(cache)
+    {
         match finding {
             Finding::Ok(text) => println!("ok    {text}"),
             Finding::Warning(text) => println!("WARN  {text}"),

@@ -10,10 +10,20 @@
 //! On a Cluster the rule applies to every primary (each is checked, and named in the findings);
 //! under Sentinel it applies at start-up and again at every failover, to the new primary (see
 //! `store::redis::topology`).
+//!
+//! `check` also judges every instance against the namespace table ([`assess_cache`]): an
+//! instance whose `maxmemory-policy` is not the table policy of the cache namespaces routed to
+//! it is a warning naming them (they are served, but not evicted as the table says), and one
+//! that could evict a `noeviction` namespace is a refusal. `serve` logs where each namespace
+//! goes but does not read the cache instances' policies: a cache that evicts differently loses
+//! nothing that is not a cache, and `check` runs before `serve` in the systemd unit.
+
+use kryonix_protocol::{EvictionPolicy, Namespace};
 
 use crate::config::ServerConfig;
 use crate::store::redis::access::{self, RedisAccess};
-use crate::store::redis::{RedisOptions, Topology};
+use crate::store::redis::routing::{self, PolicyGroup};
+use crate::store::redis::{InstancePolicy, PolicyReading, RedisOptions, Topology};
 use crate::store::{EmbeddedStore, RedisStore, Store, StoreError, SyncStoreFacts};
 
 /// Why the server will not start.
@@ -149,6 +159,137 @@ pub fn assess_all(facts: &SyncStoreFacts) -> Vec<Finding> {
     out
 }
 
+/// Judges each instance's `maxmemory-policy` against the table policies of the namespaces
+/// routed to it. Pure, like [`assess`].
+pub fn assess_cache(instances: &[InstancePolicy]) -> Vec<Finding> {
+    instances.iter().flat_map(assess_instance).collect()
+}
+
+fn assess_instance(seen: &InstancePolicy) -> Vec<Finding> {
+    let instance = &seen.instance;
+    let label = instance.label();
+    if instance.namespaces.is_empty() {
+        return vec![Finding::Warning(format!(
+            "{label} serves no namespace (mobile_sync and every cache namespace are on other instances): it is not used"
+        ))];
+    }
+    let policy = match &seen.reading {
+        PolicyReading::Unknown(why) => {
+            return vec![Finding::Warning(format!(
+                "{label}: maxmemory-policy could not be verified ({why}); it serves {}",
+                names(&instance.namespaces)
+            ))];
+        }
+        reading => reading.policy().unwrap_or_default(),
+    };
+    let via = match &seen.reading {
+        PolicyReading::Info(_) => " (read from INFO: CONFIG GET was refused)",
+        _ => "",
+    };
+    let (durable, cache): (Vec<Namespace>, Vec<Namespace>) = instance
+        .namespaces
+        .iter()
+        .copied()
+        .partition(|ns| ns.eviction() == EvictionPolicy::Noeviction);
+    let mut out = Vec::new();
+    if !durable.is_empty() && policy != EvictionPolicy::Noeviction.as_str() {
+        out.push(Finding::Refusal(format!(
+            "{label}: maxmemory-policy {policy}{via} can evict {}, which the table marks noeviction",
+            names(&durable)
+        )));
+    }
+    let unhonoured: Vec<Namespace> = cache
+        .iter()
+        .copied()
+        .filter(|ns| ns.eviction().as_str() != policy)
+        .collect();
+    let shared = cache.len() == routing::cache_namespaces().count();
+    if shared {
+        let mut text = format!(
+            "all {} cache namespaces share one Redis instance, {label}, with maxmemory-policy {policy}{via}",
+            cache.len()
+        );
+        if !unhonoured.is_empty() {
+            text.push_str(&format!(
+                ": the table's policy is therefore not honoured for {}",
+                by_policy(&unhonoured)
+            ));
+            if seen.groups_possible {
+                let flags: Vec<&str> = PolicyGroup::ALL
+                    .into_iter()
+                    .filter(|g| unhonoured.iter().any(|ns| ns.eviction() == g.policy()))
+                    .map(PolicyGroup::flag)
+                    .collect();
+                text.push_str(&format!(
+                    " (give them instances of their own with {})",
+                    flags.join(", ")
+                ));
+            }
+        }
+        out.push(Finding::Warning(text));
+    } else if !unhonoured.is_empty() {
+        out.push(Finding::Warning(format!(
+            "{label}: maxmemory-policy {policy}{via}, so the table's policy is not honoured for {}",
+            by_policy(&unhonoured)
+        )));
+    } else if out.is_empty() {
+        out.push(Finding::Ok(format!(
+            "{label}: maxmemory-policy {policy}{via}, as the table asks for {}",
+            names(&instance.namespaces)
+        )));
+    }
+    out
+}
+
+/// "api_cache, search_cache".
+fn names(list: &[Namespace]) -> String {
+    list.iter()
+        .map(|ns| ns.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// "api_cache, search_cache (allkeys-lfu); auth_tokens (volatile-ttl)", in table order.
+fn by_policy(list: &[Namespace]) -> String {
+    let mut policies: Vec<EvictionPolicy> = Vec::new();
+    for ns in list {
+        if !policies.contains(&ns.eviction()) {
+            policies.push(ns.eviction());
+        }
+    }
+    policies
+        .iter()
+        .map(|p| {
+            let members: Vec<Namespace> = list
+                .iter()
+                .copied()
+                .filter(|ns| ns.eviction() == *p)
+                .collect();
+            format!("{} ({p})", names(&members))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Logs which instance serves which namespaces, so an operator reading the log of a standalone
+/// deployment sees the policy groups in effect.
+fn log_routing(topology: &Topology) {
+    if let Topology::Standalone {
+        cache_url,
+        sync_url,
+        groups,
+    } = topology
+    {
+        for instance in routing::instances(cache_url, sync_url.as_deref(), groups) {
+            tracing::info!(
+                instance = %instance.label(),
+                namespaces = %names(&instance.namespaces),
+                "redis routing"
+            );
+        }
+    }
+}
+
 /// Opens the store and applies the safety rules. Returns the store and the warnings to repeat
 /// in `/readyz`.
 pub async fn open_store(config: &ServerConfig) -> Result<(Store, Vec<String>), StartupError> {
@@ -173,6 +314,7 @@ pub async fn open_store(config: &ServerConfig) -> Result<(Store, Vec<String>), S
             Finding::Ok(text) | Finding::Refusal(text) => tracing::info!("redis: {text}"),
         }
     }
+    log_routing(&topology);
     let store = Store::Redis(RedisStore::open(&topology, options).await?);
     let facts = store.sync_facts().await?;
     if facts.cluster_enabled == Some(true) && !matches!(topology, Topology::Cluster { .. }) {
@@ -258,5 +400,114 @@ mod tests {
         .to_string();
         assert!(msg.contains("maxmemory-policy noeviction"));
         assert!(msg.contains("--allow-evicting-sync-store"));
+    }
+
+    fn seen(roles: &str, namespaces: &[Namespace], reading: PolicyReading) -> InstancePolicy {
+        InstancePolicy {
+            instance: routing::Instance {
+                roles: vec![roles.into()],
+                url: "redis://h:1".into(),
+                address: "h:1".into(),
+                namespaces: namespaces.to_vec(),
+            },
+            reading,
+            groups_possible: true,
+        }
+    }
+
+    fn config(policy: &str) -> PolicyReading {
+        PolicyReading::Config(policy.into())
+    }
+
+    #[test]
+    fn a_group_on_its_own_policy_is_ok_and_on_another_a_warning_naming_the_namespaces() {
+        let lfu = PolicyGroup::AllkeysLfu.namespaces();
+        let ok = assess_cache(&[seen("allkeys-lfu group", &lfu, config("allkeys-lfu"))]);
+        assert_eq!(
+            ok,
+            [Finding::Ok(
+                "allkeys-lfu group (redis://h:1): maxmemory-policy allkeys-lfu, as the table asks for api_cache, search_cache, ai_models".into()
+            )]
+        );
+        let mut mixed = lfu.clone();
+        mixed.extend(PolicyGroup::AllkeysLru.namespaces());
+        mixed.sort();
+        let warned = assess_cache(&[seen("g", &mixed, config("allkeys-lru"))]);
+        assert_eq!(
+            warned,
+            [Finding::Warning(
+                "g (redis://h:1): maxmemory-policy allkeys-lru, so the table's policy is not honoured for api_cache, search_cache, ai_models (allkeys-lfu)".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn an_evicting_instance_holding_noeviction_data_is_refused() {
+        let found = assess_cache(&[seen(
+            "sync store",
+            &[Namespace::MobileSync],
+            config("volatile-ttl"),
+        )]);
+        assert!(
+            matches!(&found[..], [Finding::Refusal(t)] if t.contains("can evict mobile_sync")),
+            "{found:?}"
+        );
+        let fine = assess_cache(&[seen(
+            "sync store",
+            &[Namespace::MobileSync],
+            PolicyReading::Info("noeviction".into()),
+        )]);
+        assert!(
+            matches!(&fine[..], [Finding::Ok(t)] if t.contains("(read from INFO")),
+            "{fine:?}"
+        );
+    }
+
+    #[test]
+    fn one_shared_instance_lists_what_is_not_honoured_and_how_to_fix_it() {
+        let everything: Vec<Namespace> = Namespace::all().collect();
+        let found = assess_cache(&[seen(
+            "sync store + main cache",
+            &everything,
+            config("noeviction"),
+        )]);
+        let [Finding::Warning(text)] = &found[..] else {
+            panic!("{found:?}");
+        };
+        assert!(
+            text.starts_with("all 15 cache namespaces share one Redis instance"),
+            "{text}"
+        );
+        assert!(
+            text.contains("api_cache, search_cache, ai_models (allkeys-lfu)"),
+            "{text}"
+        );
+        assert!(text.contains("--cache-volatile-ttl-redis-url"), "{text}");
+
+        // A Cluster or Sentinel cannot split: no flags to suggest.
+        let mut cluster = seen("every Cluster primary", &everything, config("noeviction"));
+        cluster.groups_possible = false;
+        let found = assess_cache(&[cluster]);
+        assert!(
+            matches!(&found[..], [Finding::Warning(t)] if !t.contains("--cache")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_unread_policy_or_an_unused_instance_is_a_warning() {
+        let found = assess_cache(&[
+            seen(
+                "allkeys-lfu group",
+                &PolicyGroup::AllkeysLfu.namespaces(),
+                PolicyReading::Unknown("NOPERM".into()),
+            ),
+            seen("main cache", &[], PolicyReading::Unknown(String::new())),
+        ]);
+        assert!(
+            matches!(&found[..], [Finding::Warning(a), Finding::Warning(b)]
+                if a.contains("could not be verified (NOPERM)") && b.contains("not used")),
+            "{found:?}"
+        );
     }
 }

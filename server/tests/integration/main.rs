@@ -15,6 +15,7 @@ mod contract;
 mod http;
 mod isolation;
 mod malformed;
+mod policy_groups;
 mod properties;
 mod push;
 mod revocation;

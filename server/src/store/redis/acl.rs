@@ -149,10 +149,15 @@ pub async fn nodes(
         Topology::Standalone {
             cache_url,
             sync_url,
+            groups,
         } => {
             let mut v = vec![parse(cache_url)?];
             if let Some(sync) = sync_url {
                 v.push(parse(sync)?);
+            }
+            // The policy groups' instances serve the server too: its user must exist there.
+            for (_, url) in groups.configured() {
+                v.push(parse(url)?);
             }
             v
         }

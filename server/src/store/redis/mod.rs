@@ -2,9 +2,10 @@
 //!
 //! On a standalone Redis (and on the primary a Sentinel names) the cache namespaces live in
 //! databases 0–15 (`--redis-url`); mobile_sync (DB 11) may live on its own noeviction + AOF
-//! instance (`--sync-redis-url`). Each database gets its own [`redis::aio::ConnectionManager`]:
-//! a multiplexed connection that reconnects by itself, so a `SELECT` never races between
-//! concurrent requests. On a Cluster everything is in database 0 and a cluster connection routes
+//! instance (`--sync-redis-url`), and the cache namespaces of each eviction policy on an
+//! instance of their own that runs that policy (`routing`, keeping their database numbers).
+//! Each database gets its own [`redis::aio::ConnectionManager`]: a multiplexed connection that
+//! reconnects by itself, so a `SELECT` never races between concurrent requests. On a Cluster everything is in database 0 and a cluster connection routes
 //! each command; the keys that one operation touches share a hash tag (see `keys`).
 //!
 //! The push is a `WATCH`/`MULTI`/`EXEC` transaction of native commands over the producer's
@@ -13,10 +14,11 @@
 //! all-or-nothing (publish, the rate check) run as Lua scripts, which Redis executes atomically.
 //!
 //! This module holds the operations; the rest is split by concern: `topology` (the deployments
-//! and their connections), `conn` (one connection type over them), `push` (the push
-//! transaction), `pool` (its dedicated connections), `cluster` (slots and primaries), `scripts`
-//! (the Lua scripts), `entries` (what is stored and how it is read back), `info` (`INFO`
-//! parsing) and `errors` (Redis errors as [`StoreError`]s).
+//! and their connections), `routing` (which instance serves each namespace), `conn` (one
+//! connection type over them), `push` (the push transaction), `pool` (its dedicated
+//! connections), `cluster` (slots and primaries), `scripts` (the Lua scripts), `entries` (what
+//! is stored and how it is read back), `info` (`INFO` parsing) and `errors` (Redis errors as
+//! [`StoreError`]s).
 
 pub mod access;
 pub mod acl;
@@ -27,6 +29,7 @@ mod errors;
 mod info;
 mod pool;
 mod push;
+pub mod routing;
 mod scripts;
 mod topology;
 
@@ -41,7 +44,7 @@ use self::entries::{RawEntry, change_from_entry, decode_cached, parse_entry_id};
 use self::errors::{key_err, map};
 use self::push::last_seq_from;
 use self::scripts::{PUBLISH_SCRIPT, RATE_SCRIPT};
-use self::topology::{Follower, Links};
+use self::topology::{Follower, GroupTargets, Links};
 use super::{
     Cached, Cursor, NewChange, NewItem, Page, PushOptions, PushOutcome, RateDecision, Rates,
     StoreError, SyncStoreFacts, decision,
@@ -53,6 +56,7 @@ pub use self::entries::ItemMetadata;
 pub use self::errors::classify;
 pub use self::info::{facts_from_info, parse_info};
 pub use self::pool::PUSH_CONNECTIONS;
+pub use self::routing::{CacheGroups, InstancePolicy, PolicyGroup, PolicyReading};
 pub use self::topology::{Topology, client_for_db};
 
 /// Settings of a [`RedisStore`] beyond where Redis is.
@@ -88,7 +92,9 @@ enum Source {
 #[derive(Clone)]
 pub struct RedisStore {
     source: Source,
-    topology: Topology,
+    /// Behind an `Arc`: with the URLs of the policy groups the topology is large, and the store
+    /// is cloned with the app state and sits in `Store` beside the much smaller embedded store.
+    topology: Arc<Topology>,
     options: RedisOptions,
     publish_script: Arc<Script>,
     rate_script: Arc<Script>,
@@ -97,6 +103,35 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+/// An instance's `maxmemory-policy`: `CONFIG GET`, else `INFO` (which works where an ACL or a
+/// managed Redis refuses `CONFIG`; the server's least-privilege user has only `INFO`), else why
+/// neither answered. Never an error: `check` reports an unreadable policy as a warning.
+async fn read_policy(mut con: Conn) -> PolicyReading {
+    let config: Result<std::collections::HashMap<String, String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut con)
+        .await;
+    let refused = match config {
+        Ok(map) => match map.get("maxmemory-policy") {
+            Some(policy) => return PolicyReading::Config(policy.clone()),
+            None => "CONFIG GET maxmemory-policy answered nothing".to_owned(),
+        },
+        Err(err) => format!("CONFIG GET: {err}"),
+    };
+    match redis::cmd("INFO")
+        .arg("memory")
+        .query_async::<String>(&mut con)
+        .await
+    {
+        Ok(text) => match parse_info(&text).get("maxmemory_policy") {
+            Some(policy) => PolicyReading::Info(policy.clone()),
+            None => PolicyReading::Unknown(format!("{refused}; INFO reported no maxmemory_policy")),
+        },
+        Err(err) => PolicyReading::Unknown(format!("{refused}; INFO: {err}")),
     }
 }
 
@@ -116,6 +151,7 @@ impl RedisStore {
             &Topology::Standalone {
                 cache_url: cache_url.to_owned(),
                 sync_url: sync_url.map(str::to_owned),
+                groups: CacheGroups::default(),
             },
             RedisOptions::default(),
         )
@@ -128,11 +164,13 @@ impl RedisStore {
             Topology::Standalone {
                 cache_url,
                 sync_url,
+                groups,
             } => {
                 let cache = topology::parse(cache_url)?;
                 let sync = sync_url.as_deref().map(topology::parse).transpose()?;
+                let groups = GroupTargets::parse(groups)?;
                 Source::Fixed(Arc::new(
-                    topology::standalone(&options.access, &cache, sync.as_ref()).await?,
+                    topology::standalone(&options.access, &cache, sync.as_ref(), &groups).await?,
                 ))
             }
             Topology::Cluster { seeds } => {
@@ -155,7 +193,7 @@ impl RedisStore {
         };
         Ok(Self {
             source,
-            topology: topology.clone(),
+            topology: Arc::new(topology.clone()),
             options: RedisOptions {
                 partitions: options.partitions.clamp(1, keys::MAX_PARTITIONS),
                 ..options
@@ -535,6 +573,91 @@ impl RedisStore {
         Ok(decision(tenant_wait, device_wait))
     }
 
+    /// What `check` compares with the namespace table: every instance the deployment names,
+    /// what is routed to it, and its `maxmemory-policy` as read over the store's own
+    /// connections (the credentials `serve` uses).
+    pub async fn instance_policies(&self) -> Vec<InstancePolicy> {
+        let links = self.links();
+        match self.topology.as_ref() {
+            Topology::Standalone {
+                cache_url,
+                sync_url,
+                groups,
+            } => {
+                let mut out = Vec::new();
+                for instance in routing::instances(cache_url, sync_url.as_deref(), groups) {
+                    let reading = match instance.namespaces.first() {
+                        Some(ns) => match links.cache(*ns) {
+                            Ok(con) => read_policy(con).await,
+                            Err(err) => PolicyReading::Unknown(err.to_string()),
+                        },
+                        None => PolicyReading::Unknown("not connected: it serves nothing".into()),
+                    };
+                    out.push(InstancePolicy {
+                        instance,
+                        reading,
+                        groups_possible: true,
+                    });
+                }
+                out
+            }
+            Topology::Sentinel { .. } => {
+                let address = match &self.source {
+                    Source::Sentinel(follower) => follower.primary(),
+                    Source::Fixed(_) => links.nodes.first().cloned().unwrap_or_default(),
+                };
+                vec![InstancePolicy {
+                    instance: routing::Instance {
+                        roles: vec!["Sentinel primary".into()],
+                        url: address.clone(),
+                        address,
+                        namespaces: Namespace::all().collect(),
+                    },
+                    reading: read_policy(links.sync.clone()).await,
+                    groups_possible: false,
+                }]
+            }
+            Topology::Cluster { .. } => {
+                // A cluster connection would send CONFIG GET to one node of its choosing; the
+                // primaries' INFO, read for the sync store anyway, says it for each of them.
+                let reading = match self.sync_facts().await {
+                    Ok(facts) => {
+                        let mut policies: Vec<String> = facts
+                            .nodes
+                            .iter()
+                            .filter_map(|n| n.maxmemory_policy.clone())
+                            .collect();
+                        policies.sort();
+                        policies.dedup();
+                        match policies.as_slice() {
+                            [one] if facts.nodes.iter().all(|n| n.maxmemory_policy.is_some()) => {
+                                PolicyReading::Info(one.clone())
+                            }
+                            [] | [_] => PolicyReading::Unknown(
+                                "some primaries did not report maxmemory_policy".into(),
+                            ),
+                            many => PolicyReading::Unknown(format!(
+                                "the primaries disagree: {}",
+                                many.join(", ")
+                            )),
+                        }
+                    }
+                    Err(err) => PolicyReading::Unknown(err.to_string()),
+                };
+                vec![InstancePolicy {
+                    instance: routing::Instance {
+                        roles: vec!["every Cluster primary".into()],
+                        url: links.nodes.join(", "),
+                        address: String::new(),
+                        namespaces: Namespace::all().collect(),
+                    },
+                    reading,
+                    groups_possible: false,
+                }]
+            }
+        }
+    }
+
     pub async fn memory_pressure(&self) -> Result<Option<f64>, StoreError> {
         Ok(self.sync_facts().await?.memory_pressure())
     }
@@ -543,7 +666,7 @@ impl RedisStore {
     /// on a Cluster — and the state of the deployment.
     pub async fn sync_facts(&self) -> Result<SyncStoreFacts, StoreError> {
         let links = self.links();
-        let mut facts = match (&self.topology, &links.cluster) {
+        let mut facts = match (self.topology.as_ref(), &links.cluster) {
             (Topology::Cluster { seeds }, Some(cluster)) => {
                 self.cluster_facts(seeds, cluster).await?
             }

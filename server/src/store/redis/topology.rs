@@ -28,6 +28,7 @@ use super::errors::{connect_error, map};
 use super::info::{facts_from_info, parse_info};
 use super::pool::{PUSH_CONNECTIONS, TxPool};
 use super::push::PushRoute;
+use super::routing::{self, CacheGroups, Home, PolicyGroup};
 use crate::keys;
 use crate::startup::{Finding, assess};
 use crate::store::{StoreError, SyncStoreFacts};
@@ -38,6 +39,9 @@ pub enum Topology {
     Standalone {
         cache_url: String,
         sync_url: Option<String>,
+        /// Instances of their own for the cache namespaces of some eviction policies (see
+        /// `routing`); the others stay on `cache_url`.
+        groups: CacheGroups,
     },
     Sentinel {
         /// `redis://host:26379` of each Sentinel.
@@ -61,13 +65,20 @@ impl Topology {
             Self::Standalone {
                 cache_url,
                 sync_url,
-            } => vec![
-                ("cache", vec![cache_url.clone()]),
-                (
-                    "sync store",
-                    vec![sync_url.clone().unwrap_or_else(|| cache_url.clone())],
-                ),
-            ],
+                groups,
+            } => {
+                let mut out = vec![
+                    ("cache", vec![cache_url.clone()]),
+                    (
+                        "sync store",
+                        vec![sync_url.clone().unwrap_or_else(|| cache_url.clone())],
+                    ),
+                ];
+                for (group, url) in groups.configured() {
+                    out.push((group.connection_name(), vec![url.to_owned()]));
+                }
+                out
+            }
             Self::Sentinel {
                 sentinels,
                 node_url,
@@ -149,30 +160,36 @@ async fn manager(client: Client) -> Result<ConnectionManager, StoreError> {
         .map_err(connect_error)
 }
 
-/// Links to a standalone Redis (a Sentinel's current primary is one too).
+/// Links to a standalone Redis (a Sentinel's current primary is one too), with the cache
+/// namespaces of each configured policy group on that group's instance (`routing::home`).
+/// `groups` holds the parsed URL of each configured group.
 pub(super) async fn standalone(
     access: &RedisAccess,
     cache_url: &ConnectionInfo,
     sync_url: Option<&ConnectionInfo>,
+    groups: &GroupTargets,
 ) -> Result<Links, StoreError> {
-    let unavailable = |e: RedisError| StoreError::Unavailable(e.to_string());
-    let mut cache = Vec::with_capacity(16);
-    for ns in Namespace::all() {
-        let client = client_on_db(access, cache_url, keys::database(ns)).map_err(unavailable)?;
-        cache.push(Conn::Standalone(manager(client).await?));
-    }
     let sync_db = keys::database(Namespace::MobileSync);
     let sync_base = sync_url.unwrap_or(cache_url);
     let push_client = client_on_db(access, sync_base, sync_db).map_err(unavailable)?;
-    let sync = match sync_url {
-        Some(info) => Conn::Standalone(
-            manager(client_on_db(access, info, sync_db).map_err(unavailable)?).await?,
-        ),
-        None => cache
-            .get(usize::from(Namespace::MobileSync.id()))
-            .cloned()
-            .ok_or_else(|| StoreError::Internal("no mobile_sync connection".into()))?,
-    };
+    let sync = open_on_db(access, sync_base, sync_db, "the sync store").await?;
+    let mut cache = Vec::with_capacity(16);
+    for ns in Namespace::all() {
+        let db = keys::database(ns);
+        let conn = match routing::home(ns, &groups.urls) {
+            // mobile_sync itself: the sync connection, not a second one to the same database.
+            Home::Sync if db == sync_db => sync.clone(),
+            Home::Sync => open_on_db(access, sync_base, db, "the sync store").await?,
+            Home::Main => open_on_db(access, cache_url, db, "the main cache Redis").await?,
+            Home::Group(group) => {
+                let info = groups.info(group).ok_or_else(|| {
+                    StoreError::Internal(format!("no parsed URL for the {group} group"))
+                })?;
+                open_on_db(access, info, db, group.connection_name()).await?
+            }
+        };
+        cache.push(conn);
+    }
     Ok(Links {
         sync,
         cache,
@@ -180,6 +197,60 @@ pub(super) async fn standalone(
         nodes: vec![sync_base.addr().to_string()],
         cluster: None,
     })
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// A connection to database `db` of `info`; a failure names the instance (`what`, address), so
+/// an operator with several instances knows which one did not answer.
+async fn open_on_db(
+    access: &RedisAccess,
+    info: &ConnectionInfo,
+    db: i64,
+    what: &str,
+) -> Result<Conn, StoreError> {
+    let client = client_on_db(access, info, db).map_err(unavailable)?;
+    match manager(client).await {
+        Ok(con) => Ok(Conn::Standalone(con)),
+        Err(StoreError::Unavailable(text)) => Err(StoreError::Unavailable(format!(
+            "{what} at {}: {text}",
+            info.addr()
+        ))),
+        Err(other) => Err(other),
+    }
+}
+
+/// The configured policy groups with their URLs parsed, for [`standalone`].
+#[derive(Clone, Default)]
+pub(super) struct GroupTargets {
+    urls: CacheGroups,
+    parsed: Vec<(PolicyGroup, ConnectionInfo)>,
+}
+
+impl GroupTargets {
+    /// Parses every configured group URL; an error names the flag.
+    pub(super) fn parse(groups: &CacheGroups) -> Result<Self, StoreError> {
+        groups
+            .validate()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let parsed = groups
+            .configured()
+            .map(|(group, url)| parse(url).map(|info| (group, info)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            urls: groups.clone(),
+            parsed,
+        })
+    }
+
+    fn info(&self, group: PolicyGroup) -> Option<&ConnectionInfo> {
+        self.parsed
+            .iter()
+            .find(|(g, _)| *g == group)
+            .map(|(_, info)| info)
+    }
 }
 
 /// Links to a Redis Cluster.
@@ -268,7 +339,13 @@ impl Follower {
     ) -> Result<Arc<Self>, StoreError> {
         let node = parse(node_url.as_deref().unwrap_or("redis://127.0.0.1:6379"))?;
         let primary = ask_primary(&access, &sentinels, &master).await?;
-        let links = standalone(&access, &node_at(&node, &primary)?, None).await?;
+        let links = standalone(
+            &access,
+            &node_at(&node, &primary)?,
+            None,
+            &GroupTargets::default(),
+        )
+        .await?;
         let follower = Arc::new(Self {
             sentinels,
             master,
@@ -339,7 +416,7 @@ impl Follower {
         }
         let started = Instant::now();
         let links = match node_at(&self.node, &primary) {
-            Ok(node) => standalone(&self.access, &node, None).await,
+            Ok(node) => standalone(&self.access, &node, None, &GroupTargets::default()).await,
             Err(error) => Err(error),
         };
         match links {
