@@ -47,6 +47,26 @@ impl Harness {
         self.dir.path().join("kryonix.db")
     }
 
+    /// Closes the cache and its store and opens the same file again with `config`.
+    fn reopen(self, config: CacheConfig) -> Self {
+        let path = self.path();
+        let Self {
+            dir,
+            clock,
+            store,
+            cache,
+        } = self;
+        drop(cache);
+        drop(store);
+        let (store, cache) = open(&path, &clock, config);
+        Self {
+            dir,
+            clock,
+            store,
+            cache,
+        }
+    }
+
     fn rows(&self) -> i64 {
         self.store
             .read(|c| {
@@ -1069,22 +1089,7 @@ fn reopening_rebuilds_the_policies_with_their_reads() {
     put_many(&h, ns, "hot", 20);
     read_many(&h, ns, "hot", 20, 4);
     put_many(&h, ns, "cold", 20);
-    let path = h.path();
-    let Harness {
-        dir,
-        clock,
-        store,
-        cache,
-    } = h;
-    drop(cache);
-    drop(store);
-    let (store, cache) = open(&path, &clock, forty(Eviction::Adaptive));
-    let h = Harness {
-        dir,
-        clock,
-        store,
-        cache,
-    };
+    let h = h.reopen(forty(Eviction::Adaptive));
     h.assert_ledger_matches_db();
     put_many(&h, ns, "scan", 400);
     assert_eq!(resident(&h, ns, "hot", 20), 20);
@@ -1097,26 +1102,10 @@ fn a_smaller_budget_at_open_evicts_down_to_it() {
     let ns = Namespace::Sessions;
     let h = Harness::new(forty(Eviction::Adaptive));
     put_many(&h, ns, "k", 40);
-    let path = h.path();
-    let Harness {
-        dir,
-        clock,
-        store,
-        cache,
-    } = h;
-    drop(cache);
-    drop(store);
-    let smaller = CacheConfig {
+    let h = h.reopen(CacheConfig {
         eviction: Eviction::Adaptive,
         ..budget_for(ns, FORTY / 4)
-    };
-    let (store, cache) = open(&path, &clock, smaller);
-    let h = Harness {
-        dir,
-        clock,
-        store,
-        cache,
-    };
+    });
     let used = h.cache.stats().namespaces[ns.id() as usize].used_bytes;
     assert!(used <= FORTY / 4 && used > 0, "{used}");
     assert!(h.cache.stats().evictions >= 30);
