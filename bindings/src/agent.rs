@@ -52,6 +52,9 @@ fn core_config(config: AgentConfig) -> Result<kryonix_core::AgentConfig> {
     if let Some(bytes) = config.cache_budget_bytes {
         core.cache.device_budget_bytes = bytes.to_u64("cacheBudgetBytes")?;
     }
+    if let Some(eviction) = config.cache_eviction {
+        core.cache.eviction = eviction.into();
+    }
     if let Some(bytes) = config.max_value_bytes {
         core.cache.max_value_bytes =
             usize::try_from(bytes.to_u64("maxValueBytes")?).unwrap_or(usize::MAX);

@@ -349,6 +349,7 @@ mod tests {
             encryption_key: Some(vec![0xAB; 32]),
             server_ca_pem: None,
             server_pins: vec![],
+            cache_eviction: None,
         };
         let shown = format!("{config:?}");
         assert!(shown.contains("<redacted>"), "{shown}");

@@ -269,6 +269,28 @@ impl From<NetworkProfile> for proto::NetworkProfile {
     }
 }
 
+/// Which eviction policies the cache's namespaces run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum CacheEviction {
+    /// The default: the adaptive policy (W-TinyLFU) for the namespaces whose table policy is
+    /// `allkeys-lru` or `allkeys-lfu`, the table's policy for the others. Under pressure it may
+    /// decline a put whose value is worth less than what it would displace: the put succeeds and
+    /// the value reads as a miss (counted as an eviction).
+    Adaptive,
+    /// The namespace table's plain LRU and LFU: every put is kept, the least recently (or
+    /// frequently) used value goes.
+    Table,
+}
+
+impl From<CacheEviction> for kryonix_core::cache::Eviction {
+    fn from(e: CacheEviction) -> Self {
+        match e {
+            CacheEviction::Adaptive => Self::Adaptive,
+            CacheEviction::Table => Self::Table,
+        }
+    }
+}
+
 /// How to open an agent. Budgets left unset take the core defaults.
 #[derive(Clone, PartialEq, Eq, uniffi::Record)]
 pub struct AgentConfig {
@@ -311,6 +333,9 @@ pub struct AgentConfig {
     /// the server's chain must also contain one of these keys. Pin your CA's key and a backup.
     #[uniffi(default = [])]
     pub server_pins: Vec<String>,
+    /// Which eviction policies the cache runs; unset: `Adaptive`.
+    #[uniffi(default = None)]
+    pub cache_eviction: Option<CacheEviction>,
 }
 
 /// By hand, so that no byte of the key reaches a log through `{:?}`.
@@ -336,6 +361,7 @@ impl std::fmt::Debug for AgentConfig {
                 &self.server_ca_pem.as_ref().map(|_| "<pem>"),
             )
             .field("server_pins", &self.server_pins)
+            .field("cache_eviction", &self.cache_eviction)
             .finish()
     }
 }

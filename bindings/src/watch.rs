@@ -132,6 +132,7 @@ mod tests {
                 encryption_key: None,
                 server_ca_pem: None,
                 server_pins: vec![],
+                cache_eviction: None,
             },
             Arc::new(NoToken),
             None,

@@ -365,6 +365,21 @@ final class KryonixSyncTests: XCTestCase {
         try await agent.shutdown()
     }
 
+    func testTableEvictionKeepsEveryPutAndLetsTheOldestGo() async throws {
+        // 64 KiB for the device: sessions (allkeys-lru) holds a few of these 2 KiB values.
+        var cfg = config(budget: 65_536)
+        cfg.cacheEviction = .table
+        let agent = try await open(cfg)
+        for i in 0..<64 {
+            try await agent.put(namespace: .sessions, key: "k\(i)", value: noise(2048, seed: UInt64(i)), ttl: nil)
+        }
+        let newest = try await agent.get(namespace: .sessions, key: "k63")
+        XCTAssertNotNil(newest, "the newest put is kept")
+        let oldest = try await agent.get(namespace: .sessions, key: "k0")
+        XCTAssertNil(oldest, "the oldest went")
+        try await agent.shutdown()
+    }
+
     func testCorruptDatabase() async throws {
         // Not a whole number of pages, so not an encrypted database either (random whole pages
         // are indistinguishable from one under another key: WrongKey).

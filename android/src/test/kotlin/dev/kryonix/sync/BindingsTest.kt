@@ -288,6 +288,15 @@ fun main() {
         agent.shutdown()
     }
 
+    check("CacheEviction.TABLE: plain LRU keeps every put and lets the oldest go") {
+        // 64 KiB for the device: sessions (allkeys-lru) holds a few of these 2 KiB values.
+        val agent = open(config(budget = 65_536L).copy(cacheEviction = CacheEviction.TABLE))
+        for (i in 0 until 64) agent.put(Namespace.SESSIONS, "k$i", incompressible(2048, i.toLong()), null)
+        expect(agent.get(Namespace.SESSIONS, "k63") != null) { "the newest put is kept" }
+        expect(agent.get(Namespace.SESSIONS, "k0") == null) { "the oldest went" }
+        agent.shutdown()
+    }
+
     check("Storage: a file that is not a database") {
         // Not a whole number of pages, so not an encrypted database either (random whole pages
         // are indistinguishable from one under another key: WrongKey, below).
