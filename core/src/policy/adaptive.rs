@@ -40,6 +40,14 @@ pub struct Tuning {
     pub restart: f64,
     /// Accesses per climber sample, in expected entries.
     pub sample: f64,
+    /// A candidate is admitted only if its frequency, less this margin, beats its victims'.
+    pub margin: f64,
+    /// Whether hits in the window count towards the sketch (1) or not (0).
+    pub window_hits: f64,
+    /// Sketch table words (16 counters each) per expected entry.
+    pub sketch_words: f64,
+    /// The sketch halves its counters every `reset` × its words increments.
+    pub reset: f64,
 }
 
 impl Default for Tuning {
@@ -51,6 +59,10 @@ impl Default for Tuning {
             step_decay: 0.98,
             restart: 0.05,
             sample: 10.0,
+            margin: 1.0,
+            window_hits: 0.0,
+            sketch_words: 8.0,
+            reset: 0.625,
         }
     }
 }
@@ -76,6 +88,10 @@ impl Tuning {
                 "step_decay" => &mut self.step_decay,
                 "restart" => &mut self.restart,
                 "sample" => &mut self.sample,
+                "margin" => &mut self.margin,
+                "window_hits" => &mut self.window_hits,
+                "sketch_words" => &mut self.sketch_words,
+                "reset" => &mut self.reset,
                 other => return Err(format!("unknown tuning {other:?}")),
             };
             *field = value;
@@ -137,7 +153,11 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
     pub fn with_tuning(capacity: u64, cost: Cost, tuning: Tuning) -> Self {
         let mut policy = Self {
             lists: Lists::new(),
-            sketch: FrequencySketch::new(capacity.clamp(1, FIRST_ENTRIES) as usize),
+            sketch: FrequencySketch::with_shape(
+                capacity.clamp(1, FIRST_ENTRIES) as usize,
+                tuning.sketch_words as usize,
+                tuning.reset,
+            ),
             climber: Climber {
                 hits: 0,
                 misses: 0,
@@ -185,6 +205,21 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
         }
     }
 
+    /// Whether the candidate is worth more than the victims (of summed value `value`, freeing
+    /// `freed`) it would displace.
+    fn admits(&self, cand: Slot, value: u64, freed: u64) -> bool {
+        let frequency = self
+            .sketch
+            .frequency(self.lists.extra(cand))
+            .saturating_sub(self.tuning.margin as u64);
+        match self.cost {
+            Cost::Count => frequency > value,
+            // Bytes saved per byte held: the candidate's frequency against the victims' mean
+            // frequency per byte freed.
+            Cost::Bytes => frequency * freed > value,
+        }
+    }
+
     fn sample_size(&self) -> u64 {
         (self.tuning.sample * self.sketch.entries() as f64) as u64
     }
@@ -227,7 +262,11 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             // Popularity is relearnt: the old counters do not map onto the new table. Keys keep
             // their hashes (the hasher is fixed).
             let entries = (len * 2).min(usize::try_from(self.capacity).unwrap_or(usize::MAX));
-            self.sketch = FrequencySketch::new(entries.max(len));
+            self.sketch = FrequencySketch::with_shape(
+                entries.max(len),
+                self.tuning.sketch_words as usize,
+                self.tuning.reset,
+            );
             self.sample_every = self.sample_size();
         }
     }
@@ -275,9 +314,9 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             };
             let need = self.total() - self.capacity;
             let mut victims = std::mem::take(&mut self.scratch);
-            let victims_value = self.victims_for(cand, need, &mut victims);
+            let (victims_value, freed) = self.victims_for(cand, need, &mut victims);
             let next = self.lists.newer(cand);
-            if !victims.is_empty() && self.value(cand) > victims_value {
+            if !victims.is_empty() && self.admits(cand, victims_value, freed) {
                 for &victim in &victims {
                     evicted.extend(self.lists.remove(victim));
                 }
@@ -294,7 +333,7 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
     /// never `cand`, and their summed value.
     /// `victims` is the caller's buffer (kept in `self.scratch` between evictions, so a miss
     /// does not allocate).
-    fn victims_for(&self, cand: Slot, need: u64, victims: &mut Vec<Slot>) -> u64 {
+    fn victims_for(&self, cand: Slot, need: u64, victims: &mut Vec<Slot>) -> (u64, u64) {
         victims.clear();
         let mut freed = 0;
         let mut value = 0;
@@ -302,7 +341,7 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             let mut at = self.lists.tail(list);
             while let Some(slot) = at {
                 if freed >= need {
-                    return value;
+                    return (value, freed);
                 }
                 if slot != cand {
                     freed += self.lists.weight_of(slot);
@@ -316,7 +355,7 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             // The main area cannot free enough: the candidate goes.
             victims.clear();
         }
-        value
+        (value, freed)
     }
 
     fn promote(&mut self, slot: Slot, list: usize) {
@@ -347,7 +386,9 @@ impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for Adaptive<K> {
         let Some((slot, list)) = self.lists.find(key) else {
             return;
         };
-        self.sketch.increment(self.lists.extra(slot));
+        if list != WINDOW || self.tuning.window_hits > 0.0 {
+            self.sketch.increment(self.lists.extra(slot));
+        }
         self.promote(slot, list);
         if list == PROBATION {
             // Keep protected within its share: its oldest go back to probation.

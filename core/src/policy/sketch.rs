@@ -41,7 +41,13 @@ pub struct FrequencySketch {
 impl FrequencySketch {
     /// A sketch for about `entries` distinct live keys.
     pub fn new(entries: usize) -> Self {
-        let words = (entries.saturating_mul(WORDS_PER_ENTRY))
+        Self::with_shape(entries, WORDS_PER_ENTRY, 10.0)
+    }
+
+    /// A sketch of `words_per_entry` table words per entry, halved every `reset` × words
+    /// increments.
+    pub fn with_shape(entries: usize, words_per_entry: usize, reset: f64) -> Self {
+        let words = (entries.saturating_mul(words_per_entry.max(1)))
             .max(BLOCK)
             .next_power_of_two();
         Self {
@@ -49,7 +55,7 @@ impl FrequencySketch {
             entries: entries.max(1),
             block_mask: (words / BLOCK - 1) as u64,
             additions: 0,
-            sample: 10 * words as u64,
+            sample: ((reset * words as f64) as u64).max(1),
             hasher: FixedState::with_seed(SEED),
         }
     }
