@@ -406,18 +406,17 @@ impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for Adaptive<K> {
     }
     fn insert(&mut self, key: K, entry: Entry, evicted: &mut Vec<K>) -> Result<(), Refused> {
         check_weight(entry.weight, self.capacity)?;
-        match self.lists.find(&key) {
-            Some((slot, list)) => {
-                self.sketch.increment(self.lists.extra(slot));
-                self.lists.set_weight(slot, entry.weight);
-                self.promote(slot, list);
-            }
-            None => {
-                let hash = self.sketch.hash(&key);
+        let hash = self.sketch.hash(&key);
+        match self.lists.push_new(WINDOW, key, entry.weight, hash) {
+            Ok(_) => {
                 self.sketch.increment(hash);
-                self.lists.push(WINDOW, key, entry.weight, hash);
                 self.sample(false);
                 self.grow_sketch();
+            }
+            Err((slot, list)) => {
+                self.sketch.increment(hash);
+                self.lists.set_weight(slot, entry.weight);
+                self.promote(slot, list);
             }
         }
         self.evict(evicted);

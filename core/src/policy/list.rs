@@ -137,6 +137,46 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
         Slot(at)
     }
 
+    /// Adds `key` at the head of `list` unless it is already on a list, in one probe of the
+    /// index; a resident key is answered with its node and list, untouched.
+    pub(crate) fn push_new(
+        &mut self,
+        list: usize,
+        key: K,
+        weight: u64,
+        extra: u64,
+    ) -> Result<Slot, (Slot, usize)> {
+        let vacant = match self.index.entry(key) {
+            hashbrown::hash_map::Entry::Occupied(occupied) => {
+                let at = *occupied.get();
+                return Err((Slot(at), usize::from(self.nodes[at as usize].list)));
+            }
+            hashbrown::hash_map::Entry::Vacant(vacant) => vacant,
+        };
+        let node = Node {
+            key: Some(vacant.key().clone()),
+            prev: NIL,
+            next: NIL,
+            list: 0,
+            weight,
+            extra,
+        };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.nodes[at as usize] = node;
+                at
+            }
+            None => {
+                let at = u32::try_from(self.nodes.len()).unwrap_or(NIL - 1);
+                self.nodes.push(node);
+                at
+            }
+        };
+        vacant.insert(at);
+        self.link_front(list, at);
+        Ok(Slot(at))
+    }
+
     /// Moves a node to the head of `list` (its own or another).
     pub(crate) fn move_to(&mut self, slot: Slot, list: usize) {
         self.unlink(slot.0);

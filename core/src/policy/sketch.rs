@@ -75,44 +75,59 @@ impl FrequencySketch {
         self.hasher.hash_one(key)
     }
 
-    /// The word and nibble of the key's `i`-th counter.
-    fn counter(&self, hash: u64, i: u32) -> (usize, u32) {
+    /// The key's block (first word) and, for each of its four counters, the word within the
+    /// block and the bit shift of its nibble.
+    #[inline]
+    fn locate(&self, hash: u64) -> (usize, [(usize, u32); 4]) {
         // The block comes from the low bits; each counter's word and nibble from 7 other bits.
         let block = (hash & self.block_mask) as usize * BLOCK;
-        let bits = (hash >> (32 + 7 * i)) as usize;
-        let word = block + (bits & (BLOCK - 1));
-        let nibble = ((bits >> 3) & 15) as u32;
-        (word, nibble * 4)
+        let at = |i: u32| {
+            let bits = (hash >> (32 + 7 * i)) as usize;
+            (bits & (BLOCK - 1), ((bits >> 3) & 15) as u32 * 4)
+        };
+        (block, [at(0), at(1), at(2), at(3)])
     }
 
-    fn counters(&self, hash: u64) -> [(usize, u32); 4] {
-        [0, 1, 2, 3].map(|i| self.counter(hash, i))
-    }
-
-    fn min_count(&self, counters: &[(usize, u32); 4]) -> u64 {
-        counters
-            .iter()
-            .map(|&(word, shift)| (self.table[word] >> shift) & MAX_COUNT)
-            .min()
-            .unwrap_or(0)
+    #[inline]
+    fn block(&self, start: usize) -> &[u64; BLOCK] {
+        // `start` is a multiple of BLOCK below the table's length (a multiple of BLOCK).
+        self.table[start..start + BLOCK]
+            .try_into()
+            .unwrap_or(&[0; BLOCK])
     }
 
     /// The key's estimated count (0–15).
+    #[inline]
     pub fn frequency(&self, hash: u64) -> u64 {
-        self.min_count(&self.counters(hash))
+        let (start, counters) = self.locate(hash);
+        let block = self.block(start);
+        counters
+            .iter()
+            .map(|&(word, shift)| (block[word] >> shift) & MAX_COUNT)
+            .fold(MAX_COUNT, u64::min)
     }
 
     /// Counts one access of the key.
+    #[inline]
     pub fn increment(&mut self, hash: u64) {
-        // Conservative update: only the smallest counters grow, which keeps the estimate tight.
-        let counters = self.counters(hash);
-        let min = self.min_count(&counters);
+        let (start, counters) = self.locate(hash);
+        let Some(block) = self
+            .table
+            .get_mut(start..start + BLOCK)
+            .and_then(|words| <&mut [u64; BLOCK]>::try_from(words).ok())
+        else {
+            return;
+        };
+        let counts = counters.map(|(word, shift)| (block[word] >> shift) & MAX_COUNT);
+        let min = counts.iter().copied().fold(MAX_COUNT, u64::min);
         if min == MAX_COUNT {
             return;
         }
+        // Conservative update: only the smallest counters grow, which keeps the estimate tight.
+        // (Re-read: two of a key's counters may be the same nibble, which grows once.)
         for (word, shift) in counters {
-            if (self.table[word] >> shift) & MAX_COUNT == min {
-                self.table[word] += 1 << shift;
+            if (block[word] >> shift) & MAX_COUNT == min {
+                block[word] += 1 << shift;
             }
         }
         self.additions += 1;
@@ -121,6 +136,7 @@ impl FrequencySketch {
         }
     }
 
+    #[cold]
     fn halve(&mut self) {
         for word in &mut self.table {
             *word = (*word >> 1) & HALVE_MASK;
