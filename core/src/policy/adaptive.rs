@@ -205,13 +205,27 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
         }
     }
 
+    /// Counts an access in the sketch and keeps the estimate (with the halving period it
+    /// belongs to) in the entry's tag, so admission need not read the sketch again.
+    #[inline]
+    fn count(&mut self, slot: Slot, hash: u64) {
+        let frequency = self.sketch.increment(hash);
+        let period = (self.sketch.halvings() & 15) as u8;
+        self.lists.set_tag(slot, (period << 4) | frequency as u8);
+    }
+
     /// Whether the candidate is worth more than the victims (of summed value `value`, freeing
     /// `freed`) it would displace.
     fn admits(&self, cand: Slot, value: u64, freed: u64) -> bool {
-        let frequency = self
-            .sketch
-            .frequency(self.lists.extra(cand))
-            .saturating_sub(self.tuning.margin as u64);
+        let tag = self.lists.tag(cand);
+        let frequency = if u64::from(tag >> 4) == self.sketch.halvings() & 15 {
+            // Counted at its last increment, in this halving period: still the estimate (bar
+            // a collision since).
+            u64::from(tag & 15)
+        } else {
+            self.sketch.frequency(self.lists.extra(cand))
+        };
+        let frequency = frequency.saturating_sub(self.tuning.margin as u64);
         match self.cost {
             Cost::Count => frequency > value,
             // Bytes saved per byte held: the candidate's frequency against the victims' mean
@@ -262,11 +276,13 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             // Popularity is relearnt: the old counters do not map onto the new table. Keys keep
             // their hashes (the hasher is fixed).
             let entries = (len * 2).min(usize::try_from(self.capacity).unwrap_or(usize::MAX));
-            self.sketch = FrequencySketch::with_shape(
+            let mut sketch = FrequencySketch::with_shape(
                 entries.max(len),
                 self.tuning.sketch_words as usize,
                 self.tuning.reset,
             );
+            sketch.follow(&self.sketch);
+            self.sketch = sketch;
             self.sample_every = self.sample_size();
         }
     }
@@ -383,11 +399,13 @@ impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for Adaptive<K> {
         self.lists.find(key).is_some()
     }
     fn hit(&mut self, key: &K) {
+        let hash = self.sketch.hash(key);
+        self.sketch.prefetch(hash);
         let Some((slot, list)) = self.lists.find(key) else {
             return;
         };
         if list != WINDOW || self.tuning.window_hits > 0.0 {
-            self.sketch.increment(self.lists.extra(slot));
+            self.count(slot, hash);
         }
         self.promote(slot, list);
         if list == PROBATION {
@@ -407,14 +425,15 @@ impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for Adaptive<K> {
     fn insert(&mut self, key: K, entry: Entry, evicted: &mut Vec<K>) -> Result<(), Refused> {
         check_weight(entry.weight, self.capacity)?;
         let hash = self.sketch.hash(&key);
+        self.sketch.prefetch(hash);
         match self.lists.push_new(WINDOW, key, entry.weight, hash) {
-            Ok(_) => {
-                self.sketch.increment(hash);
+            Ok(slot) => {
+                self.count(slot, hash);
                 self.sample(false);
                 self.grow_sketch();
             }
             Err((slot, list)) => {
-                self.sketch.increment(hash);
+                self.count(slot, hash);
                 self.lists.set_weight(slot, entry.weight);
                 self.promote(slot, list);
             }

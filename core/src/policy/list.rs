@@ -37,6 +37,8 @@ struct Node<K> {
     prev: u32,
     next: u32,
     list: u8,
+    /// A policy's own byte (fits in the node's padding).
+    tag: u8,
     weight: u64,
     /// A policy's own per-entry number (an expiry for the volatile policies).
     extra: u64,
@@ -82,6 +84,14 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
         self.nodes[slot.0 as usize].extra
     }
 
+    pub(crate) fn tag(&self, slot: Slot) -> u8 {
+        self.nodes[slot.0 as usize].tag
+    }
+
+    pub(crate) fn set_tag(&mut self, slot: Slot, tag: u8) {
+        self.nodes[slot.0 as usize].tag = tag;
+    }
+
     pub(crate) fn key(&self, slot: Slot) -> Option<&K> {
         self.nodes[slot.0 as usize].key.as_ref()
     }
@@ -117,6 +127,7 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
             prev: NIL,
             next: NIL,
             list: 0,
+            tag: 0,
             weight,
             extra,
         };
@@ -158,6 +169,7 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
             prev: NIL,
             next: NIL,
             list: 0,
+            tag: 0,
             weight,
             extra,
         };

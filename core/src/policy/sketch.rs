@@ -34,6 +34,7 @@ pub struct FrequencySketch {
     entries: usize,
     block_mask: u64,
     additions: u64,
+    halvings: u64,
     sample: u64,
     hasher: FixedState,
 }
@@ -55,6 +56,7 @@ impl FrequencySketch {
             entries: entries.max(1),
             block_mask: (words / BLOCK - 1) as u64,
             additions: 0,
+            halvings: 0,
             sample: ((reset * words as f64) as u64).max(1),
             hasher: FixedState::with_seed(SEED),
         }
@@ -96,32 +98,44 @@ impl FrequencySketch {
             .unwrap_or(&[0; BLOCK])
     }
 
+    /// Starts loading the key's block, so the cache miss overlaps with the caller's own
+    /// lookups instead of following them.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        let block = (hash & self.block_mask) as usize * BLOCK;
+        if let Some(word) = self.table.get(block) {
+            std::hint::black_box(*word);
+        }
+    }
+
     /// The key's estimated count (0–15).
     #[inline]
     pub fn frequency(&self, hash: u64) -> u64 {
         let (start, counters) = self.locate(hash);
         let block = self.block(start);
-        counters
-            .iter()
-            .map(|&(word, shift)| (block[word] >> shift) & MAX_COUNT)
-            .fold(MAX_COUNT, u64::min)
+        let count = |(word, shift): (usize, u32)| (block[word] >> shift) & MAX_COUNT;
+        count(counters[0])
+            .min(count(counters[1]))
+            .min(count(counters[2]).min(count(counters[3])))
     }
 
-    /// Counts one access of the key.
+    /// Counts one access of the key; returns its estimated count after it.
     #[inline]
-    pub fn increment(&mut self, hash: u64) {
+    pub fn increment(&mut self, hash: u64) -> u64 {
         let (start, counters) = self.locate(hash);
         let Some(block) = self
             .table
             .get_mut(start..start + BLOCK)
             .and_then(|words| <&mut [u64; BLOCK]>::try_from(words).ok())
         else {
-            return;
+            return 0;
         };
-        let counts = counters.map(|(word, shift)| (block[word] >> shift) & MAX_COUNT);
-        let min = counts.iter().copied().fold(MAX_COUNT, u64::min);
+        let count = |(word, shift): (usize, u32)| (block[word] >> shift) & MAX_COUNT;
+        let min = count(counters[0])
+            .min(count(counters[1]))
+            .min(count(counters[2]).min(count(counters[3])));
         if min == MAX_COUNT {
-            return;
+            return MAX_COUNT;
         }
         // Conservative update: only the smallest counters grow, which keeps the estimate tight.
         // (Re-read: two of a key's counters may be the same nibble, which grows once.)
@@ -133,7 +147,20 @@ impl FrequencySketch {
         self.additions += 1;
         if self.additions >= self.sample {
             self.halve();
+            return (min + 1) / 2;
         }
+        min + 1
+    }
+
+    /// Numbers this sketch's halving periods after `previous`'s (which it replaces), so a count
+    /// taken in the old sketch is not mistaken for one of the new.
+    pub fn follow(&mut self, previous: &Self) {
+        self.halvings = previous.halvings + 1;
+    }
+
+    /// How many times the counters have been halved.
+    pub fn halvings(&self) -> u64 {
+        self.halvings
     }
 
     #[cold]
@@ -142,5 +169,6 @@ impl FrequencySketch {
             *word = (*word >> 1) & HALVE_MASK;
         }
         self.additions /= 2;
+        self.halvings += 1;
     }
 }
