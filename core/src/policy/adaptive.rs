@@ -227,7 +227,9 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
         };
         let frequency = frequency.saturating_sub(self.tuning.margin as u64);
         match self.cost {
-            Cost::Count => frequency > value,
+            // Fetches saved per byte held: the candidate's frequency per byte against the
+            // victims' summed frequency per byte freed.
+            Cost::Count => frequency * freed > value * self.lists.weight_of(cand),
             // Bytes saved per byte held: the candidate's frequency against the victims' mean
             // frequency per byte freed.
             Cost::Bytes => frequency * freed > value,
