@@ -305,45 +305,40 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             };
             self.lists.move_to(slot, PROBATION);
         }
-        let mut candidates = 0usize;
+        // What overflows the window asks into the main area, oldest first, and is weighed
+        // where it stands (a candidate turned away never moves).
         while self.lists.ends(WINDOW).weight > self.window_max {
-            let Some(slot) = self.lists.tail(WINDOW) else {
+            let Some(cand) = self.lists.tail(WINDOW) else {
                 break;
             };
-            self.lists.move_to(slot, PROBATION);
-            candidates += 1;
-        }
-        // Candidates are the newest probation entries; `candidate` walks them oldest-first.
-        let mut candidate = self.lists.head(PROBATION);
-        for _ in 1..candidates {
-            candidate = candidate.and_then(|slot| self.lists.older(slot));
-        }
-        while self.total() > self.capacity {
-            let Some(cand) = candidate.filter(|_| candidates > 0) else {
-                // No candidate left: plain LRU order, probation before protected before window.
-                let Some(victim) = [PROBATION, PROTECTED, WINDOW]
-                    .into_iter()
-                    .find_map(|list| self.lists.tail(list))
-                else {
-                    break;
-                };
-                evicted.extend(self.lists.remove(victim));
+            let total = self.total();
+            if total <= self.capacity {
+                self.lists.move_to(cand, PROBATION);
                 continue;
-            };
-            let need = self.total() - self.capacity;
+            }
             let mut victims = std::mem::take(&mut self.scratch);
-            let (victims_value, freed) = self.victims_for(cand, need, &mut victims);
-            let next = self.lists.newer(cand);
+            let (victims_value, freed) =
+                self.victims_for(cand, total - self.capacity, &mut victims);
             if !victims.is_empty() && self.admits(cand, victims_value, freed) {
                 for &victim in &victims {
                     evicted.extend(self.lists.remove(victim));
                 }
+                self.lists.move_to(cand, PROBATION);
             } else {
                 evicted.extend(self.lists.remove(cand));
             }
             self.scratch = victims;
-            candidates -= 1;
-            candidate = next;
+        }
+        // Still over (a heavier write, a narrower main area): plain LRU order, probation before
+        // protected before window.
+        while self.total() > self.capacity {
+            let Some(victim) = [PROBATION, PROTECTED, WINDOW]
+                .into_iter()
+                .find_map(|list| self.lists.tail(list))
+            else {
+                break;
+            };
+            evicted.extend(self.lists.remove(victim));
         }
     }
 

@@ -102,21 +102,9 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
         (at != NIL).then_some(Slot(at))
     }
 
-    /// The most recently used end of `list`.
-    pub(crate) fn head(&self, list: usize) -> Option<Slot> {
-        let at = self.ends[list].head;
-        (at != NIL).then_some(Slot(at))
-    }
-
     /// The next node towards the head.
     pub(crate) fn newer(&self, slot: Slot) -> Option<Slot> {
         let at = self.nodes[slot.0 as usize].prev;
-        (at != NIL).then_some(Slot(at))
-    }
-
-    /// The next node towards the tail.
-    pub(crate) fn older(&self, slot: Slot) -> Option<Slot> {
-        let at = self.nodes[slot.0 as usize].next;
         (at != NIL).then_some(Slot(at))
     }
 
