@@ -55,7 +55,8 @@ struct Args {
     #[arg(long)]
     limit: Option<usize>,
     /// Other constants for the adaptive policy, as name=value pairs: initial_window,
-    /// protected_share, step (0 = no climbing), step_decay, restart, sample.
+    /// protected_share, step (0 = no climbing), step_decay, restart, sample, margin,
+    /// window_hits (0/1), sketch_words, reset.
     #[arg(long, value_name = "PAIRS")]
     tune: Option<String>,
     /// One JSON object per row instead of a table.

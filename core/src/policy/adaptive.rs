@@ -7,10 +7,15 @@
 //! flushing the hot set (LRU's failure), and a key that stopped being popular loses its place as
 //! the sketch halves (LFU's failure). Which of recency or frequency matters more depends on the
 //! workload: every `10 × entries` accesses the climber compares the hit ratio with the previous
-//! sample and moves the window's share up or down, halving its steps as it settles and starting
+//! sample and moves the window's share up or down, shrinking its steps as it settles and starting
 //! over when the ratio jumps.
 //!
-//! Memory: the sketch (8 bytes per expected entry) and the lists' per-entry nodes; nothing per
+//! Two rules keep the filter from churning the main area on loops (ADR 0026): the access that
+//! brought a candidate in does not count for it (its estimate less one must beat the victims':
+//! in a loop every key is seen as often as the next, and the newcomer has simply been seen
+//! last), and hits inside the window are not counted (a burst is not popularity).
+//!
+//! Memory: the sketch (64 bytes per expected entry) and the lists' per-entry nodes; nothing per
 //! key once a key is gone. Every access is O(1): a hash probe, four counters in one cache line,
 //! list moves; an eviction compares one candidate with the few victims it would displace.
 
@@ -126,6 +131,17 @@ struct Climber {
     window: f64,
 }
 
+/// What the victims of one admission would free and are worth.
+#[derive(Debug, Default, Clone, Copy)]
+struct Weighed {
+    /// Their summed value (frequency, or frequency × weight with `Cost::Bytes`).
+    value: u64,
+    /// Their summed weight.
+    freed: u64,
+    /// The highest frequency among them.
+    most: u64,
+}
+
 /// The adaptive policy.
 #[derive(Debug)]
 pub struct Adaptive<K> {
@@ -197,14 +213,6 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             + self.lists.ends(PROTECTED).weight
     }
 
-    fn value(&self, slot: Slot) -> u64 {
-        let frequency = self.sketch.frequency(self.lists.extra(slot));
-        match self.cost {
-            Cost::Count => frequency,
-            Cost::Bytes => frequency * self.lists.weight_of(slot),
-        }
-    }
-
     /// Counts an access in the sketch and keeps the estimate (with the halving period it
     /// belongs to) in the entry's tag, so admission need not read the sketch again.
     #[inline]
@@ -214,9 +222,9 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
         self.lists.set_tag(slot, (period << 4) | frequency as u8);
     }
 
-    /// Whether the candidate is worth more than the victims (of summed value `value`, freeing
-    /// `freed`) it would displace.
-    fn admits(&self, cand: Slot, value: u64, freed: u64) -> bool {
+    /// Whether the candidate is worth more than the victims it would displace.
+    fn admits(&self, cand: Slot, victims: Weighed) -> bool {
+        let Weighed { value, freed, most } = victims;
         let tag = self.lists.tag(cand);
         let frequency = if u64::from(tag >> 4) == self.sketch.halvings() & 15 {
             // Counted at its last increment, in this halving period: still the estimate (bar
@@ -229,7 +237,11 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
         match self.cost {
             // Fetches saved per byte held: the candidate's frequency per byte against the
             // victims' summed frequency per byte freed.
-            Cost::Count => frequency * freed > value * self.lists.weight_of(cand),
+            // It must also be used more often than each victim: among equals (a loop)
+            // a smaller newcomer would otherwise displace a larger resident every pass.
+            Cost::Count => {
+                frequency > most && frequency * freed > value * self.lists.weight_of(cand)
+            }
             // Bytes saved per byte held: the candidate's frequency against the victims' mean
             // frequency per byte freed.
             Cost::Bytes => frequency * freed > value,
@@ -317,9 +329,8 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
                 continue;
             }
             let mut victims = std::mem::take(&mut self.scratch);
-            let (victims_value, freed) =
-                self.victims_for(cand, total - self.capacity, &mut victims);
-            if !victims.is_empty() && self.admits(cand, victims_value, freed) {
+            let weighed = self.victims_for(cand, total - self.capacity, &mut victims);
+            if !victims.is_empty() && self.admits(cand, weighed) {
                 for &victim in &victims {
                     evicted.extend(self.lists.remove(victim));
                 }
@@ -346,29 +357,34 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
     /// never `cand`, and their summed value.
     /// `victims` is the caller's buffer (kept in `self.scratch` between evictions, so a miss
     /// does not allocate).
-    fn victims_for(&self, cand: Slot, need: u64, victims: &mut Vec<Slot>) -> (u64, u64) {
+    fn victims_for(&self, cand: Slot, need: u64, victims: &mut Vec<Slot>) -> Weighed {
         victims.clear();
-        let mut freed = 0;
-        let mut value = 0;
+        let mut weighed = Weighed::default();
         for list in [PROBATION, PROTECTED] {
             let mut at = self.lists.tail(list);
             while let Some(slot) = at {
-                if freed >= need {
-                    return (value, freed);
+                if weighed.freed >= need {
+                    return weighed;
                 }
                 if slot != cand {
-                    freed += self.lists.weight_of(slot);
-                    value += self.value(slot);
+                    let frequency = self.sketch.frequency(self.lists.extra(slot));
+                    let weight = self.lists.weight_of(slot);
+                    weighed.freed += weight;
+                    weighed.value += match self.cost {
+                        Cost::Count => frequency,
+                        Cost::Bytes => frequency * weight,
+                    };
+                    weighed.most = weighed.most.max(frequency);
                     victims.push(slot);
                 }
                 at = self.lists.newer(slot);
             }
         }
-        if freed < need {
+        if weighed.freed < need {
             // The main area cannot free enough: the candidate goes.
             victims.clear();
         }
-        (value, freed)
+        weighed
     }
 
     fn promote(&mut self, slot: Slot, list: usize) {
