@@ -152,7 +152,8 @@ impl FrequencySketch {
         self.additions += 1;
         if self.additions >= self.sample {
             self.halve();
-            return (min + 1) / 2;
+            // The counter just reached min + 1 and was halved with the rest.
+            return (min + 1) >> 1;
         }
         min + 1
     }
