@@ -57,7 +57,8 @@ struct Args {
     #[arg(long)]
     limit: Option<usize>,
     /// Other constants for the adaptive policy, as name=value pairs: initial_window,
-    /// protected_share, step (0 = no climbing), step_decay, restart, sample.
+    /// protected_share, step (0 = no climbing), step_decay, restart, sample, margin,
+    /// window_hits (0/1), sketch_words, reset.
     #[arg(long, value_name = "PAIRS")]
     tune: Option<String>,
     /// Also replay each trace through the real device cache (SQLite, in a temporary

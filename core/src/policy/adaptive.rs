@@ -7,10 +7,15 @@
 //! flushing the hot set (LRU's failure), and a key that stopped being popular loses its place as
 //! the sketch halves (LFU's failure). Which of recency or frequency matters more depends on the
 //! workload: every `10 × entries` accesses the climber compares the hit ratio with the previous
-//! sample and moves the window's share up or down, halving its steps as it settles and starting
+//! sample and moves the window's share up or down, shrinking its steps as it settles and starting
 //! over when the ratio jumps.
 //!
-//! Memory: the sketch (8 bytes per expected entry) and the lists' per-entry nodes; nothing per
+//! Two rules keep the filter from churning the main area on loops (ADR 0026): the access that
+//! brought a candidate in does not count for it (its estimate less one must beat the victims':
+//! in a loop every key is seen as often as the next, and the newcomer has simply been seen
+//! last), and hits inside the window are not counted (a burst is not popularity).
+//!
+//! Memory: the sketch (64 bytes per expected entry) and the lists' per-entry nodes; nothing per
 //! key once a key is gone. Every access is O(1): a hash probe, four counters in one cache line,
 //! list moves; an eviction compares one candidate with the few victims it would displace.
 
@@ -40,6 +45,14 @@ pub struct Tuning {
     pub restart: f64,
     /// Accesses per climber sample, in expected entries.
     pub sample: f64,
+    /// A candidate is admitted only if its frequency, less this margin, beats its victims'.
+    pub margin: f64,
+    /// Whether hits in the window count towards the sketch (1) or not (0).
+    pub window_hits: f64,
+    /// Sketch table words (16 counters each) per expected entry.
+    pub sketch_words: f64,
+    /// The sketch halves its counters every `reset` × its words increments.
+    pub reset: f64,
 }
 
 impl Default for Tuning {
@@ -51,6 +64,10 @@ impl Default for Tuning {
             step_decay: 0.98,
             restart: 0.05,
             sample: 10.0,
+            margin: 1.0,
+            window_hits: 0.0,
+            sketch_words: 8.0,
+            reset: 0.625,
         }
     }
 }
@@ -76,6 +93,10 @@ impl Tuning {
                 "step_decay" => &mut self.step_decay,
                 "restart" => &mut self.restart,
                 "sample" => &mut self.sample,
+                "margin" => &mut self.margin,
+                "window_hits" => &mut self.window_hits,
+                "sketch_words" => &mut self.sketch_words,
+                "reset" => &mut self.reset,
                 other => return Err(format!("unknown tuning {other:?}")),
             };
             *field = value;
@@ -110,6 +131,17 @@ struct Climber {
     window: f64,
 }
 
+/// What the victims of one admission would free and are worth.
+#[derive(Debug, Default, Clone, Copy)]
+struct Weighed {
+    /// Their summed value (frequency, or frequency × weight with `Cost::Bytes`).
+    value: u64,
+    /// Their summed weight.
+    freed: u64,
+    /// The highest frequency among them.
+    most: u64,
+}
+
 /// The adaptive policy.
 #[derive(Debug)]
 pub struct Adaptive<K> {
@@ -137,7 +169,11 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
     pub fn with_tuning(capacity: u64, cost: Cost, tuning: Tuning) -> Self {
         let mut policy = Self {
             lists: Lists::new(),
-            sketch: FrequencySketch::new(capacity.clamp(1, FIRST_ENTRIES) as usize),
+            sketch: FrequencySketch::with_shape(
+                capacity.clamp(1, FIRST_ENTRIES) as usize,
+                tuning.sketch_words as usize,
+                tuning.reset,
+            ),
             climber: Climber {
                 hits: 0,
                 misses: 0,
@@ -177,11 +213,38 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             + self.lists.ends(PROTECTED).weight
     }
 
-    fn value(&self, slot: Slot) -> u64 {
-        let frequency = self.sketch.frequency(self.lists.extra(slot));
+    /// Counts an access in the sketch and keeps the estimate (with the halving period it
+    /// belongs to) in the entry's tag, so admission need not read the sketch again.
+    #[inline]
+    fn count(&mut self, slot: Slot, hash: u64) {
+        let frequency = self.sketch.increment(hash);
+        let period = (self.sketch.halvings() & 15) as u8;
+        self.lists.set_tag(slot, (period << 4) | frequency as u8);
+    }
+
+    /// Whether the candidate is worth more than the victims it would displace.
+    fn admits(&self, cand: Slot, victims: Weighed) -> bool {
+        let Weighed { value, freed, most } = victims;
+        let tag = self.lists.tag(cand);
+        let frequency = if u64::from(tag >> 4) == self.sketch.halvings() & 15 {
+            // Counted at its last increment, in this halving period: still the estimate (bar
+            // a collision since).
+            u64::from(tag & 15)
+        } else {
+            self.sketch.frequency(self.lists.extra(cand))
+        };
+        let frequency = frequency.saturating_sub(self.tuning.margin as u64);
         match self.cost {
-            Cost::Count => frequency,
-            Cost::Bytes => frequency * self.lists.weight_of(slot),
+            // Fetches saved per byte held: the candidate's frequency per byte against the
+            // victims' summed frequency per byte freed.
+            // It must also be used more often than each victim: among equals (a loop)
+            // a smaller newcomer would otherwise displace a larger resident every pass.
+            Cost::Count => {
+                frequency > most && frequency * freed > value * self.lists.weight_of(cand)
+            }
+            // Bytes saved per byte held: the candidate's frequency against the victims' mean
+            // frequency per byte freed.
+            Cost::Bytes => frequency * freed > value,
         }
     }
 
@@ -227,7 +290,13 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             // Popularity is relearnt: the old counters do not map onto the new table. Keys keep
             // their hashes (the hasher is fixed).
             let entries = (len * 2).min(usize::try_from(self.capacity).unwrap_or(usize::MAX));
-            self.sketch = FrequencySketch::new(entries.max(len));
+            let mut sketch = FrequencySketch::with_shape(
+                entries.max(len),
+                self.tuning.sketch_words as usize,
+                self.tuning.reset,
+            );
+            sketch.follow(&self.sketch);
+            self.sketch = sketch;
             self.sample_every = self.sample_size();
         }
     }
@@ -248,45 +317,39 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
             };
             self.lists.move_to(slot, PROBATION);
         }
-        let mut candidates = 0usize;
+        // What overflows the window asks into the main area, oldest first, and is weighed
+        // where it stands (a candidate turned away never moves).
         while self.lists.ends(WINDOW).weight > self.window_max {
-            let Some(slot) = self.lists.tail(WINDOW) else {
+            let Some(cand) = self.lists.tail(WINDOW) else {
                 break;
             };
-            self.lists.move_to(slot, PROBATION);
-            candidates += 1;
-        }
-        // Candidates are the newest probation entries; `candidate` walks them oldest-first.
-        let mut candidate = self.lists.head(PROBATION);
-        for _ in 1..candidates {
-            candidate = candidate.and_then(|slot| self.lists.older(slot));
-        }
-        while self.total() > self.capacity {
-            let Some(cand) = candidate.filter(|_| candidates > 0) else {
-                // No candidate left: plain LRU order, probation before protected before window.
-                let Some(victim) = [PROBATION, PROTECTED, WINDOW]
-                    .into_iter()
-                    .find_map(|list| self.lists.tail(list))
-                else {
-                    break;
-                };
-                evicted.extend(self.lists.remove(victim));
+            let total = self.total();
+            if total <= self.capacity {
+                self.lists.move_to(cand, PROBATION);
                 continue;
-            };
-            let need = self.total() - self.capacity;
+            }
             let mut victims = std::mem::take(&mut self.scratch);
-            let victims_value = self.victims_for(cand, need, &mut victims);
-            let next = self.lists.newer(cand);
-            if !victims.is_empty() && self.value(cand) > victims_value {
+            let weighed = self.victims_for(cand, total - self.capacity, &mut victims);
+            if !victims.is_empty() && self.admits(cand, weighed) {
                 for &victim in &victims {
                     evicted.extend(self.lists.remove(victim));
                 }
+                self.lists.move_to(cand, PROBATION);
             } else {
                 evicted.extend(self.lists.remove(cand));
             }
             self.scratch = victims;
-            candidates -= 1;
-            candidate = next;
+        }
+        // Still over (a heavier write, a narrower main area): plain LRU order, probation before
+        // protected before window.
+        while self.total() > self.capacity {
+            let Some(victim) = [PROBATION, PROTECTED, WINDOW]
+                .into_iter()
+                .find_map(|list| self.lists.tail(list))
+            else {
+                break;
+            };
+            evicted.extend(self.lists.remove(victim));
         }
     }
 
@@ -294,29 +357,34 @@ impl<K: Hash + Eq + Clone> Adaptive<K> {
     /// never `cand`, and their summed value.
     /// `victims` is the caller's buffer (kept in `self.scratch` between evictions, so a miss
     /// does not allocate).
-    fn victims_for(&self, cand: Slot, need: u64, victims: &mut Vec<Slot>) -> u64 {
+    fn victims_for(&self, cand: Slot, need: u64, victims: &mut Vec<Slot>) -> Weighed {
         victims.clear();
-        let mut freed = 0;
-        let mut value = 0;
+        let mut weighed = Weighed::default();
         for list in [PROBATION, PROTECTED] {
             let mut at = self.lists.tail(list);
             while let Some(slot) = at {
-                if freed >= need {
-                    return value;
+                if weighed.freed >= need {
+                    return weighed;
                 }
                 if slot != cand {
-                    freed += self.lists.weight_of(slot);
-                    value += self.value(slot);
+                    let frequency = self.sketch.frequency(self.lists.extra(slot));
+                    let weight = self.lists.weight_of(slot);
+                    weighed.freed += weight;
+                    weighed.value += match self.cost {
+                        Cost::Count => frequency,
+                        Cost::Bytes => frequency * weight,
+                    };
+                    weighed.most = weighed.most.max(frequency);
                     victims.push(slot);
                 }
                 at = self.lists.newer(slot);
             }
         }
-        if freed < need {
+        if weighed.freed < need {
             // The main area cannot free enough: the candidate goes.
             victims.clear();
         }
-        value
+        weighed
     }
 
     fn promote(&mut self, slot: Slot, list: usize) {
@@ -344,10 +412,14 @@ impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for Adaptive<K> {
         self.lists.find(key).is_some()
     }
     fn hit(&mut self, key: &K) {
+        let hash = self.sketch.hash(key);
+        self.sketch.prefetch(hash);
         let Some((slot, list)) = self.lists.find(key) else {
             return;
         };
-        self.sketch.increment(self.lists.extra(slot));
+        if list != WINDOW || self.tuning.window_hits > 0.0 {
+            self.count(slot, hash);
+        }
         self.promote(slot, list);
         if list == PROBATION {
             // Keep protected within its share: its oldest go back to probation.
@@ -365,18 +437,18 @@ impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for Adaptive<K> {
     }
     fn insert(&mut self, key: K, entry: Entry, evicted: &mut Vec<K>) -> Result<(), Refused> {
         check_weight(entry.weight, self.capacity)?;
-        match self.lists.find(&key) {
-            Some((slot, list)) => {
-                self.sketch.increment(self.lists.extra(slot));
-                self.lists.set_weight(slot, entry.weight);
-                self.promote(slot, list);
-            }
-            None => {
-                let hash = self.sketch.hash(&key);
-                self.sketch.increment(hash);
-                self.lists.push(WINDOW, key, entry.weight, hash);
+        let hash = self.sketch.hash(&key);
+        self.sketch.prefetch(hash);
+        match self.lists.push_new(WINDOW, key, entry.weight, hash) {
+            Ok(slot) => {
+                self.count(slot, hash);
                 self.sample(false);
                 self.grow_sketch();
+            }
+            Err((slot, list)) => {
+                self.count(slot, hash);
+                self.lists.set_weight(slot, entry.weight);
+                self.promote(slot, list);
             }
         }
         self.evict(evicted);

@@ -37,6 +37,8 @@ struct Node<K> {
     prev: u32,
     next: u32,
     list: u8,
+    /// A policy's own byte (fits in the node's padding).
+    tag: u8,
     weight: u64,
     /// A policy's own per-entry number (an expiry for the volatile policies).
     extra: u64,
@@ -82,6 +84,14 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
         self.nodes[slot.0 as usize].extra
     }
 
+    pub(crate) fn tag(&self, slot: Slot) -> u8 {
+        self.nodes[slot.0 as usize].tag
+    }
+
+    pub(crate) fn set_tag(&mut self, slot: Slot, tag: u8) {
+        self.nodes[slot.0 as usize].tag = tag;
+    }
+
     pub(crate) fn key(&self, slot: Slot) -> Option<&K> {
         self.nodes[slot.0 as usize].key.as_ref()
     }
@@ -92,21 +102,9 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
         (at != NIL).then_some(Slot(at))
     }
 
-    /// The most recently used end of `list`.
-    pub(crate) fn head(&self, list: usize) -> Option<Slot> {
-        let at = self.ends[list].head;
-        (at != NIL).then_some(Slot(at))
-    }
-
     /// The next node towards the head.
     pub(crate) fn newer(&self, slot: Slot) -> Option<Slot> {
         let at = self.nodes[slot.0 as usize].prev;
-        (at != NIL).then_some(Slot(at))
-    }
-
-    /// The next node towards the tail.
-    pub(crate) fn older(&self, slot: Slot) -> Option<Slot> {
-        let at = self.nodes[slot.0 as usize].next;
         (at != NIL).then_some(Slot(at))
     }
 
@@ -117,6 +115,7 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
             prev: NIL,
             next: NIL,
             list: 0,
+            tag: 0,
             weight,
             extra,
         };
@@ -135,6 +134,47 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
         self.index.insert(key, at);
         self.link_front(list, at);
         Slot(at)
+    }
+
+    /// Adds `key` at the head of `list` unless it is already on a list, in one probe of the
+    /// index; a resident key is answered with its node and list, untouched.
+    pub(crate) fn push_new(
+        &mut self,
+        list: usize,
+        key: K,
+        weight: u64,
+        extra: u64,
+    ) -> Result<Slot, (Slot, usize)> {
+        let vacant = match self.index.entry(key) {
+            hashbrown::hash_map::Entry::Occupied(occupied) => {
+                let at = *occupied.get();
+                return Err((Slot(at), usize::from(self.nodes[at as usize].list)));
+            }
+            hashbrown::hash_map::Entry::Vacant(vacant) => vacant,
+        };
+        let node = Node {
+            key: Some(vacant.key().clone()),
+            prev: NIL,
+            next: NIL,
+            list: 0,
+            tag: 0,
+            weight,
+            extra,
+        };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.nodes[at as usize] = node;
+                at
+            }
+            None => {
+                let at = u32::try_from(self.nodes.len()).unwrap_or(NIL - 1);
+                self.nodes.push(node);
+                at
+            }
+        };
+        vacant.insert(at);
+        self.link_front(list, at);
+        Ok(Slot(at))
     }
 
     /// Moves a node to the head of `list` (its own or another).
