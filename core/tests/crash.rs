@@ -249,3 +249,142 @@ fn a_sigkilled_agent_does_not_leave_the_file_locked() {
     let batch = agent.outbox().next_batch(100, TierSet::ALL).unwrap();
     assert_eq!(batch.iter().map(|i| i.id).collect::<Vec<_>>(), [id]);
 }
+
+const CACHE_CHILD_ENV: &str = "KRYONIX_CACHE_CHILD_DB";
+
+/// A device budget that gives `sessions` (an `allkeys-lru` namespace, adaptive by default) room
+/// for about a hundred of the child's values.
+const CACHE_DEVICE_BUDGET: u64 = 4 * 1024 * 1024;
+
+fn open_cache(path: &str) -> (Arc<Store>, kryonix_core::Cache) {
+    let store = Arc::new(Store::open(path, &StoreOptions::default()).unwrap());
+    let config = kryonix_core::CacheConfig {
+        device_budget_bytes: CACHE_DEVICE_BUDGET,
+        ..kryonix_core::CacheConfig::default()
+    };
+    let cache = kryonix_core::Cache::open(store.clone(), Arc::new(SystemClock), config).unwrap();
+    (store, cache)
+}
+
+fn cache_key(key: &str) -> kryonix_protocol::TenantKey {
+    kryonix_protocol::TenantKey::new(&TenantId::new("acme").unwrap(), Namespace::Sessions, key)
+        .unwrap()
+}
+
+/// The cache child's body: a hot set read again and again between puts of new keys (a scan),
+/// until it is killed; a no-op in a normal test run.
+#[test]
+fn crash_child_cache_loop() {
+    let Ok(path) = std::env::var(CACHE_CHILD_ENV) else {
+        return;
+    };
+    let (_store, cache) = open_cache(&path);
+    let value = [0x42; 512];
+    for i in 0..10 {
+        cache
+            .put(
+                &cache_key(&format!("hot{i}")),
+                &value,
+                kryonix_core::Expiry::Never,
+            )
+            .unwrap();
+    }
+    for i in 0u64.. {
+        for h in 0..10 {
+            assert!(cache.get(&cache_key(&format!("hot{h}"))).unwrap().is_some());
+        }
+        cache
+            .put(
+                &cache_key(&format!("scan{i}")),
+                &value,
+                kryonix_core::Expiry::Never,
+            )
+            .unwrap();
+        println!("PUT {i}");
+    }
+}
+
+/// Killed in the middle of reads and writes, the cache reopens with every namespace's policy
+/// rebuilt from the table: the usage it reports is the table's, the budget holds, the hot set
+/// the child kept reading is still there, and a scan after the restart does not flush it.
+#[test]
+fn sigkill_during_cache_use_reopens_with_its_policies_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    let path = path.to_str().unwrap().to_owned();
+    drop(open_cache(&path));
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crash_child_cache_loop",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CACHE_CHILD_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut puts = 0;
+    for line in BufReader::new(stdout).lines() {
+        if line.unwrap().starts_with("PUT ") {
+            puts += 1;
+            if puts == 1_000 {
+                child.kill().unwrap();
+                break;
+            }
+        }
+    }
+    child.wait().unwrap();
+    assert_eq!(puts, 1_000, "the child stopped early");
+
+    let (store, cache) = open_cache(&path);
+    let sessions = |cache: &kryonix_core::Cache| {
+        cache
+            .stats()
+            .namespaces
+            .into_iter()
+            .find(|n| n.namespace == Namespace::Sessions)
+            .unwrap()
+    };
+    let (rows, bytes): (i64, i64) = store
+        .read(|c| {
+            c.query_row(
+                "SELECT count(*), coalesce(sum(charged_bytes), 0) FROM cache_entries \
+                 WHERE namespace = ?1",
+                [i64::from(Namespace::Sessions.id())],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(StoreError::from)
+        })
+        .unwrap();
+    let stats = sessions(&cache);
+    assert_eq!(
+        (stats.entries, stats.used_bytes),
+        (rows as u64, bytes as u64)
+    );
+    assert!(stats.used_bytes <= stats.budget_bytes);
+    let hot = |cache: &kryonix_core::Cache| {
+        (0..10)
+            .filter(|h| cache.contains(&cache_key(&format!("hot{h}"))).unwrap())
+            .count()
+    };
+    assert_eq!(hot(&cache), 10, "the hot set survived the crash");
+    for i in 0..500 {
+        cache
+            .put(
+                &cache_key(&format!("after{i}")),
+                &[0x17; 512],
+                kryonix_core::Expiry::Never,
+            )
+            .unwrap();
+    }
+    assert_eq!(
+        hot(&cache),
+        10,
+        "a scan after the restart does not flush the hot set"
+    );
+    assert!(sessions(&cache).used_bytes <= stats.budget_bytes);
+}

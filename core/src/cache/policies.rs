@@ -218,7 +218,7 @@ impl Policies {
     }
 
     /// Replaces namespace `ns`'s policy with one built from its rows: each row inserted in
-    /// `last_access` order, then hit as often as it was read (capped). A row the new policy
+    /// `last_access` order, then counted as often as it was read (capped). A row the new policy
     /// cannot keep — the budget shrank since it was written — is deleted as an eviction.
     fn rebuild(
         &mut self,
@@ -247,8 +247,15 @@ impl Policies {
                     evicted.push(key);
                     continue;
                 }
+                // Replayed as writes of the resident entry, not as hits: the adaptive policy
+                // does not count hits inside its window (reads right after a write are one
+                // burst, not popularity), but a persisted count spans the row's whole life, and
+                // the last rows rebuilt sit in the window. For the other policies a rewrite of a
+                // resident entry is a hit.
                 for _ in 0..hits {
-                    policy.hit(&key);
+                    if policy.insert(key, entry, &mut evicted).is_err() {
+                        break;
+                    }
                 }
             }
         }
