@@ -280,7 +280,9 @@ impl<T: Transport> Agent<T> {
         tier: Tier,
     ) -> Result<ItemId> {
         let tenant_key = self.key(namespace, key)?;
-        self.cache.put(&tenant_key, value, Expiry::Adaptive)?;
+        // Admitted whatever the adaptive policy thinks of it: the app reads its own write.
+        self.cache
+            .put_admitted(&tenant_key, value, Expiry::Adaptive)?;
         let queued = self.enqueue(namespace, key, Op::Put, value, tier);
         // Only a refusal by the queue means "not queued"; an agent closed after the enqueue has
         // the item queued all the same.
@@ -735,6 +737,63 @@ mod tests {
         assert!(agent.sync_now(TierSet::ALL).await.is_err());
         assert!(agent.transport.stored.lock().unwrap().is_empty());
         assert_eq!(agent.outbox().stats().unwrap().depth(), 1);
+        agent.close().await.unwrap();
+    }
+
+    /// The app reads its own write at once, even in a full namespace whose adaptive policy
+    /// would turn a plain put of the same value away.
+    #[tokio::test]
+    async fn a_write_is_read_back_in_a_full_adaptive_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let mut config = AgentConfig::new(dir.path().join("a.db"), "http://unused", tenant);
+        // user_cache (allkeys-lru, so adaptive) gets a few dozen of these values.
+        config.cache.device_budget_bytes = 2 * 1024 * 1024;
+        let runtime = tokio::runtime::Handle::current();
+        let agent = Agent::with_transport(
+            config,
+            FakeServer::default(),
+            Arc::new(SystemClock),
+            None,
+            &runtime,
+        )
+        .unwrap();
+        let ns = Namespace::UserCache;
+        let budget = agent.cache().budget(ns);
+        // Values that do not compress, so each is charged its 4 KiB.
+        let mut state = 7u64;
+        let value: Vec<u8> = (0..4096)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                (state >> 56) as u8
+            })
+            .collect();
+        let hot = (budget / 4200) as usize + 8;
+        let key = |k: &str| agent.key(ns, k).unwrap();
+        for i in 0..hot {
+            let hot_key = key(&format!("hot{i}"));
+            agent.cache().put(&hot_key, &value, Expiry::Never).unwrap();
+        }
+        for _ in 0..3 {
+            for i in 0..hot {
+                agent.cache().get(&key(&format!("hot{i}"))).unwrap();
+            }
+        }
+        agent.cache().flush_access_stats().unwrap();
+        let plain = key("plain");
+        agent.cache().put(&plain, &value, Expiry::Never).unwrap();
+        assert!(
+            agent.cache().get(&plain).unwrap().is_none(),
+            "a plain put is turned away"
+        );
+        for i in 0..20 {
+            let mine = format!("mine{i}");
+            agent.write(ns, &mine, &value, Tier::Preferences).unwrap();
+            let read = agent.cache().get(&key(&mine)).unwrap();
+            assert!(read.as_deref() == Some(&value[..]), "{mine} reads back");
+        }
         agent.close().await.unwrap();
     }
 

@@ -216,6 +216,8 @@ struct PreparedPut<'k> {
     value: Option<Arc<[u8]>>,
     /// What watchers are told the write was.
     cause: Cause,
+    /// Kept whatever the adaptive policy's admission filter thinks of it (the app's own write).
+    admit: bool,
 }
 
 impl PreparedPut<'_> {
@@ -322,7 +324,13 @@ fn upsert(
     };
     let row = RowKey::new(rowid, key.as_str());
     let mut evicted = Vec::new();
-    match policies.of(namespace).insert(row, entry, &mut evicted) {
+    let policy = policies.of(namespace);
+    let inserted = if put.admit {
+        policy.insert_admitted(row, entry, &mut evicted)
+    } else {
+        policy.insert(row, entry, &mut evicted)
+    };
+    match inserted {
         Ok(()) => {}
         // Returning the error rolls back the write and every deletion before it.
         Err(Refused::Full { .. }) => return Err(full()),
@@ -442,16 +450,43 @@ impl Cache {
 
     /// Stores `value` under `key`, replacing any previous value, evicting per the namespace's
     /// policy if it does not fit.
+    ///
+    /// In a namespace that runs the adaptive policy, a value worth less than what it would
+    /// displace may be declined: the put succeeds, the value reads as a miss and counts as an
+    /// eviction. Use [`Cache::put_admitted`] for a value the app must read back.
     pub fn put(&self, key: &TenantKey, value: &[u8], expiry: Expiry) -> Result<(), CacheError> {
         let started = Instant::now();
-        let result = self.put_inner(key, value, expiry);
+        let result = self.put_inner(key, value, expiry, false);
         self.stats.record_put(started.elapsed());
         result
     }
 
-    fn put_inner(&self, key: &TenantKey, value: &[u8], expiry: Expiry) -> Result<(), CacheError> {
+    /// Like [`Cache::put`], but the value is never declined: the namespace's policy makes room
+    /// from other entries instead. For a value the app must be able to read back at once, such
+    /// as its own write pending upload ([`crate::Agent::write`] uses it). It can still be
+    /// evicted later, like any value, by the puts that follow.
+    pub fn put_admitted(
+        &self,
+        key: &TenantKey,
+        value: &[u8],
+        expiry: Expiry,
+    ) -> Result<(), CacheError> {
+        let started = Instant::now();
+        let result = self.put_inner(key, value, expiry, true);
+        self.stats.record_put(started.elapsed());
+        result
+    }
+
+    fn put_inner(
+        &self,
+        key: &TenantKey,
+        value: &[u8],
+        expiry: Expiry,
+        admit: bool,
+    ) -> Result<(), CacheError> {
         let now = self.clock.now_ms();
-        let put = self.prepare_put(key, value, expiry, now)?;
+        let mut put = self.prepare_put(key, value, expiry, now)?;
+        put.admit = admit;
         let write = |tx: &Transaction<'_>,
                      ledger: &[Usage; NS_COUNT],
                      change: &mut Change,
@@ -564,6 +599,7 @@ impl Cache {
             budget,
             value: self.watchers.active().then(|| Arc::from(value)),
             cause: Cause::Put,
+            admit: false,
         })
     }
 

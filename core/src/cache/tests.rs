@@ -1080,6 +1080,28 @@ fn a_declined_put_is_an_eviction_and_a_key_written_again_gets_in() {
     h.assert_ledger_matches_db();
 }
 
+/// `put_admitted` (what the agent's `write` uses) is never declined: the app reads its own
+/// write at once, and the room comes from other entries.
+#[test]
+fn an_admitted_put_is_never_declined() {
+    let ns = Namespace::Sessions;
+    let h = Harness::new(forty(Eviction::Adaptive));
+    put_many(&h, ns, "hot", 40);
+    read_many(&h, ns, "hot", 40, 3);
+    let declined = acme(ns, "declined");
+    h.cache.put(&declined, &value(b'd'), Expiry::Never).unwrap();
+    assert_eq!(h.cache.get(&declined).unwrap(), None);
+    let evictions = h.cache.stats().evictions;
+    let mine = acme(ns, "mine");
+    h.cache
+        .put_admitted(&mine, &value(b'm'), Expiry::Never)
+        .unwrap();
+    assert_eq!(h.cache.get(&mine).unwrap(), Some(value(b'm')));
+    assert_eq!(resident(&h, ns, "hot", 40), 39, "one hot value made room");
+    assert_eq!(h.cache.stats().evictions, evictions + 1);
+    h.assert_ledger_matches_db();
+}
+
 /// Reopening builds each policy from the table: every row is known to its policy, and the
 /// reads recorded before the restart still protect the hot set.
 #[test]

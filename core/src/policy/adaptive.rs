@@ -454,6 +454,37 @@ impl<K: Hash + Eq + Clone + Send + std::fmt::Debug> Policy<K> for Adaptive<K> {
         self.evict(evicted);
         Ok(())
     }
+    fn insert_admitted(
+        &mut self,
+        key: K,
+        entry: Entry,
+        evicted: &mut Vec<K>,
+    ) -> Result<(), Refused> {
+        let start = evicted.len();
+        self.insert(key.clone(), entry, evicted)?;
+        let Some(at) = evicted[start..].iter().position(|k| *k == key) else {
+            return Ok(());
+        };
+        evicted.remove(start + at);
+        // Turned away by the filter: kept all the same, as the newest of probation (it has
+        // been counted by `insert`), and the room comes from the oldest entries instead.
+        let hash = self.sketch.hash(&key);
+        let Ok(slot) = self.lists.push_new(PROBATION, key, entry.weight, hash) else {
+            return Ok(());
+        };
+        while self.total() > self.capacity {
+            let victim = [PROBATION, PROTECTED, WINDOW].into_iter().find_map(|list| {
+                let tail = self.lists.tail(list)?;
+                // The kept entry is probation's newest: its tail only when alone there.
+                if tail == slot { None } else { Some(tail) }
+            });
+            let Some(victim) = victim else {
+                break;
+            };
+            evicted.extend(self.lists.remove(victim));
+        }
+        Ok(())
+    }
     fn remove(&mut self, key: &K) -> bool {
         match self.lists.find(key) {
             Some((slot, _)) => self.lists.remove(slot).is_some(),

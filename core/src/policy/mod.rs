@@ -172,6 +172,19 @@ pub trait Policy<K>: fmt::Debug + Send {
     /// must go onto `evicted`. On `Err` nothing changed and `evicted` is untouched.
     fn insert(&mut self, key: K, entry: Entry, evicted: &mut Vec<K>) -> Result<(), Refused>;
 
+    /// Like [`Policy::insert`], but `key` itself is kept whatever an admission filter thinks of
+    /// it: the room comes from other entries. For a write the caller must be able to read back
+    /// at once (the app's own write, pending upload). Every policy but the adaptive one never
+    /// evicts the key it writes, so for them this is `insert`.
+    fn insert_admitted(
+        &mut self,
+        key: K,
+        entry: Entry,
+        evicted: &mut Vec<K>,
+    ) -> Result<(), Refused> {
+        self.insert(key, entry, evicted)
+    }
+
     /// `key` left the cache for another reason (deleted, expired). Returns whether it was
     /// resident.
     fn remove(&mut self, key: &K) -> bool;

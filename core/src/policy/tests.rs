@@ -234,6 +234,42 @@ fn adaptive_keeps_a_hot_set_through_a_scan() {
     assert_eq!((0..50).filter(|key| lru.contains(key)).count(), 0);
 }
 
+/// A newcomer the filter turns away is kept when written with `insert_admitted`, the room
+/// taken from the oldest entries; weight and capacity stay exact.
+#[test]
+fn adaptive_keeps_an_admitted_write_the_filter_would_turn_away() {
+    // Entries of 10 in a capacity of 100: each newcomer overflows the 1 % window at once and is
+    // weighed against the main area as it is written.
+    let ten = Entry {
+        weight: 10,
+        expires_at: None,
+    };
+    let mut adaptive = Adaptive::new(100, Cost::Count);
+    let mut evicted = Vec::new();
+    for _ in 0..5 {
+        for key in 0..10 {
+            adaptive.access(key, ten, &mut evicted);
+        }
+    }
+    evicted.clear();
+    adaptive.insert(1_000, ten, &mut evicted).unwrap();
+    assert_eq!(evicted, [1_000], "a newcomer written once is turned away");
+    evicted.clear();
+    adaptive.insert_admitted(1_001, ten, &mut evicted).unwrap();
+    assert!(adaptive.contains(&1_001));
+    assert_eq!(evicted.len(), 1);
+    assert!(evicted[0] < 10 && !adaptive.contains(&evicted[0]));
+    assert_eq!((adaptive.len(), adaptive.weight()), (10, 100));
+    // Every other policy keeps the key it writes anyway.
+    let mut lru = Lru::new(2);
+    for key in 0..2 {
+        unit(&mut lru, key);
+    }
+    let mut evicted = Vec::new();
+    lru.insert_admitted(9, Entry::UNIT, &mut evicted).unwrap();
+    assert_eq!(evicted, [0]);
+}
+
 #[test]
 fn adaptive_follows_a_shift_in_popularity_within_a_bounded_number_of_accesses() {
     let mut adaptive = Adaptive::new(100, Cost::Count);
