@@ -119,18 +119,7 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
             weight,
             extra,
         };
-        let at = match self.free.pop() {
-            Some(at) => {
-                self.nodes[at as usize] = node;
-                at
-            }
-            None => {
-                // Arena indices are u32: four billion entries is far past any cache here.
-                let at = u32::try_from(self.nodes.len()).unwrap_or(NIL - 1);
-                self.nodes.push(node);
-                at
-            }
-        };
+        let at = alloc(&mut self.nodes, &mut self.free, node);
         self.index.insert(key, at);
         self.link_front(list, at);
         Slot(at)
@@ -161,17 +150,7 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
             weight,
             extra,
         };
-        let at = match self.free.pop() {
-            Some(at) => {
-                self.nodes[at as usize] = node;
-                at
-            }
-            None => {
-                let at = u32::try_from(self.nodes.len()).unwrap_or(NIL - 1);
-                self.nodes.push(node);
-                at
-            }
-        };
+        let at = alloc(&mut self.nodes, &mut self.free, node);
         vacant.insert(at);
         self.link_front(list, at);
         Ok(Slot(at))
@@ -236,5 +215,22 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
         }
         ends.len -= 1;
         ends.weight -= weight;
+    }
+}
+
+/// Stores `node` in a free slot of the arena, or a new one. A function of the two fields, not a
+/// method, so it can run while an index entry is borrowed.
+fn alloc<K>(nodes: &mut Vec<Node<K>>, free: &mut Vec<u32>, node: Node<K>) -> u32 {
+    match free.pop() {
+        Some(at) => {
+            nodes[at as usize] = node;
+            at
+        }
+        None => {
+            // Arena indices are u32: four billion entries is far past any cache here.
+            let at = u32::try_from(nodes.len()).unwrap_or(NIL - 1);
+            nodes.push(node);
+            at
+        }
     }
 }
