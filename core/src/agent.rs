@@ -740,6 +740,19 @@ mod tests {
         agent.close().await.unwrap();
     }
 
+    /// An agent on the fake server, in the current runtime.
+    fn agent_on_fake_server(config: AgentConfig) -> Agent<FakeServer> {
+        let runtime = tokio::runtime::Handle::current();
+        Agent::with_transport(
+            config,
+            FakeServer::default(),
+            Arc::new(SystemClock),
+            None,
+            &runtime,
+        )
+        .unwrap()
+    }
+
     /// The app reads its own write at once, even in a full namespace whose adaptive policy
     /// would turn a plain put of the same value away.
     #[tokio::test]
@@ -749,15 +762,7 @@ mod tests {
         let mut config = AgentConfig::new(dir.path().join("a.db"), "http://unused", tenant);
         // user_cache (allkeys-lru, so adaptive) gets a few dozen of these values.
         config.cache.device_budget_bytes = 2 * 1024 * 1024;
-        let runtime = tokio::runtime::Handle::current();
-        let agent = Agent::with_transport(
-            config,
-            FakeServer::default(),
-            Arc::new(SystemClock),
-            None,
-            &runtime,
-        )
-        .unwrap();
+        let agent = agent_on_fake_server(config);
         let ns = Namespace::UserCache;
         let budget = agent.cache().budget(ns);
         // Values that do not compress, so each is charged its 4 KiB.
@@ -803,15 +808,7 @@ mod tests {
         let tenant = TenantId::new("acme").unwrap();
         let mut config = AgentConfig::new(dir.path().join("a.db"), "http://unused", tenant);
         config.max_db_bytes = Some(256 * 1024);
-        let runtime = tokio::runtime::Handle::current();
-        let agent = Agent::with_transport(
-            config,
-            FakeServer::default(),
-            Arc::new(SystemClock),
-            None,
-            &runtime,
-        )
-        .unwrap();
+        let agent = agent_on_fake_server(config);
         // Values that do not compress: each costs its size twice (cache and queue).
         let value = |i: usize| -> Vec<u8> {
             (0..1024u32)

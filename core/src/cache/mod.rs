@@ -455,10 +455,7 @@ impl Cache {
     /// displace may be declined: the put succeeds, the value reads as a miss and counts as an
     /// eviction. Use [`Cache::put_admitted`] for a value the app must read back.
     pub fn put(&self, key: &TenantKey, value: &[u8], expiry: Expiry) -> Result<(), CacheError> {
-        let started = Instant::now();
-        let result = self.put_inner(key, value, expiry, false);
-        self.stats.record_put(started.elapsed());
-        result
+        self.put_timed(key, value, expiry, false)
     }
 
     /// Like [`Cache::put`], but the value is never declined: the namespace's policy makes room
@@ -471,8 +468,18 @@ impl Cache {
         value: &[u8],
         expiry: Expiry,
     ) -> Result<(), CacheError> {
+        self.put_timed(key, value, expiry, true)
+    }
+
+    fn put_timed(
+        &self,
+        key: &TenantKey,
+        value: &[u8],
+        expiry: Expiry,
+        admit: bool,
+    ) -> Result<(), CacheError> {
         let started = Instant::now();
-        let result = self.put_inner(key, value, expiry, true);
+        let result = self.put_inner(key, value, expiry, admit);
         self.stats.record_put(started.elapsed());
         result
     }

@@ -110,19 +110,10 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
 
     /// Adds a key that is on no list, at the head of `list`.
     pub(crate) fn push(&mut self, list: usize, key: K, weight: u64, extra: u64) -> Slot {
-        let node = Node {
-            key: Some(key.clone()),
-            prev: NIL,
-            next: NIL,
-            list: 0,
-            tag: 0,
-            weight,
-            extra,
-        };
-        let at = alloc(&mut self.nodes, &mut self.free, node);
-        self.index.insert(key, at);
-        self.link_front(list, at);
-        Slot(at)
+        // Callers know the key is absent; were it not, its node is the answer, untouched.
+        match self.push_new(list, key, weight, extra) {
+            Ok(slot) | Err((slot, _)) => slot,
+        }
     }
 
     /// Adds `key` at the head of `list` unless it is already on a list, in one probe of the
@@ -150,7 +141,18 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
             weight,
             extra,
         };
-        let at = alloc(&mut self.nodes, &mut self.free, node);
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.nodes[at as usize] = node;
+                at
+            }
+            None => {
+                // Arena indices are u32: four billion entries is far past any cache here.
+                let at = u32::try_from(self.nodes.len()).unwrap_or(NIL - 1);
+                self.nodes.push(node);
+                at
+            }
+        };
         vacant.insert(at);
         self.link_front(list, at);
         Ok(Slot(at))
@@ -215,22 +217,5 @@ impl<K: Hash + Eq + Clone, const N: usize> Lists<K, N> {
         }
         ends.len -= 1;
         ends.weight -= weight;
-    }
-}
-
-/// Stores `node` in a free slot of the arena, or a new one. A function of the two fields, not a
-/// method, so it can run while an index entry is borrowed.
-fn alloc<K>(nodes: &mut Vec<Node<K>>, free: &mut Vec<u32>, node: Node<K>) -> u32 {
-    match free.pop() {
-        Some(at) => {
-            nodes[at as usize] = node;
-            at
-        }
-        None => {
-            // Arena indices are u32: four billion entries is far past any cache here.
-            let at = u32::try_from(nodes.len()).unwrap_or(NIL - 1);
-            nodes.push(node);
-            at
-        }
     }
 }
